@@ -1,0 +1,115 @@
+"""Compose the Hydra config tree in `conf/` into plain dicts, one per run of a sweep.
+
+Composition uses Hydra's compose API (never `@hydra.main`), so it is deterministic and cheap
+enough to repeat in every cluster job that re-parses the Snakefile:
+
+    >>> cfg = compose_config(["model=tiny-gpt2", "qkv.n_permutations=200"], "conf")
+    >>> cfg["model"]["name"], cfg["qkv"]["n_permutations"]
+    ('tiny-gpt2', 200)
+    >>> [o for o in expand_sweep(["model=gpt2,minilm-l6", "template=next_word"])]
+    [('model=gpt2', 'template=next_word'), ('model=minilm-l6', 'template=next_word')]
+
+Hydra's multi-line errors (unknown group option, unknown key, bad syntax) become one-line
+`ConfigError`s that name the key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from laminae.errors import ConfigError
+
+# Resolvers whose value changes between calls or needs a running Hydra app: never in a hash.
+_FORBIDDEN_INTERPOLATIONS = re.compile(r"\$\{\s*(now|hydra)\s*:")
+
+
+def compose_config(overrides: Sequence[str], config_dir: str | Path) -> dict[str, Any]:
+    """The fully resolved config for one run: `conf/config.yaml` plus `overrides`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    config_dir = Path(config_dir).resolve()
+    if not (config_dir / "config.yaml").is_file():
+        raise ConfigError("config_dir", f"a folder with config.yaml", str(config_dir))
+    overrides = [str(o) for o in overrides]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="laminae"):
+            cfg = compose(config_name="config", overrides=overrides)
+        _reject_volatile_interpolations(OmegaConf.to_container(cfg, resolve=False))
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        raise _one_line_error(error, overrides, config_dir) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def expand_sweep(sweep: Iterable[str]) -> list[tuple[str, ...]]:
+    """Hydra comma-syntax sweep overrides -> the cartesian product of single overrides.
+
+    `["model=a,b", "template=x,y"]` gives four tuples, in row-major order (first key slowest).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    sweep = [str(s) for s in sweep]
+    try:
+        parsed = OverridesParser.create().parse_overrides(sweep)
+    except HydraException as error:
+        raise ConfigError("sweep", f"Hydra sweep overrides like 'model=gpt2,minilm-l6' ({_first_line(error)})", sweep) from None
+    axes = []
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if override.is_range_sweep() or override.is_interval_sweep():
+                raise ConfigError("sweep", "a comma list or choice(...), not a range or interval", override.input_line)
+            values = list(override.sweep_string_iterator())
+        else:
+            values = [override.get_value_element_as_str()]
+        axes.append([f"{key}={value}" for value in values])
+    return [tuple(combination) for combination in itertools.product(*axes)]
+
+
+def _reject_volatile_interpolations(node: Any, key: str = "") -> None:
+    if isinstance(node, dict):
+        for child_key, child in node.items():
+            _reject_volatile_interpolations(child, f"{key}.{child_key}" if key else str(child_key))
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            _reject_volatile_interpolations(child, f"{key}[{index}]")
+    elif isinstance(node, str) and _FORBIDDEN_INTERPOLATIONS.search(node):
+        raise ConfigError(key, "a value that is the same every time it is read (no ${now:...} or ${hydra:...})", node)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _one_line_error(error: BaseException, overrides: Sequence[str], config_dir: Path) -> ConfigError:
+    """Map Hydra/OmegaConf errors to a ConfigError naming the key and what exists instead."""
+    text = str(error)
+    missing_group = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if missing_group:
+        group, option = missing_group.groups()
+        available = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+        return ConfigError(group, f"one of {available}", option)
+    unknown_key = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
+    if unknown_key:
+        key = unknown_key.group(1)
+        parent, _, leaf = key.rpartition(".")
+        return ConfigError(key, f"an existing key{f' of {parent!r}' if parent else ''} (no key {leaf!r} there; "
+                                "add new keys with '+key=value')", has_value=False)
+    parse_error = re.search(r"Error parsing override '([^']+)'", text)
+    if parse_error:
+        return ConfigError("overrides", "overrides of the form key=value", parse_error.group(1))
+    interpolation = re.search(r"full_key: (\S+)", text)
+    if interpolation:
+        return ConfigError(interpolation.group(1), f"a resolvable value ({_first_line(error)})", has_value=False)
+    return ConfigError("overrides", f"a valid Hydra composition ({_first_line(error)})", list(overrides))
