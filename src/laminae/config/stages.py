@@ -34,10 +34,10 @@ STAGE_VERSIONS = {"extract": 1, "analysis": 1, "plot": 1}
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "qkv.extract": ("model", "stimuli", "template", "extract.position", "extract.sites.qkv", "extract.storage_dtype"),
     "qkv.analysis": ("qkv",),
-    "qkv.plot": ("plot.dpi", "plot.formats", "plot.qkv"),
+    "qkv.plot": ("plot.dpi", "plot.qkv"),
     "adjustments.extract": ("model", "corpus", "extract.sites.adjustments", "extract.storage_dtype"),
     "adjustments.analysis": ("adjustments",),
-    "adjustments.plot": ("plot.dpi", "plot.formats", "plot.adjustments"),
+    "adjustments.plot": ("plot.dpi", "plot.adjustments"),
 }
 # Keys that change how a stage runs or lays out bytes, never a stored value: recorded, not hashed.
 RUNTIME_KEYS = ("device", "batch_size", "models_dir", "extract.compression", "extract.chunk_rows")

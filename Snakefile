@@ -1,0 +1,60 @@
+# laminae: layer-by-layer analysis of transformer language models.
+#
+#   snakemake --cores 2                                            # defaults (GPT-2 Large)
+#   snakemake --cores 2 --config 'overrides=["model=minilm-l6"]'   # Hydra overrides
+#   snakemake --cores 2 --config 'sweep=["model=tiny-gpt2,minilm-l6"]'
+#
+# The config is composed with Hydra (conf/), validated, and split into per-stage configs whose
+# hashes name the output folders (see docs/ARCHITECTURE.md). Composition is deterministic, so
+# every cluster job that re-parses this file derives the same stages.
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+PROJECT_ROOT = Path(workflow.basedir).resolve()
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT / "src"), os.environ.get("PYTHONPATH")]))
+sys.path.insert(0, str(PROJECT_ROOT / "src"))
+
+from laminae.errors import LaminaeError
+from laminae.workflow import WorkflowPlan
+
+try:
+    PLAN = WorkflowPlan.from_snakemake_config(config, PROJECT_ROOT)
+except LaminaeError as error:
+    print(f"laminae: {error}", file=sys.stderr)
+    sys.exit(1)
+PLAN.inject_into(config)
+
+RESULTS = PLAN.results_dir
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
+    label=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
+    experiment="qkv|adjustments",
+    xh=r"[0-9a-f]{10}",
+    ah=r"[0-9a-f]{10}",
+    ph=r"[0-9a-f]{10}",
+
+
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/qkv.smk"
+include: "workflow/rules/adjustments.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        PLAN.targets(),
+
+
+onstart:
+    try:
+        PLAN.preflight()
+    except LaminaeError as error:
+        print(f"laminae: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Analysis stages: turn stored activations into metric tables (`qkv`: experiment 1)."""

@@ -1,0 +1,252 @@
+"""The activation store: one HDF5 file per layer, 2-D `(rows, width)` datasets per site, and a
+`rows.tsv` that says what each row is.
+
+Writing streams batch by batch into preallocated datasets inside a hidden temporary folder that
+is renamed to `activations/` only when every row is written, so a crash leaves nothing behind:
+
+    >>> with ActivationWriter(out_dir, n_layers=36, n_rows=34, attrs=attrs) as writer:
+    ...     for start, batch in batches:                        # any number of rows per batch
+    ...         writer.write(start, {"q": q_layers, ...})       # q_layers: (n_layers, rows, width)
+    ...     writer.set_rows(rows)                               # list of dicts, one per row
+    >>> store = ActivationStore(out_dir, expected_hash=attrs["stage_hash"])
+    >>> store.read("q").shape                                   # (n_layers, n_rows, width)
+    (36, 34, 1280)
+
+`ActivationStore` validates before anything heavy: every layer file present and readable (a
+truncated file is named), the stage hash as expected, and the row counts consistent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from laminae.errors import InputFileError
+from laminae.provenance import atomic_dir
+
+SITES = ("q", "k", "v", "attn_out", "mlp_out", "resid_pre", "resid_post")
+ROWS_FILE = "rows.tsv"
+CONFIG_FILE = "config.yaml"
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def layer_filename(layer: int, n_layers: int) -> str:
+    """`layer_07.h5`: zero-padded to at least 2 digits, more for models with >= 100 layers."""
+    return f"layer_{layer:0{max(2, len(str(n_layers - 1)))}d}.h5"
+
+
+def escape_field(value: Any) -> str:
+    """Make a value safe for one TSV cell: backslash, tab, newline and CR become \\\\, \\t, \\n, \\r."""
+    text = str(value)
+    return "".join(_ESCAPES.get(char, char) for char in text) if any(c in text for c in _ESCAPES) else text
+
+
+def unescape_field(text: str) -> str:
+    if "\\" not in text:
+        return text
+    out, chars = [], iter(text)
+    reverse = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+    for char in chars:
+        out.append(reverse.get(next(chars, ""), "") if char == "\\" else char)
+    return "".join(out)
+
+
+def write_tsv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """Tab-separated table with a header; control characters escaped, quotes CSV-quoted."""
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else escape_field(row[c]) for c in columns])
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    """The rows of a table written by `write_tsv`, as strings (unescaped)."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        return [{key: unescape_field(value) for key, value in row.items()} for row in reader]
+
+
+class ActivationWriter:
+    """Streams activations into `out_dir/layer_NN.h5`, atomically (see module docstring).
+
+    Datasets are created on the first `write` of a site (its width is known then), with exactly
+    `n_rows` rows; every row of every site must be written before the block ends."""
+
+    def __init__(self, out_dir: Path, n_layers: int, n_rows: int, attrs: Mapping[str, Any],
+                 storage_dtype: str = "float32", compression: str | None = None, chunk_rows: int = 1024,
+                 config_text: str = ""):
+        self.out_dir = Path(out_dir)
+        self.n_layers, self.n_rows = n_layers, n_rows
+        self.attrs = dict(attrs)
+        self.dtype = np.dtype(storage_dtype)
+        self.compression, self.chunk_rows = compression, chunk_rows
+        self.config_text = config_text
+        self._rows: Sequence[Mapping[str, Any]] | None = None
+        self._columns: Sequence[str] = ()
+        self._written: dict[str, int] = {}
+        self._files: list[h5py.File] = []
+
+    def __enter__(self) -> "ActivationWriter":
+        self._atomic = atomic_dir(self.out_dir)
+        self.tmp_dir = self._atomic.__enter__()
+        for layer in range(self.n_layers):
+            handle = h5py.File(self.tmp_dir / layer_filename(layer, self.n_layers), "w", track_order=True)
+            handle.attrs.update({**self.attrs, "layer": layer, "n_layers": self.n_layers, "n_rows": self.n_rows,
+                                 "storage_dtype": self.dtype.name})
+            self._files.append(handle)
+        return self
+
+    def write(self, start: int, batch: Mapping[str, np.ndarray]) -> None:
+        """Write rows `start : start + rows` of every site in `batch`: (n_layers, rows, width)."""
+        for site, values in batch.items():
+            if values.shape[0] != self.n_layers:
+                raise ValueError(f"{site}: expected {self.n_layers} layers, got {values.shape[0]}")
+            stop = start + values.shape[1]
+            if stop > self.n_rows:
+                raise ValueError(f"{site}: rows {start}:{stop} beyond the {self.n_rows} declared")
+            if site not in self._written:
+                self._create(site, values.shape[2])
+            for layer, handle in enumerate(self._files):
+                handle[site][start:stop] = values[layer]
+            self._written[site] += values.shape[1]
+
+    def set_rows(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+        """The row descriptions, written to rows.tsv with a leading `row` column."""
+        if len(rows) != self.n_rows:
+            raise ValueError(f"rows.tsv: expected {self.n_rows} rows, got {len(rows)}")
+        self._rows, self._columns = rows, columns
+
+    def _create(self, site: str, width: int) -> None:
+        chunks = (min(self.chunk_rows, self.n_rows), width) if self.n_rows else None
+        for handle in self._files:
+            handle.create_dataset(site, shape=(self.n_rows, width), dtype=self.dtype, chunks=chunks,
+                                  compression=self.compression, track_times=False)
+        self._written[site] = 0
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for handle in self._files:
+            handle.close()
+        if exc_type is None:
+            try:
+                self._finish()
+            except BaseException as error:
+                self._atomic.__exit__(type(error), error, error.__traceback__)
+                raise
+        self._atomic.__exit__(exc_type, exc, tb)
+
+    def _finish(self) -> None:
+        incomplete = {site: n for site, n in self._written.items() if n != self.n_rows}
+        if incomplete or not self._written:
+            raise RuntimeError(f"activation store incomplete: rows written {self._written} of {self.n_rows}")
+        if self._rows is None:
+            raise RuntimeError("activation store: set_rows() was never called")
+        rows = [{"row": index, **row} for index, row in enumerate(self._rows)]
+        write_tsv(self.tmp_dir / ROWS_FILE, rows, ["row", *self._columns])
+        (self.tmp_dir / CONFIG_FILE).write_text(self.config_text, encoding="utf-8")
+
+
+class ActivationStore:
+    """Read-only view of an `activations/` folder, validated on construction."""
+
+    def __init__(self, directory: str | Path, expected_hash: str | None = None):
+        self.dir = Path(directory)
+        if not self.dir.is_dir():
+            raise InputFileError(self.dir, "activation folder not found; run the extraction stage first")
+        first = self._layer_paths_from_any()
+        self.attrs = self._read_attrs(first)
+        self.n_layers = int(self.attrs["n_layers"])
+        self.n_rows = int(self.attrs["n_rows"])
+        if expected_hash is not None and self.attrs.get("stage_hash") != expected_hash:
+            raise InputFileError(first, f"stage hash {self.attrs.get('stage_hash')!r} does not match the config's "
+                                        f"{expected_hash!r}; these activations come from another config")
+        self.paths = [self.dir / layer_filename(layer, self.n_layers) for layer in range(self.n_layers)]
+        self.widths: dict[str, int] = {}
+        for path in self.paths:
+            self._check_layer_file(path, expected_hash or self.attrs.get("stage_hash"))
+        rows_path = self.dir / ROWS_FILE
+        if not rows_path.is_file():
+            raise InputFileError(rows_path, "missing; the activation folder is incomplete")
+        self.rows = read_tsv(rows_path)
+        if len(self.rows) != self.n_rows:
+            raise InputFileError(rows_path, f"has {len(self.rows)} rows but the layer files have {self.n_rows}")
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(self.widths)
+
+    def column(self, name: str) -> list[str]:
+        """One column of rows.tsv, as strings."""
+        return [row[name] for row in self.rows]
+
+    def read(self, site: str, layers: Sequence[int] | None = None, dtype: Any = np.float64) -> np.ndarray:
+        """All rows of `site`: (n_layers, n_rows, width), upcast to `dtype`."""
+        self._require(site)
+        layers = range(self.n_layers) if layers is None else layers
+        out = None
+        for index, layer in enumerate(layers):
+            with h5py.File(self.paths[layer], "r") as handle:
+                data = handle[site]
+                if out is None:
+                    out = np.empty((len(layers), *data.shape), dtype=dtype)
+                data.read_direct(out[index])
+        return out
+
+    def iter_chunks(self, sites: Sequence[str], chunk_rows: int = 8192, dtype: Any = np.float64
+                    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Stream rows without loading a whole corpus: yields (start, {site: (n_layers, rows, width)})."""
+        for site in sites:
+            self._require(site)
+        handles = [h5py.File(path, "r") for path in self.paths]
+        try:
+            for start in range(0, self.n_rows, chunk_rows):
+                stop = min(start + chunk_rows, self.n_rows)
+                yield start, {site: np.stack([h[site][start:stop] for h in handles]).astype(dtype, copy=False)
+                              for site in sites}
+        finally:
+            for handle in handles:
+                handle.close()
+
+    def _require(self, site: str) -> None:
+        if site not in self.widths:
+            raise InputFileError(self.dir, f"has no {site!r} activations (stored: {', '.join(self.widths)}); "
+                                           "add it to extract.sites and rerun extraction")
+
+    def _layer_paths_from_any(self) -> Path:
+        candidates = sorted(self.dir.glob("layer_*.h5"))
+        if not candidates:
+            raise InputFileError(self.dir, "holds no layer_NN.h5 files")
+        return candidates[0]
+
+    @staticmethod
+    def _read_attrs(path: Path) -> dict[str, Any]:
+        try:
+            with h5py.File(path, "r") as handle:
+                attrs = dict(handle.attrs)
+        except OSError:
+            raise InputFileError(path, "is not a readable HDF5 file (truncated or corrupt); rerun extraction") from None
+        for key in ("n_layers", "n_rows", "stage_hash"):
+            if key not in attrs:
+                raise InputFileError(path, f"lacks the attribute {key!r}; not written by laminae")
+        return {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+
+    def _check_layer_file(self, path: Path, expected_hash: str | None) -> None:
+        if not path.is_file():
+            raise InputFileError(path, f"missing; expected {self.n_layers} layer files")
+        try:
+            with h5py.File(path, "r") as handle:
+                if handle.attrs.get("stage_hash") != expected_hash:
+                    raise InputFileError(path, f"stage hash {handle.attrs.get('stage_hash')!r} differs from "
+                                               f"{expected_hash!r}; the folder mixes runs")
+                for site, data in handle.items():
+                    if data.ndim != 2 or data.shape[0] != self.n_rows:
+                        raise InputFileError(path, f"dataset {site!r} has shape {data.shape}, expected ({self.n_rows}, width)")
+                    self.widths.setdefault(site, data.shape[1])
+                    data[-1:]  # touch the last row: a truncated file fails here, not mid-analysis
+        except OSError:
+            raise InputFileError(path, "is not a readable HDF5 file (truncated or corrupt); rerun extraction") from None

@@ -1,0 +1,136 @@
+"""Config composition, validation and per-stage hashing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from laminae.config import STAGE_KEYS, load_runs, stable_hash
+from laminae.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["model=tiny-gpt2"]
+
+
+def hashes(*overrides: str) -> dict[str, str]:
+    (run,) = load_runs([*BASE, *overrides], project_root=ROOT)
+    return {name: stage.hash for name, stage in run.stages.items()}
+
+
+def test_stage_keys_cover_every_stage_of_both_experiments():
+    assert set(STAGE_KEYS) == {f"{e}.{k}" for e in ("qkv", "adjustments") for k in ("extract", "analysis", "plot")}
+
+
+def test_composition_is_deterministic():
+    assert hashes() == hashes()
+
+
+def test_stable_hash_ignores_dict_order_but_not_values():
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+    assert stable_hash([1, 2]) != stable_hash([2, 1])
+
+
+# override -> the stages whose hash must change (all others must not)
+QKV_ALL = {"qkv.extract", "qkv.analysis", "qkv.plot"}
+ADJ_ALL = {"adjustments.extract", "adjustments.analysis", "adjustments.plot"}
+CASES = {
+    "model=minilm-l6": QKV_ALL | ADJ_ALL,
+    "model.dtype=float16": QKV_ALL | ADJ_ALL,
+    "template=mid_sentence": QKV_ALL,
+    "stimuli=animals_tools_vehicles_colours": QKV_ALL,
+    "extract.position=last": QKV_ALL,
+    "extract.sites.qkv=[q,k,v,attn_out]": QKV_ALL,
+    "extract.storage_dtype=float16": QKV_ALL | ADJ_ALL,
+    "corpus.window_tokens=128": ADJ_ALL,
+    "qkv.n_permutations=99": {"qkv.analysis", "qkv.plot"},
+    "qkv.zscore=true": {"qkv.analysis", "qkv.plot"},
+    "adjustments.exclude_first_token=true": {"adjustments.analysis", "adjustments.plot"},
+    "plot.qkv.similarity_layers=[0]": {"qkv.plot"},
+    "plot.adjustments.error_bar=sd": {"adjustments.plot"},
+    "plot.dpi=300": {"qkv.plot", "adjustments.plot"},
+    # execution and storage-layout settings change no stored value: no stage reruns
+    "device=cpu": set(),
+    "batch_size=1": set(),
+    "extract.compression=gzip": set(),
+    "extract.chunk_rows=64": set(),
+}
+
+
+@pytest.mark.parametrize("override,changed", CASES.items(), ids=list(CASES))
+def test_override_changes_exactly_the_dependent_stage_hashes(override, changed):
+    before, after = hashes(), hashes(override)
+    assert {name for name in before if before[name] != after[name]} == changed
+
+
+def test_corpus_content_enters_the_hash(tmp_path):
+    first = tmp_path / "a.txt"
+    first.write_text("One text.")
+    before = hashes(f"corpus.path={first}")
+    first.write_text("Another text.")
+    after = hashes(f"corpus.path={first}")
+    assert before["adjustments.extract"] != after["adjustments.extract"]
+    assert before["qkv.extract"] == after["qkv.extract"]
+
+
+def test_output_folders_nest_under_upstream_and_contain_hashes():
+    (run,) = load_runs(BASE, project_root=ROOT)
+    extract, analysis, plot = (run.stages[f"qkv.{k}"] for k in ("extract", "analysis", "plot"))
+    assert extract.output_dir == Path("results/tiny-gpt2/qkv") / f"space_furniture_fruit.next_word-{extract.hash}" / "activations"
+    assert analysis.output_dir == extract.dir / f"analysis-{analysis.hash}" / "metrics"
+    assert plot.output_dir == analysis.dir / f"plot-{plot.hash}" / "figures"
+    assert analysis.upstream == extract.hash and plot.upstream == analysis.hash
+
+
+def test_sweep_is_the_cartesian_product_with_overrides_applied_to_each():
+    runs = load_runs(["qkv.n_permutations=10"], ["model=tiny-gpt2,minilm-l6", "template=next_word,mid_sentence"],
+                     project_root=ROOT)
+    assert [r.overrides for r in runs] == [
+        ("model=tiny-gpt2", "template=next_word"), ("model=tiny-gpt2", "template=mid_sentence"),
+        ("model=minilm-l6", "template=next_word"), ("model=minilm-l6", "template=mid_sentence")]
+    assert all(r.config["qkv"]["n_permutations"] == 10 for r in runs)
+    assert len({r.stages["qkv.extract"].hash for r in runs}) == 4
+    assert len({r.stages["adjustments.extract"].hash for r in runs}) == 2  # templates do not touch exp. 2
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["model=nope"], "model"),
+    (["foo=1"], "foo"),
+    (["+foo=1"], "foo"),
+    (["model.nope=1"], "model.nope"),
+    (["qkv.n_permutations=-1"], "qkv.n_permutations"),
+    (["qkv.n_bootstrap=many"], "qkv.n_bootstrap"),
+    (["device=tpu"], "device"),
+    (["template.text=no placeholder"], "template.text"),
+    (["template.text='{word} and {word}'"], "template.text"),
+    (["template.text='{word} {other}'"], "template.text"),
+    (["stimuli.categories.fruit=[]"], "stimuli.categories.fruit"),
+    (["stimuli.categories.fruit=[apple]"], "stimuli.categories.fruit"),
+    (["stimuli.categories.fruit=[apple,apple]"], "stimuli.categories.fruit"),
+    (["stimuli.categories.fruit=[apple,'']"], "stimuli.categories.fruit"),
+    (["~stimuli.categories.space", "~stimuli.categories.furniture"], "stimuli.categories"),
+    (["corpus.path=does/not/exist.txt"], "corpus.path"),
+    (["plot.qkv.similarity_layers=[0,12]"], "plot.qkv.similarity_layers"),
+    (["experiments=[]"], "experiments"),
+    (["experiments=[qkv,other]"], "experiments.1"),
+    (["qkv.seed='${now:%s}'"], "qkv.seed"),
+])
+def test_bad_config_fails_with_one_line_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError) as raised:
+        load_runs([*BASE, *overrides], project_root=ROOT)
+    message = str(raised.value)
+    assert f"config key '{key}'" in message
+    assert "\n" not in message
+
+
+def test_empty_corpus_file_is_rejected(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(ConfigError, match="corpus.path"):
+        load_runs([*BASE, f"corpus.path={empty}"], project_root=ROOT)
+
+
+def test_sweep_over_results_dir_is_rejected():
+    with pytest.raises(ConfigError, match="results_dir"):
+        load_runs(BASE, ["results_dir=a,b"], project_root=ROOT)

@@ -1,0 +1,36 @@
+# Extraction: model + inputs -> activations/layer_NN.h5 + rows.tsv (one job per experiment).
+
+
+rule random_model:
+    """Build a random-init model (tiny-gpt2, tiny-llama) once, deterministically from its seed."""
+    output:
+        directory(f"{PLAN.models_dir}/{{folder}}"),
+    log:
+        f"{PLAN.models_dir}/logs/{{folder}}.log",
+    params:
+        stage=lambda w: {"stage": "model.build", "hash": w.folder, "config": PLAN.random_model_config(w.folder)},
+    conda:
+        "../../envs/laminae.yaml"
+    script:
+        "../scripts/build_random_model.py"
+
+
+rule extract:
+    """Forward the model over the experiment's inputs; hook and store every layer's sites."""
+    input:
+        unpack(lambda w: PLAN.extract_inputs(w.xh)),
+    output:
+        directory(f"{RESULTS}/{{model}}/{{experiment}}/{{label}}-{{xh}}/activations"),
+    log:
+        f"{RESULTS}/{{model}}/{{experiment}}/{{label}}-{{xh}}/extract.log",
+    params:
+        stage=lambda w: PLAN.stage_record(w.xh),
+    threads: 4
+    resources:
+        gpu=lambda w: PLAN.wants_gpu(w.xh),
+        mem_mb=lambda w: PLAN.extraction_resources(w.xh)["mem_mb"],
+        runtime=lambda w: PLAN.extraction_resources(w.xh)["runtime"],
+    conda:
+        "../../envs/laminae.yaml"
+    script:
+        "../scripts/extract.py"
