@@ -1,0 +1,1 @@
+"""Figures. `style` holds what every figure shares; one module per experiment."""
