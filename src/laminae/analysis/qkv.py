@@ -25,7 +25,9 @@ and for each pair of components a < b in the given order (component "q-k", "q-v"
 
 The permutation test and the bootstrap draw from independent streams spawned from `seed`
 (`numpy.random.SeedSequence(seed).spawn(2)`), so changing one count leaves the other's draws
-as they were; the same permutations serve every layer and component.
+as they were; the same permutations serve every layer and component. The p-values are
+one-sided (selectivity larger than chance); in the ratio form they are only meaningful while
+`between_mean` > 0, which the table lets a reader check.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from laminae.metrics.rsa import RsaBootstrap, rsa, rsa_bootstrap
-from laminae.metrics.selectivity import SelectivityTest, check_labels, selectivity_permutation_test
+from laminae.metrics.selectivity import Selectivity, SelectivityTest, check_labels, selectivity_permutation_test
 from laminae.metrics.similarity import cosine_similarity
 
 TABLE_COLUMNS = ("layer", "component", "metric", "value", "ci_low", "ci_high", "p_value")
@@ -239,9 +241,15 @@ def read_qkv_table(path: str | os.PathLike) -> list[QkvRow]:
     if not lines or tuple(lines[0].split("\t")) != TABLE_COLUMNS:
         raise ValueError(f"{path}: header is not {TABLE_COLUMNS}")
     rows = []
-    for line in lines[1:]:
-        layer, component, metric, *numbers = line.split("\t")
-        rows.append(QkvRow(int(layer), component, metric, *(float(x) if x else math.nan for x in numbers)))
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        if len(fields) != len(TABLE_COLUMNS):
+            raise ValueError(f"{path}: line {number} has {len(fields)} fields, expected {len(TABLE_COLUMNS)}")
+        layer, component, metric, *numbers = fields
+        try:
+            rows.append(QkvRow(int(layer), component, metric, *(float(x) if x else math.nan for x in numbers)))
+        except ValueError as error:
+            raise ValueError(f"{path}: line {number}: {error}") from None
     return rows
 
 
@@ -249,7 +257,7 @@ def _component_test(test: SelectivityTest, k: int) -> SelectivityTest:
     """Slice component k out of a test computed on (K, n_layers, ...) arrays."""
     obs = test.observed
     return SelectivityTest(
-        observed=type(obs)(
+        observed=Selectivity(
             form=obs.form,
             index=obs.index[k],
             index_per_category=obs.index_per_category[k],

@@ -15,10 +15,11 @@ The course's definition (DESIGN.md, experiment 1), diagonal excluded, only entri
     >>> test = selectivity_permutation_test(s, labels, n_permutations=1000, seed=0)
     >>> test.p_value, test.null_low, test.null_high       # each (n_layers,)
 
-Everything is vectorised over the leading axes of `S` and over a batch of label vectors: with
-one-hot labels L (n_items, C) and W = S with only its i < j entries kept, mirrored (symmetric, zero
-diagonal), the within-category sums are diag(L^T W L) / 2, one einsum for all layers and all
-permutations; the between sum is the upper-triangle total minus the within sums.
+Everything is vectorised over the leading axes of `S` and over a batch of label vectors: the
+within-category sums are the upper triangles (n_lead, n_pairs) times a 0/1 matrix "pair t is a
+within pair of category c under labels p" (n_pairs, n_batch * C), one matrix product for all
+layers, components and permutations (equivalent to diag(L^T triu(S, 1) L) with one-hot L); the
+between sum is the upper-triangle total minus the within sums.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from laminae.metrics.resampling import (
 
 FORMS = ("ratio", "difference")
 
-# Bound on the (layers x items x permutations x categories) intermediate, in float64 elements
+# Bound on the (pairs x permutations x categories) indicator, in float64 elements
 # (2**22 elements = 32 MiB); the permutations are processed in chunks that fit.
 _CHUNK_ELEMENTS = 2**22
 
@@ -219,20 +220,21 @@ def _pair_sums(s: np.ndarray, labels: np.ndarray, n_categories: int) -> tuple[np
     """Sums of S[i, j] (i < j) within each category, and over all pairs.
 
     s: (*lead, n, n), labels: (n_batch, n) -> within (*lead, n_batch, C), total (*lead,).
+    The within sums are one matrix product: upper triangles (n_lead, n_pairs) times the
+    indicator "pair t lies in category c under label vector p" (n_pairs, n_batch * C).
     """
     lead, n = s.shape[:-2], s.shape[-1]
-    upper = np.triu(s, k=1)  # (*lead, n, n)
-    total = upper.sum(axis=(-2, -1))
-    w = (upper + np.swapaxes(upper, -1, -2)).reshape(-1, n)  # (n_lead * n, n) symmetric, 0 diagonal
-    n_lead = w.shape[0] // n if n else 0
+    rows, cols = np.triu_indices(n, k=1)
+    upper = s[..., rows, cols].reshape(-1, rows.size)  # (n_lead, n_pairs)
+    total = upper.sum(axis=-1).reshape(lead)
     n_batch = labels.shape[0]
-    onehot = (labels[:, :, None] == np.arange(n_categories)).astype(np.float64)  # (n_batch, n, C)
-    out = np.empty((n_lead, n_batch, n_categories))
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, n_lead * n * n_categories))
+    out = np.empty((upper.shape[0], n_batch, n_categories))
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, rows.size * n_categories))
     for start in range(0, n_batch, chunk):
-        oh = onehot[start : start + chunk]  # (p, n, C)
-        p = oh.shape[0]
-        wl = (w @ oh.transpose(1, 0, 2).reshape(n, p * n_categories)).reshape(n_lead, n, p, n_categories)
-        # Each within pair appears twice in L^T W L (as (i, j) and (j, i)).
-        out[:, start : start + p] = 0.5 * np.einsum("aipc,pic->apc", wl, oh)
+        lab = labels[start : start + chunk]  # (p, n)
+        p = lab.shape[0]
+        same = lab[:, rows] == lab[:, cols]  # (p, n_pairs)
+        indicator = (same[:, :, None] & (lab[:, rows, None] == np.arange(n_categories))).astype(np.float64)
+        indicator = indicator.transpose(1, 0, 2).reshape(rows.size, p * n_categories)
+        out[:, start : start + p] = (upper @ indicator).reshape(-1, p, n_categories)
     return out.reshape(lead + (n_batch, n_categories)), total
