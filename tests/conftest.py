@@ -1,0 +1,49 @@
+"""Shared fixtures: model configs from conf/model/*.yaml and loaded models, built once per test
+session in a temporary models_dir (the random models are built there on first use)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from laminae.models.loading import LoadedModel, load_model
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MODEL_CONF = PROJECT_ROOT / "conf" / "model"
+
+
+def read_model_cfg(name: str) -> dict[str, Any]:
+    """The model config dict of conf/model/<name>.yaml."""
+    return yaml.safe_load((MODEL_CONF / f"{name}.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide folder for random models (built on first use)."""
+    return tmp_path_factory.mktemp("models")
+
+
+def _load(name: str, models_dir: Path) -> LoadedModel:
+    return load_model(read_model_cfg(name), device="cpu", models_dir=models_dir,
+                      project_root=PROJECT_ROOT)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(models_dir: Path) -> LoadedModel:
+    """conf/model/tiny-gpt2.yaml: random 4-layer GPT-2, d_model 64, GPT-2 tokenizer (float32)."""
+    return _load("tiny-gpt2", models_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(models_dir: Path) -> LoadedModel:
+    """conf/model/tiny-llama.yaml: random 4-layer Llama, d_model 64, 4 heads, 2 KV heads."""
+    return _load("tiny-llama", models_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm(models_dir: Path) -> LoadedModel:
+    """conf/model/minilm-l6.yaml: real all-MiniLM-L6-v2 weights (BERT, 6 layers, d_model 384)."""
+    return _load("minilm-l6", models_dir)

@@ -1,0 +1,213 @@
+"""SiteCapture: every site equals a manual computation, the residual identities hold, batched
+(right-padded) equals unbatched, and hooks never outlive the `with` block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from laminae.capture import SITES, SiteCapture, select_last, select_rows, select_tokens
+from laminae.models.loading import LoadedModel, forward_inputs
+
+TEXTS = [
+    "The next word is sun",
+    "Hi",
+    "A much longer sentence about the philosopher Nietzsche and his ideas on morality",
+    "The next word is orange",
+]
+
+
+def capture(loaded: LoadedModel, texts: list[str], sites=SITES, **kwargs):
+    batch = forward_inputs(loaded.tokenizer, texts, loaded.info.device)
+    with torch.no_grad(), SiteCapture(loaded.model, loaded.adapter, sites=sites,
+                                      **kwargs) as cap:
+        loaded.model(**batch)
+        return batch, cap.pop()
+
+
+def close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> None:
+    torch.testing.assert_close(a, b, rtol=0, atol=atol)
+
+
+# -- Q, K, V against a manual computation ----------------------------------------------------
+
+
+def test_gpt2_qkv_is_c_attn_of_ln_1_split_in_3(tiny_gpt2: LoadedModel) -> None:
+    batch, out = capture(tiny_gpt2, TEXTS, sites=("q", "k", "v", "resid_pre"))
+    d = tiny_gpt2.info.d_model
+    for layer, block in enumerate(tiny_gpt2.adapter.blocks(tiny_gpt2.model)):
+        x = block.ln_1(out["resid_pre"][layer])                           # (batch, seq, d)
+        fused = x @ block.attn.c_attn.weight + block.attn.c_attn.bias     # Conv1D: x @ W + b
+        q, k, v = fused[..., :d], fused[..., d:2 * d], fused[..., 2 * d:]
+        close(out["q"][layer], q)
+        close(out["k"][layer], k)
+        close(out["v"][layer], v)
+    # layer 0's input is the embedding sum, computed without any hook
+    model, ids = tiny_gpt2.model, batch["input_ids"]
+    embedded = model.wte(ids) + model.wpe(torch.arange(ids.shape[1]))
+    close(out["resid_pre"][0], embedded)
+
+
+def test_llama_qkv_are_projections_of_the_input_norm(tiny_llama: LoadedModel) -> None:
+    _, out = capture(tiny_llama, TEXTS, sites=("q", "k", "v", "resid_pre"))
+    for layer, block in enumerate(tiny_llama.adapter.blocks(tiny_llama.model)):
+        x = block.input_layernorm(out["resid_pre"][layer])                # (batch, seq, 64)
+        attn = block.self_attn
+        close(out["q"][layer], x @ attn.q_proj.weight.T)                  # (batch, seq, 64)
+        close(out["k"][layer], x @ attn.k_proj.weight.T)                  # (batch, seq, 32): GQA
+        close(out["v"][layer], x @ attn.v_proj.weight.T)
+        assert out["k"][layer].shape[-1] == 32 < out["q"][layer].shape[-1] == 64
+
+
+def test_bert_qkv_are_linear_maps_of_the_block_input(minilm: LoadedModel) -> None:
+    _, out = capture(minilm, TEXTS[:2], sites=("q", "k", "v", "resid_pre"))
+    for layer, block in enumerate(minilm.adapter.blocks(minilm.model)):
+        x = out["resid_pre"][layer]                                       # (batch, seq, 384)
+        self_attn = block.attention.self
+        for site, linear in (("q", self_attn.query), ("k", self_attn.key),
+                             ("v", self_attn.value)):
+            close(out[site][layer], x @ linear.weight.T + linear.bias, atol=1e-4)
+
+
+# -- residual stream ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
+def test_pre_norm_residual_identity(fixture: str, request: pytest.FixtureRequest) -> None:
+    loaded: LoadedModel = request.getfixturevalue(fixture)
+    _, out = capture(loaded, TEXTS, sites=("attn_out", "mlp_out", "resid_pre", "resid_post"))
+    assert len(out["resid_post"]) == loaded.info.n_layers
+    for layer in range(loaded.info.n_layers):
+        close(out["resid_post"][layer],
+              out["resid_pre"][layer] + out["attn_out"][layer] + out["mlp_out"][layer])
+        if layer + 1 < loaded.info.n_layers:
+            assert torch.equal(out["resid_pre"][layer + 1], out["resid_post"][layer])
+
+
+def test_minilm_resid_post_equals_hidden_states(minilm: LoadedModel) -> None:
+    batch, out = capture(minilm, TEXTS, sites=("resid_post",))
+    plain = AutoModel.from_pretrained(minilm.model.name_or_path).eval()  # no hooks, fresh copy
+    with torch.no_grad():
+        hidden = plain(**batch, output_hidden_states=True).hidden_states  # (n_layers + 1) x ...
+    assert len(hidden) == minilm.info.n_layers + 1
+    for layer in range(minilm.info.n_layers):
+        close(out["resid_post"][layer], hidden[layer + 1])
+    assert torch.equal(out["resid_post"][-1], hidden[-1])
+
+
+# -- batched (right padding) == unbatched --------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama", "minilm"])
+def test_batched_equals_unbatched(fixture: str, request: pytest.FixtureRequest) -> None:
+    loaded: LoadedModel = request.getfixturevalue(fixture)
+    batch, full = capture(loaded, TEXTS)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert len(set(lengths)) > 2 and 0 in batch["attention_mask"]  # padding is exercised
+    for i, text in enumerate(TEXTS):
+        one, single = capture(loaded, [text])
+        n = one["input_ids"].shape[1]
+        assert n == lengths[i] and torch.equal(batch["input_ids"][i, :n], one["input_ids"][0])
+        for site in SITES:
+            for layer in range(loaded.info.n_layers):
+                expected = single[site][layer][0]                         # (n, width)
+                # Not the attention: float32 GEMMs round differently with the number of rows
+                # (MiniLM's query Linear on the same 7 rows alone vs inside 60 rows: 1.3e-5
+                # apart; eager attention gives the same differences). So the tolerance is 1e-5
+                # times the site's largest magnitude when that exceeds 1 (MiniLM mlp_out ~190).
+                scale = max(1.0, expected.abs().max().item())
+                close(full[site][layer][i, :n], expected, atol=1e-5 * scale)
+
+
+def test_left_padding_without_position_ids_corrupts_gpt2(tiny_gpt2: LoadedModel) -> None:
+    """The pitfall right padding avoids; also shows the comparison above can fail."""
+    tok, model = tiny_gpt2.tokenizer, tiny_gpt2.model
+    left = tok(TEXTS[:2], padding=True, padding_side="left", return_tensors="pt")
+    _, single = capture(tiny_gpt2, [TEXTS[1]], sites=("resid_post",))
+    with torch.no_grad(), SiteCapture(model, tiny_gpt2.adapter, sites=("resid_post",)) as cap:
+        model(**left)
+        padded = cap.pop()["resid_post"][-1][1, -single["resid_post"][-1].shape[1]:]
+    assert (padded - single["resid_post"][-1][0]).abs().max() > 1e-3
+
+
+# -- selectors, layers, hook hygiene -----------------------------------------------------------
+
+
+def test_selector_keeps_only_selected_rows(tiny_gpt2: LoadedModel) -> None:
+    batch, full = capture(tiny_gpt2, TEXTS)
+    mask = batch["attention_mask"]
+    _, last = capture(tiny_gpt2, TEXTS, select=select_last(mask))
+    _, tokens = capture(tiny_gpt2, TEXTS, select=select_tokens(mask))
+    positions = mask.sum(1) - 1
+    for site in SITES:
+        for layer in range(tiny_gpt2.info.n_layers):
+            assert last[site][layer].shape == (len(TEXTS), 64)
+            assert torch.equal(last[site][layer], full[site][layer][torch.arange(4), positions])
+            assert torch.equal(tokens[site][layer], full[site][layer][mask.bool()])
+
+
+def test_fused_subset_and_views_are_compact(tiny_gpt2: LoadedModel) -> None:
+    batch, full = capture(tiny_gpt2, TEXTS, sites=("q", "k", "v"))
+    _, only_k = capture(tiny_gpt2, TEXTS, sites=("k",), select=lambda a: a[:, -1])
+    assert list(only_k) == ["k"]
+    k = only_k["k"][0]                                                    # (batch, 64)
+    assert torch.equal(k, full["k"][0][:, -1])
+    assert k.untyped_storage().nbytes() == k.numel() * k.element_size()  # nothing else pinned
+
+
+def test_layer_subset_and_negative_indices(tiny_llama: LoadedModel) -> None:
+    _, full = capture(tiny_llama, TEXTS, sites=("v", "mlp_out"))
+    _, part = capture(tiny_llama, TEXTS, sites=("v", "mlp_out"), layers=[1, -1])
+    for site in ("v", "mlp_out"):
+        assert len(part[site]) == 2
+        assert torch.equal(part[site][0], full[site][1])
+        assert torch.equal(part[site][1], full[site][3])
+
+
+def test_two_passes_before_pop_are_concatenated(tiny_gpt2: LoadedModel) -> None:
+    model, adapter = tiny_gpt2.model, tiny_gpt2.adapter
+    a = forward_inputs(tiny_gpt2.tokenizer, TEXTS[:2])
+    b = forward_inputs(tiny_gpt2.tokenizer, TEXTS[2:])
+    with torch.no_grad(), SiteCapture(model, adapter, sites=("attn_out",)) as cap:
+        cap.select = select_last(a["attention_mask"])
+        model(**a)
+        cap.select = select_last(b["attention_mask"])
+        model(**b)
+        both = cap.pop()["attn_out"][2]
+        with pytest.raises(RuntimeError, match="no activations"):
+            cap.pop()
+    mask = forward_inputs(tiny_gpt2.tokenizer, TEXTS)["attention_mask"]
+    _, one = capture(tiny_gpt2, TEXTS, sites=("attn_out",), select=select_last(mask))
+    close(both, one["attn_out"][2])
+
+
+def _n_hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_only_needed_hooks_and_all_removed_after_an_error(tiny_gpt2: LoadedModel) -> None:
+    model, adapter = tiny_gpt2.model, tiny_gpt2.adapter
+    before = _n_hooks(model)
+    with SiteCapture(model, adapter, sites=("q", "k", "v")):
+        assert _n_hooks(model) == before + 4  # one fused c_attn hook per layer
+    with SiteCapture(model, adapter, sites=SITES, layers=[0]):
+        assert _n_hooks(model) == before + 5  # c_attn, c_proj x2, block pre + post
+    assert _n_hooks(model) == before
+    with pytest.raises(ZeroDivisionError):
+        with SiteCapture(model, adapter, sites=SITES):
+            1 / 0
+    assert _n_hooks(model) == before
+
+
+@pytest.mark.parametrize("kwargs", [{"sites": ("q", "nope")}, {"sites": ()},
+                                    {"layers": [4]}, {"layers": [0, -4]}])
+def test_bad_sites_or_layers(tiny_gpt2: LoadedModel, kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        SiteCapture(tiny_gpt2.model, tiny_gpt2.adapter, **kwargs)
+
+
+def test_select_rows() -> None:
+    act = torch.arange(2 * 3 * 4.0).reshape(2, 3, 4)                      # (batch, seq, width)
+    rows = select_rows(torch.tensor([1, 0]), torch.tensor([2, 0]))(act)
+    assert torch.equal(rows, torch.stack([act[1, 2], act[0, 0]]))

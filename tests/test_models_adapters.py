@@ -1,0 +1,123 @@
+"""The adapter table: family detection, shapes from configs, and the llama-/bert-like types
+that `family: auto` accepts (tiny random models from configs, so no weights are needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+
+from laminae.capture import SITES, SiteCapture
+from laminae.errors import ConfigError
+from laminae.models.adapters import (
+    ADAPTERS,
+    MODEL_TYPE_FAMILY,
+    get_adapter,
+    model_dims,
+    resolve_family,
+)
+
+# head_dim is explicit: gemma's and qwen3's defaults (256, 128) are not hidden_size / heads
+SMALL_LLAMA = dict(vocab_size=100, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                   head_dim=8, intermediate_size=64, num_hidden_layers=2,
+                   max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+SMALL_BERT = dict(vocab_size=100, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                  num_hidden_layers=2, max_position_embeddings=64, pad_token_id=0)
+LLAMA_LIKE = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
+              "qwen3": tf.Qwen3Config, "gemma": tf.GemmaConfig}
+BERT_LIKE = {"bert": tf.BertConfig, "roberta": tf.RobertaConfig,
+             "xlm-roberta": tf.XLMRobertaConfig, "camembert": tf.CamembertConfig,
+             "electra": tf.ElectraConfig}
+
+
+def test_every_mapped_type_is_tested() -> None:
+    assert set(MODEL_TYPE_FAMILY) == {"gpt2", *LLAMA_LIKE, *BERT_LIKE}
+
+
+def _tiny(config_cls: type, kwargs: dict) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return tf.AutoModel.from_config(config_cls(**kwargs)).eval()
+
+
+def _run_all_sites(model: torch.nn.Module, family: str) -> dict[str, list[torch.Tensor]]:
+    adapter = get_adapter("auto", model.config)
+    assert adapter.family == family
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad(), SiteCapture(model, adapter, sites=SITES) as cap:
+        model(input_ids=ids, attention_mask=mask)
+        out = cap.pop()
+    widths = adapter.site_widths(model.config)
+    for site in SITES:
+        assert [a.shape for a in out[site]] == [(2, 5, widths[site])] * 2
+    return out
+
+
+@pytest.mark.parametrize("model_type", sorted(LLAMA_LIKE))
+def test_llama_like_types(model_type: str) -> None:
+    model = _tiny(LLAMA_LIKE[model_type], SMALL_LLAMA)
+    assert model.config.model_type == model_type
+    out = _run_all_sites(model, "llama")
+    assert out["k"][0].shape[-1] == 16 < out["q"][0].shape[-1] == 32  # GQA
+    for layer in range(2):
+        torch.testing.assert_close(
+            out["resid_post"][layer],
+            out["resid_pre"][layer] + out["attn_out"][layer] + out["mlp_out"][layer],
+            rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", sorted(BERT_LIKE))
+def test_bert_like_types(model_type: str) -> None:
+    model = _tiny(BERT_LIKE[model_type], SMALL_BERT)
+    assert model.config.model_type == model_type
+    out = _run_all_sites(model, "bert")
+    # post-LayerNorm: block output = LayerNorm(mlp_out + attention output); checked on the
+    # unpadded sequence 0, since this direct call of the attention gets no mask
+    block = ADAPTERS["bert"].blocks(model)[0]
+    attention_output = block.attention(out["resid_pre"][0][:1])[0]
+    expected = block.output.LayerNorm(out["mlp_out"][0][:1] + attention_output)
+    torch.testing.assert_close(out["resid_post"][0][:1], expected, rtol=0, atol=1e-5)
+
+
+def test_gpt2_head_model_uses_the_base_model() -> None:
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100))
+    adapter = get_adapter("gpt2", model.config)
+    assert adapter.blocks(model) is model.transformer.h
+    assert adapter.module(adapter.blocks(model)[1], "k") is model.transformer.h[1].attn.c_attn
+
+
+def test_auto_rejects_unknown_model_types() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_family("auto", tf.T5Config())
+    assert info.value.key == "model.family"
+    assert "'t5'" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_explicit_family_must_match_and_exist() -> None:
+    assert resolve_family("llama", tf.MistralConfig()) == "llama"
+    with pytest.raises(ConfigError, match="model.family"):
+        resolve_family("bert", tf.GPT2Config())
+    with pytest.raises(ConfigError, match="model.family"):
+        resolve_family("t5", tf.T5Config())
+
+
+def test_model_dims() -> None:
+    gpt2 = model_dims(tf.GPT2Config(n_layer=36, n_embd=1280, n_head=20), "gpt2")
+    assert (gpt2.n_layers, gpt2.d_model, gpt2.n_heads, gpt2.head_dim, gpt2.max_positions) == (
+        36, 1280, 20, 64, 1024)
+    llama = model_dims(tf.LlamaConfig(**SMALL_LLAMA), "llama")
+    assert (llama.n_heads, llama.n_kv_heads, llama.head_dim, llama.max_positions) == (4, 2, 8, 64)
+    bert = model_dims(tf.BertConfig(**SMALL_BERT), "bert")
+    assert (bert.n_layers, bert.d_model, bert.n_kv_heads) == (2, 32, 4)
+
+
+def test_site_widths_with_gqa() -> None:
+    widths = ADAPTERS["llama"].site_widths(tf.LlamaConfig(**SMALL_LLAMA))
+    assert widths == {"q": 32, "k": 16, "v": 16, "attn_out": 32, "mlp_out": 32,
+                      "resid_pre": 32, "resid_post": 32}
+
+
+def test_module_paths() -> None:
+    assert ADAPTERS["gpt2"].module_path("resid_pre") is None
+    with pytest.raises(ValueError):
+        ADAPTERS["gpt2"].module_path("logits")
