@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from laminae import corpus, stimuli
-from laminae.capture import SiteCapture
+from laminae.capture import SiteCapture, select_rows
 from laminae.config.validate import corpus_documents
 from laminae.models.loading import LoadedModel, load_model, resolve_device
 from laminae.provenance import provenance_attrs, stage_config_record
@@ -139,9 +139,10 @@ def row_selector(keep: Sequence[Sequence[int]], average: bool, device: torch.dev
     with `average`, each input's kept positions are averaged into one row."""
     batch_index = torch.tensor([b for b, positions in enumerate(keep) for _ in positions], device=device)
     position_index = torch.tensor([p for positions in keep for p in positions], device=device)
+    gather = select_rows(batch_index, position_index)  # (n_kept, width)
     if not average or all(len(positions) == 1 for positions in keep):
-        return lambda act: act[batch_index, position_index]
-    weights = torch.zeros(len(keep), len(position_index), device=device)
+        return gather
+    weights = torch.zeros(len(keep), len(position_index), device=device)  # (rows, n_kept)
     weights[batch_index, torch.arange(len(position_index), device=device)] = torch.tensor(
         [1.0 / len(positions) for positions in keep for _ in positions], device=device)
-    return lambda act: weights.to(act.dtype) @ act[batch_index, position_index]
+    return lambda act: weights.to(act.dtype) @ gather(act)

@@ -54,8 +54,14 @@ def configure_logging(log_path: str | os.PathLike | None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    for noisy in ("transformers", "huggingface_hub", "matplotlib", "h5py"):
+    for noisy in ("transformers", "huggingface_hub", "matplotlib", "h5py", "fontTools", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:  # transformers' own "Loading weights" bars would clutter every rule log
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def run_stage(smk: Any, main: Callable[[Any, StageContext], None]) -> None:

@@ -1,5 +1,4 @@
 """Rule `qkv_figures`: see laminae.plots.qkv."""
-import logging
 from pathlib import Path
 
 from laminae.plots.qkv import make_qkv_figures
@@ -7,7 +6,6 @@ from laminae.stage_runner import run_stage
 
 
 def main(smk, ctx):
-    logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting logs every glyph at INFO
     make_qkv_figures(ctx.stage, ctx.context, smk.input.table, smk.input.similarity, Path(smk.output.config).parent)
 
 

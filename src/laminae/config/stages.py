@@ -108,7 +108,14 @@ class Run:
 
     @property
     def runtime(self) -> dict[str, Any]:
-        return select_keys(self.config, RUNTIME_KEYS)
+        """The unhashed settings, flat: {"device": ..., "batch_size": ..., "compression": ...}."""
+        flat = {}
+        for dotted in RUNTIME_KEYS:
+            node = self.config
+            for part in dotted.split("."):
+                node = node[part]
+            flat[dotted.rsplit(".", 1)[-1]] = node
+        return flat
 
     @property
     def label(self) -> str:

@@ -49,7 +49,7 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 class ModelInfo:
     """Provenance and shape of a loaded model (written as attributes next to activations)."""
 
-    model_id: str  # the configured `pretrained`, or the random model's folder
+    model_id: str  # the configured `pretrained`, or "random:<folder name>" for random models
     revision: str | None  # commit hash when known, else configured revision / package version
     family: str
     n_layers: int
@@ -202,7 +202,8 @@ def load_model(
     prepare_tokenizer(tokenizer)
 
     info = ModelInfo(
-        model_id=location if random_weights else str(model_cfg["pretrained"]),
+        # random models: "random:<folder>", portable across machines (the folder is content-keyed)
+        model_id=f"random:{Path(location).name}" if random_weights else str(model_cfg["pretrained"]),
         revision=_revision(model_cfg, location, config, random_weights),
         family=adapter.family,
         n_layers=dims.n_layers,

@@ -1,0 +1,129 @@
+"""The whole pipeline through Snakemake on tiny-gpt2: layout, caching, provenance, and stored
+activations against an independent NumPy GPT-2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from laminae.config import load_runs
+from laminae.store import ActivationStore
+from reference_gpt2 import reference_gpt2_sites
+from workflow_helpers import FAST, PROJECT_ROOT, scheduled_rules, snakemake
+
+pytestmark = pytest.mark.slow
+OVERRIDES = ["model=tiny-gpt2", *FAST]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """One full run of both experiments; every test below inspects it."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    snakemake(workdir, OVERRIDES, "--cores", "2")
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def run():
+    (run,) = load_runs(OVERRIDES, project_root=PROJECT_ROOT)
+    return run
+
+
+def test_every_output_exists_in_the_documented_layout(workdir, run):
+    for experiment, files in {
+        "qkv": ["qkv_laminar.tsv", "similarity.h5", "qkv_laminar.png", "qkv_laminar.pdf", "qkv_similarity.png"],
+        "adjustments": ["adjustments.tsv", "adjustment_cosine.h5", "adjustments_laminar.png", "adjustments_hist.pdf",
+                        "adjustments_norms.png"],
+    }.items():
+        extract = run.stages[f"{experiment}.extract"]
+        activations = workdir / extract.output_dir
+        assert sorted(p.name for p in activations.glob("layer_*.h5")) == [f"layer_{i:02d}.h5" for i in range(4)]
+        assert (activations / "rows.tsv").is_file() and (activations / "config.yaml").is_file()
+        assert (workdir / extract.dir / "extract.log").is_file()
+        for name in files:
+            kind = "analysis" if name.endswith((".tsv", ".h5")) else "plot"
+            path = workdir / run.stages[f"{experiment}.{kind}"].output_dir / name
+            assert path.is_file() and path.stat().st_size > 0, path
+        for kind in ("extract", "analysis", "plot"):
+            record = yaml.safe_load((workdir / run.stages[f"{experiment}.{kind}"].output_dir / "config.yaml").read_text())
+            assert record["hash"] == run.stages[f"{experiment}.{kind}"].hash
+            assert record["versions"]["laminae_version"]
+
+
+def test_rerun_with_the_same_config_schedules_nothing(workdir):
+    assert scheduled_rules(snakemake(workdir, OVERRIDES, "-n")) == {}
+
+
+def test_plot_change_schedules_only_figure_jobs(workdir):
+    dry = snakemake(workdir, [*OVERRIDES, "plot.adjustments.error_bar=sd"], "-n")
+    assert scheduled_rules(dry) == {"adjustment_figures": 1, "all": 1}
+
+
+def test_new_template_schedules_only_experiment_1(workdir):
+    dry = snakemake(workdir, [*OVERRIDES, "template=mid_sentence"], "-n")
+    assert scheduled_rules(dry) == {"extract": 1, "qkv_metrics": 1, "qkv_figures": 1, "all": 1}
+
+
+def test_hdf5_attributes_carry_provenance(workdir, run):
+    stage = run.stages["qkv.extract"]
+    with h5py.File(workdir / stage.output_dir / "layer_03.h5") as handle:
+        attrs = dict(handle.attrs)
+    assert attrs["layer"] == 3 and attrs["n_layers"] == 4 and attrs["d_model"] == 64 and attrs["n_heads"] == 4
+    assert attrs["stage_hash"] == stage.hash and attrs["model_id"].startswith("random:tiny-gpt2-")
+    assert attrs["dtype"] == "float32" and attrs["random_weights"]
+    for package in ("laminae", "torch", "transformers"):
+        assert attrs[f"{package}_version"]
+    assert yaml.safe_load(attrs["config_yaml"])["model"]["name"] == "tiny-gpt2"
+
+
+def _reference(workdir: Path, input_ids: list[int]) -> dict[str, list[np.ndarray]]:
+    (folder,) = (workdir / "models").glob("tiny-gpt2-*")
+    return reference_gpt2_sites(load_file(folder / "model.safetensors"), n_heads=4, input_ids=input_ids)
+
+
+def test_stimulus_activations_match_an_independent_numpy_gpt2(workdir, run):
+    store = ActivationStore(workdir / run.stages["qkv.extract"].output_dir)
+    q, k, v = (store.read(site) for site in ("q", "k", "v"))  # (layers, words, 64)
+    from laminae.models.gpt2_tokenizer import gpt2_tokenizer
+
+    tokenizer = gpt2_tokenizer()
+    for row in store.rows[::5]:
+        reference = _reference(workdir, tokenizer(row["prompt"])["input_ids"])
+        position, index = int(row["position"]), int(row["row"])
+        for layer in range(4):
+            for site, stored in (("q", q), ("k", k), ("v", v)):
+                np.testing.assert_allclose(stored[layer, index], reference[site][layer][position], atol=2e-5, rtol=1e-4)
+
+
+def test_corpus_activations_match_an_independent_numpy_gpt2(workdir, run):
+    store = ActivationStore(workdir / run.stages["adjustments.extract"].output_dir)
+    token_ids = [int(t) for t in store.column("token_id")]
+    reference = _reference(workdir, token_ids)  # the corpus fits one window
+    assert set(store.column("window")) == {"0"}
+    for site in ("attn_out", "mlp_out", "resid_pre", "resid_post"):
+        stored = store.read(site)  # (layers, tokens, 64)
+        for layer in range(4):
+            np.testing.assert_allclose(stored[layer], reference[site][layer], atol=5e-5, rtol=1e-4)
+
+
+def test_two_runs_give_identical_datasets(workdir, run, tmp_path):
+    snakemake(tmp_path, OVERRIDES, "--cores", "2")  # rebuilds the random model from its seed too
+    for experiment in ("qkv", "adjustments"):
+        for kind in ("extract",):
+            first = workdir / run.stages[f"{experiment}.{kind}"].output_dir
+            second = tmp_path / run.stages[f"{experiment}.{kind}"].output_dir
+            for path in sorted(first.glob("layer_*.h5")):
+                with h5py.File(path) as a, h5py.File(second / path.name) as b:
+                    assert set(a) == set(b)
+                    for site in a:
+                        np.testing.assert_array_equal(a[site][()], b[site][()])
+            assert (first / "rows.tsv").read_text() == (second / "rows.tsv").read_text()
+    for name in ("qkv", "adjustments"):
+        table = {"qkv": "qkv_laminar.tsv", "adjustments": "adjustments.tsv"}[name]
+        metrics = run.stages[f"{name}.analysis"].output_dir / table
+        assert (workdir / metrics).read_text() == (tmp_path / metrics).read_text()
