@@ -7,7 +7,6 @@
 # The config is composed with Hydra (conf/), validated, and split into per-stage configs whose
 # hashes name the output folders (see docs/ARCHITECTURE.md). Composition is deterministic, so
 # every cluster job that re-parses this file derives the same stages.
-import os
 import sys
 from pathlib import Path
 
@@ -16,11 +15,12 @@ from snakemake.utils import min_version
 min_version("8.20")
 
 PROJECT_ROOT = Path(workflow.basedir).resolve()
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT / "src"), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(PROJECT_ROOT / "src"))
 
 from laminae.errors import LaminaeError
-from laminae.workflow import WorkflowPlan
+from laminae.workflow import WorkflowPlan, export_source_path
+
+export_source_path(PROJECT_ROOT)  # jobs (conda envs, cluster nodes) import laminae from src/ too
 
 try:
     PLAN = WorkflowPlan.from_snakemake_config(config, PROJECT_ROOT)
@@ -39,11 +39,13 @@ wildcard_constraints:
     xh=r"[0-9a-f]{10}",
     ah=r"[0-9a-f]{10}",
     ph=r"[0-9a-f]{10}",
+    ch=r"[0-9a-f]{10}",
 
 
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/qkv.smk"
 include: "workflow/rules/adjustments.smk"
+include: "workflow/rules/compare.smk"
 
 
 rule all:
@@ -54,7 +56,7 @@ rule all:
 
 onstart:
     try:
-        PLAN.preflight()
+        PLAN.preflight(local=workflow.local_exec)
     except LaminaeError as error:
         print(f"laminae: {error}", file=sys.stderr)
         sys.exit(1)

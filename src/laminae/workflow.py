@@ -13,11 +13,12 @@ Nothing here imports torch: parsing the Snakefile stays fast (a no-op rerun take
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from laminae.config import Run, Stage, load_runs
+from laminae.config import Run, Stage, load_runs, stable_hash
 from laminae.errors import ConfigError
 from laminae.stage_runner import WORKFLOW_CONFIG_KEY
 
@@ -32,18 +33,70 @@ STAGE_FILES = {
 }
 
 
+def export_source_path(root: Path) -> None:
+    """Put `<root>/src` on PYTHONPATH for job processes, so rule scripts import this checkout's
+    laminae even in a conda env or on a cluster node where it is not installed."""
+    paths = [str(root / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The overlay of one experiment's runs in a sweep: `<results>/sweeps/<experiment>-<hash>/`."""
+
+    experiment: str
+    hash: str
+    config: dict[str, Any]       # experiment, runs [{label, analysis hash}], plot settings, sweep spec
+    tables: list[str]            # each run's metrics table, in `config["runs"]` order
+    dir: Path
+
+    @property
+    def files(self) -> list[str]:
+        return [str(self.dir / f"compare_{self.experiment}.{ext}") for ext in ("png", "pdf")] + [str(self.dir / "sweep.yaml")]
+
+
 @dataclass
 class WorkflowPlan:
     runs: list[Run]
     root: Path
+    sweep: dict[str, list[str]] = field(default_factory=dict)   # {"overrides": [...], "sweep": [...]}
     stages: dict[str, Stage] = field(default_factory=dict)
     run_of: dict[str, Run] = field(default_factory=dict)
+    comparisons: dict[str, Comparison] = field(default_factory=dict)
+    _corpus_sizes: dict[str, int] = field(default_factory=dict, repr=False)  # corpus.path -> bytes
 
     def __post_init__(self) -> None:
         for run in self.runs:
             for stage in run.stages.values():
                 self.stages.setdefault(stage.hash, stage)
                 self.run_of.setdefault(stage.hash, run)
+        if len(self.runs) > 1:
+            for experiment in ("qkv", "adjustments"):
+                comparison = self._comparison(experiment)
+                if comparison is not None:
+                    self.comparisons[comparison.hash] = comparison
+
+    def _comparison(self, experiment: str) -> Comparison | None:
+        """Runs whose analyses differ, each labelled by the sweep values it does not share with
+        runs of the same analysis (a template sweep does not split experiment 2's curves)."""
+        groups: dict[str, list[Run]] = {}
+        for run in self.runs:
+            if f"{experiment}.analysis" in run.stages:
+                groups.setdefault(run.stages[f"{experiment}.analysis"].hash, []).append(run)
+        if len(groups) < 2:
+            return None
+        runs = []
+        for analysis_hash, members in groups.items():
+            shared = [o for o in members[0].overrides if all(o in m.overrides for m in members)]
+            run = {"label": " ".join(shared) or "default", "analysis": analysis_hash}
+            if experiment == "qkv":
+                run["selectivity"] = members[0].config["qkv"]["selectivity"]
+            runs.append(run)
+        config = {"stage": f"{experiment}.compare", "experiment": experiment, "runs": runs,
+                  "plot": {"dpi": self.runs[0].config["plot"]["dpi"]}, "sweep": self.sweep}
+        digest = stable_hash(config)
+        tables = [self.stage_files(self.stages[run["analysis"]])[0] for run in runs]
+        return Comparison(experiment, digest, config, tables, Path(self.results_dir) / "sweeps" / f"{experiment}-{digest}")
 
     @classmethod
     def from_snakemake_config(cls, config: Mapping[str, Any], root: Path) -> "WorkflowPlan":
@@ -51,8 +104,9 @@ class WorkflowPlan:
         if unknown:
             raise ConfigError(f"--config {unknown[0]}", "only overrides=[...] and sweep=[...], e.g. "
                               f"--config 'overrides=[\"{unknown[0]}={config[unknown[0]]}\"]'", has_value=False)
-        runs = load_runs(config.get("overrides", []), config.get("sweep", []), project_root=root)
-        return cls(runs=runs, root=root)
+        overrides, sweep = list(config.get("overrides", [])), list(config.get("sweep", []))
+        runs = load_runs(overrides, sweep, project_root=root)
+        return cls(runs=runs, root=root, sweep={"overrides": overrides, "sweep": sweep})
 
     @property
     def results_dir(self) -> str:
@@ -80,13 +134,20 @@ class WorkflowPlan:
         return [str(stage.output_dir / name) for name in (*names, "config.yaml")] if names else [str(stage.output_dir)]
 
     def targets(self) -> list[str]:
-        """Every run's metrics and figures, without duplicates, in run order."""
+        """Every run's metrics and figures, without duplicates, in run order; then the sweep's
+        comparison figures."""
         seen: dict[str, None] = {}
         for run in self.runs:
             for stage in run.stages.values():
                 if stage.kind != "extract":
                     seen.update(dict.fromkeys(self.stage_files(stage)))
+        for comparison in self.comparisons.values():
+            seen.update(dict.fromkeys(comparison.files))
         return list(seen)
+
+    def comparison_record(self, digest: str) -> dict[str, Any]:
+        comparison = self.comparisons[digest]
+        return {"stage": comparison.config["stage"], "hash": digest, "config": comparison.config}
 
     def context(self, digest: str) -> dict[str, Any]:
         """Labels for titles and captions: model, inputs and the analysis settings."""
@@ -130,23 +191,49 @@ class WorkflowPlan:
         from laminae.resources import extraction_resources
 
         stage = self.stages[digest]
-        corpus_bytes = sum(Path(p).stat().st_size for p in self.extract_inputs(digest).get("corpus", []))
-        return extraction_resources(self.run_of[digest].config, stage.experiment, corpus_bytes)
+        return extraction_resources(self.run_of[digest].config, stage.experiment, self.corpus_bytes(digest))
+
+    def resources(self, digest: str) -> dict[str, int]:
+        """mem_mb and runtime (minutes) of any stage's job: extraction, analysis or figures
+        (see laminae.resources). They scale with the model and the experiment's input size."""
+        from laminae import resources
+
+        stage = self.stages[digest]
+        estimate = {"extract": resources.extraction_resources, "analysis": resources.analysis_resources,
+                    "plot": resources.plot_resources}[stage.kind]
+        return estimate(self.run_of[digest].config, stage.experiment, self.corpus_bytes(digest))
+
+    def corpus_bytes(self, digest: str) -> int:
+        """Size of the corpus an adjustments stage reads, directly or through its extraction (0 for qkv)."""
+        from laminae.config import corpus_documents
+
+        if self.stages[digest].experiment != "adjustments":
+            return 0
+        path = self.run_of[digest].config["corpus"]["path"]
+        if path not in self._corpus_sizes:  # asked for every job's mem_mb and runtime: read the folder once
+            self._corpus_sizes[path] = sum(p.stat().st_size for p in corpus_documents(path, self.root))
+        return self._corpus_sizes[path]
 
     def wants_gpu(self, digest: str) -> int:
         """Extraction asks for a GPU unless the run pins device=cpu (auto uses one if present)."""
         return 0 if self.run_of[digest].config["device"] == "cpu" else 1
 
-    def preflight(self) -> None:
-        """Before any job: every model whose activations are still missing must be reachable."""
-        from laminae.models.loading import check_model_reachable
+    def preflight(self, local: bool = True) -> None:
+        """Before any job: every model whose activations are still missing must be reachable,
+        and, when jobs run on this machine (`local`), `device=cuda` needs CUDA here (cluster
+        jobs check it on their node)."""
+        from laminae.models.loading import check_model_reachable, resolve_device
 
         checked = set()
         for digest, stage in self.stages.items():
-            model = self.run_of[digest].config["model"]
-            key = (model["pretrained"], model["revision"])
-            if stage.kind != "extract" or model["random_init"] is not None or key in checked:
+            if stage.kind != "extract" or stage.output_dir.exists():
                 continue
-            if not stage.output_dir.exists():
+            config = self.run_of[digest].config
+            if local and config["device"] == "cuda" and "device" not in checked:
+                resolve_device(config["device"])
+                checked.add("device")
+            model = config["model"]
+            key = (model["pretrained"], model["revision"])
+            if model["random_init"] is None and key not in checked:
                 check_model_reachable(model, self.root)
                 checked.add(key)
