@@ -46,7 +46,7 @@ class Comparison:
 
     experiment: str
     hash: str
-    config: dict[str, Any]       # experiment, runs [{label, analysis hash}], plot settings, sweep spec
+    config: dict[str, Any]       # experiment, runs [{label, analysis hash}], plot settings
     tables: list[str]            # each run's metrics table, in `config["runs"]` order
     dir: Path
 
@@ -59,7 +59,6 @@ class Comparison:
 class WorkflowPlan:
     runs: list[Run]
     root: Path
-    sweep: dict[str, list[str]] = field(default_factory=dict)   # {"overrides": [...], "sweep": [...]}
     stages: dict[str, Stage] = field(default_factory=dict)
     run_of: dict[str, Run] = field(default_factory=dict)
     comparisons: dict[str, Comparison] = field(default_factory=dict)
@@ -93,7 +92,7 @@ class WorkflowPlan:
                 run["selectivity"] = members[0].config["qkv"]["selectivity"]
             runs.append(run)
         config = {"stage": f"{experiment}.compare", "experiment": experiment, "runs": runs,
-                  "plot": {"dpi": self.runs[0].config["plot"]["dpi"]}, "sweep": self.sweep}
+                  "plot": {"dpi": self.runs[0].config["plot"]["dpi"]}}
         digest = stable_hash(config)
         tables = [self.stage_files(self.stages[run["analysis"]])[0] for run in runs]
         return Comparison(experiment, digest, config, tables, Path(self.results_dir) / "sweeps" / f"{experiment}-{digest}")
@@ -104,9 +103,8 @@ class WorkflowPlan:
         if unknown:
             raise ConfigError(f"--config {unknown[0]}", "only overrides=[...] and sweep=[...], e.g. "
                               f"--config 'overrides=[\"{unknown[0]}={config[unknown[0]]}\"]'", has_value=False)
-        overrides, sweep = list(config.get("overrides", [])), list(config.get("sweep", []))
-        runs = load_runs(overrides, sweep, project_root=root)
-        return cls(runs=runs, root=root, sweep={"overrides": overrides, "sweep": sweep})
+        runs = load_runs(config.get("overrides", []), config.get("sweep", []), project_root=root)
+        return cls(runs=runs, root=root)
 
     @property
     def results_dir(self) -> str:

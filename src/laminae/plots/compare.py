@@ -97,7 +97,7 @@ def make_comparison(stage: Mapping[str, Any], tables: Sequence[str | Path], out_
         fig = plot_adjustment_comparison([read_adjustment_table(p) for p in tables], labels,
                                          f"Sweep: attention vs MLP adjustments in {len(labels)} runs")
     written = save_figure(fig, out_png, dpi=config["plot"]["dpi"])
-    record = {"stage": stage["stage"], "hash": stage["hash"], "sweep": config["sweep"],
+    record = {"stage": stage["stage"], "hash": stage["hash"],
               "runs": [{**run, "table": str(path)} for run, path in zip(config["runs"], tables)]}
     atomic_write_text(out_png.with_name("sweep.yaml"), dump_yaml(record))
     return [*written, out_png.with_name("sweep.yaml")]
