@@ -32,12 +32,10 @@ one-sided (selectivity larger than chance); in the ratio form they are only mean
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,6 +45,7 @@ import numpy as np
 from laminae.metrics.rsa import RsaBootstrap, rsa, rsa_bootstrap
 from laminae.metrics.selectivity import Selectivity, SelectivityTest, check_labels, selectivity_permutation_test
 from laminae.metrics.similarity import cosine_similarity
+from laminae.provenance import atomic_file
 
 TABLE_COLUMNS = ("layer", "component", "metric", "value", "ci_low", "ci_high", "p_value")
 TABLE_FILENAME = "qkv_laminar.tsv"
@@ -207,13 +206,13 @@ def write_qkv_tables(results: QkvResults, metrics_dir: str | os.PathLike, attrs:
     folder = Path(metrics_dir)
     folder.mkdir(parents=True, exist_ok=True)
     table_path = folder / TABLE_FILENAME
-    with _atomic_path(table_path) as tmp:
+    with atomic_file(table_path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(format_qkv_table(results.rows))
 
     h5_path = folder / SIMILARITY_FILENAME
     words = results.words if results.words is not None else tuple(str(i) for i in range(results.n_items))
-    with _atomic_path(h5_path) as tmp:
+    with atomic_file(h5_path) as tmp:
         with h5py.File(tmp, "w") as h5:
             for name in results.components:
                 h5.create_dataset(name, data=results.similarity[name])
@@ -332,15 +331,3 @@ def _attr_value(value: Any) -> Any:
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         return value
     return json.dumps(value, sort_keys=True, default=str)
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A fresh temporary path next to `path` (the caller creates the file), renamed onto `path`
-    on success and removed on failure, so no reader ever sees a half-written file."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
