@@ -112,18 +112,25 @@ def test_corpus_activations_match_an_independent_numpy_gpt2(workdir, run):
 
 
 def test_two_runs_give_identical_datasets(workdir, run, tmp_path):
+    """Activations and metrics of both experiments: every file, every HDF5 dataset (values,
+    dtype, shape) and attribute, every table and config.yaml byte for byte."""
     snakemake(tmp_path, OVERRIDES, "--cores", "2")  # rebuilds the random model from its seed too
     for experiment in ("qkv", "adjustments"):
-        for kind in ("extract",):
-            first = workdir / run.stages[f"{experiment}.{kind}"].output_dir
-            second = tmp_path / run.stages[f"{experiment}.{kind}"].output_dir
-            for path in sorted(first.glob("layer_*.h5")):
-                with h5py.File(path) as a, h5py.File(second / path.name) as b:
-                    assert set(a) == set(b)
-                    for site in a:
-                        np.testing.assert_array_equal(a[site][()], b[site][()])
-            assert (first / "rows.tsv").read_text() == (second / "rows.tsv").read_text()
-    for name in ("qkv", "adjustments"):
-        table = {"qkv": "qkv_laminar.tsv", "adjustments": "adjustments.tsv"}[name]
-        metrics = run.stages[f"{name}.analysis"].output_dir / table
-        assert (workdir / metrics).read_text() == (tmp_path / metrics).read_text()
+        for kind in ("extract", "analysis"):
+            folder = run.stages[f"{experiment}.{kind}"].output_dir
+            names = sorted(p.name for p in (workdir / folder).iterdir() if not p.name.startswith("."))
+            assert names == sorted(p.name for p in (tmp_path / folder).iterdir() if not p.name.startswith("."))
+            assert any(name.endswith(".h5") for name in names) and "config.yaml" in names, names
+            for name in names:
+                first, second = workdir / folder / name, tmp_path / folder / name
+                if not name.endswith(".h5"):
+                    assert first.read_bytes() == second.read_bytes(), first
+                    continue
+                with h5py.File(first) as a, h5py.File(second) as b:
+                    assert sorted(a) == sorted(b) and len(a) > 0, first
+                    for key in a:
+                        np.testing.assert_array_equal(a[key][()], b[key][()], strict=True, err_msg=f"{first}:{key}")
+                    attrs_a, attrs_b = dict(a.attrs), dict(b.attrs)
+                    assert sorted(attrs_a) == sorted(attrs_b), first
+                    for key, value in attrs_a.items():
+                        np.testing.assert_array_equal(value, attrs_b[key], err_msg=f"{first} attribute {key}")

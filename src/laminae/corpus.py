@@ -31,8 +31,13 @@ class Window:
     input_ids: list[int]
 
 
-def window_length(window_tokens: int | None, max_positions: int) -> int:
+def window_length(window_tokens: int | None, max_positions: int | None) -> int:
     """The tokens per window: `corpus.window_tokens`, or the model's context when null."""
+    if max_positions is None:  # the model's config does not say how long its context is
+        if window_tokens is None:
+            raise ConfigError("corpus.window_tokens", "a number of tokens per window (this model's config "
+                                                      "declares no context length)", has_value=False)
+        return window_tokens
     if window_tokens is None:
         return max_positions
     if window_tokens > max_positions:
@@ -62,8 +67,10 @@ def corpus_windows(documents: Sequence[Path], tokenizer, window: int, windowing:
         text = path.read_text(encoding="utf-8").strip()  # a file's trailing newline is not content
         ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         if len(ids) > room and not windowing:
-            raise ConfigError("corpus.windowing", f"true, since {name} has {len(ids)} tokens and the window "
-                                                  f"holds {room} (or raise corpus.window_tokens)", False)
+            shown = name if root is not None and path.is_relative_to(root) else path
+            raise ConfigError("corpus.windowing", f"true, since {shown} has {len(ids)} tokens and one window holds "
+                                                  f"{room} (corpus.window_tokens, or the model's context when null, "
+                                                  "less special tokens)", False)
         for start in range(0, len(ids), room):
             chunk = ids[start : start + room]
             windows.append(Window(name, len(windows), prefix + chunk + suffix))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from laminae import corpus, stimuli
 from laminae.capture import SiteCapture, select_rows
 from laminae.config.validate import corpus_documents
-from laminae.models.loading import LoadedModel, load_model, resolve_device
+from laminae.models.loading import LoadedModel, load_model, open_model, resolve_device
 from laminae.provenance import provenance_attrs, stage_config_record
 from laminae.store import ActivationWriter
 
@@ -81,11 +81,13 @@ def extract(stage: dict[str, Any], runtime: dict[str, Any], out_dir: Path, proje
     """Run one extraction stage end to end (see module docstring)."""
     config = stage["config"]
     resolve_device(runtime["device"])  # fail on `cuda` without CUDA before loading anything
-    loaded = load_model(config["model"], runtime["device"], runtime["models_dir"], project_root)
+    # config and tokenizer first (seconds): bad inputs fail before the weights load
+    files = open_model(config["model"], runtime["models_dir"], project_root)
     if stage["stage"] == "qkv.extract":
-        plan = plan_stimuli(config, loaded.tokenizer)
+        plan = plan_stimuli(config, files.tokenizer)
     else:
-        plan = plan_corpus(config, loaded.tokenizer, loaded.info.max_positions, project_root)
+        plan = plan_corpus(config, files.tokenizer, files.dims.max_positions, project_root)
+    loaded = load_model(config["model"], runtime["device"], runtime["models_dir"], project_root, files=files)
     log.info("model %s (%s, %d layers, d_model %d) on %s; %d inputs -> %d rows; sites %s",
              loaded.info.model_id, loaded.info.family, loaded.info.n_layers, loaded.info.d_model,
              loaded.info.device, len(plan.sequences), plan.n_rows, ",".join(plan.sites))

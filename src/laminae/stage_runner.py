@@ -50,6 +50,8 @@ def configure_logging(log_path: str | os.PathLike | None) -> None:
             _progress_stream = handlers[0].stream
     handlers.append(logging.StreamHandler(sys.stderr))
     handlers[-1].setLevel(logging.WARNING)
+    # a user error reaches stderr once, as `laminae: <message>` (run_stage prints it)
+    handlers[-1].addFilter(lambda record: not getattr(record, "user_error", False))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
@@ -82,7 +84,7 @@ def run_stage(smk: Any, main: Callable[[Any, StageContext], None]) -> None:
     try:
         main(smk, context)
     except LaminaeError as error:
-        log.error("%s", error)
+        log.error("%s", error, extra={"user_error": True})
         print(f"laminae: {error}", file=sys.stderr)
         sys.exit(1)
     except Exception:

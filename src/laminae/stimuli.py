@@ -68,9 +68,9 @@ def encode_stimuli(items: Sequence[Stimulus], tokenizer, position: str = "target
         offsets = encodings["offset_mapping"][i]
         special = encodings["special_tokens_mask"][i]
         targets = [t for t, (s, e) in enumerate(offsets) if not special[t] and s < item.end and e > item.start]
-        if not targets:
-            raise ConfigError("template.text", f"a template where {item.word!r} survives tokenisation as its own "
-                                               "tokens", item.prompt)
+        if not targets:  # the tokenizer's normaliser dropped the word (e.g. BERT strips lone accents)
+            raise ConfigError(f"stimuli.categories.{item.category}", "words the model's tokenizer keeps "
+                              f"({item.word!r} leaves no token in the prompt {item.prompt!r})", item.word)
         if len(targets) > 1:
             split_words.append(f"{item.word} ({len(targets)})")
         last = max(t for t in range(len(offsets)) if not special[t])

@@ -32,6 +32,8 @@ from laminae.provenance import atomic_dir
 SITES = ("q", "k", "v", "attn_out", "mlp_out", "resid_pre", "resid_post")
 ROWS_FILE = "rows.tsv"
 CONFIG_FILE = "config.yaml"
+# what to do about a damaged or foreign activation folder (Snakemake then reruns its extraction)
+REBUILD = "delete the activations folder and rerun to rebuild it"
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
@@ -164,7 +166,7 @@ class ActivationStore:
         self.n_rows = int(self.attrs["n_rows"])
         if expected_hash is not None and self.attrs.get("stage_hash") != expected_hash:
             raise InputFileError(first, f"stage hash {self.attrs.get('stage_hash')!r} does not match the config's "
-                                        f"{expected_hash!r}; these activations come from another config")
+                                        f"{expected_hash!r}; these activations come from another config: {REBUILD}")
         self.paths = [self.dir / layer_filename(layer, self.n_layers) for layer in range(self.n_layers)]
         self.widths: dict[str, int] = {}
         for path in self.paths:
@@ -229,7 +231,7 @@ class ActivationStore:
             with h5py.File(path, "r") as handle:
                 attrs = dict(handle.attrs)
         except OSError:
-            raise InputFileError(path, "is not a readable HDF5 file (truncated or corrupt); rerun extraction") from None
+            raise InputFileError(path, f"is not a readable HDF5 file (truncated or corrupt); {REBUILD}") from None
         for key in ("n_layers", "n_rows", "stage_hash"):
             if key not in attrs:
                 raise InputFileError(path, f"lacks the attribute {key!r}; not written by laminae")
@@ -242,11 +244,11 @@ class ActivationStore:
             with h5py.File(path, "r") as handle:
                 if handle.attrs.get("stage_hash") != expected_hash:
                     raise InputFileError(path, f"stage hash {handle.attrs.get('stage_hash')!r} differs from "
-                                               f"{expected_hash!r}; the folder mixes runs")
+                                               f"{expected_hash!r}; the folder mixes runs: {REBUILD}")
                 for site, data in handle.items():
                     if data.ndim != 2 or data.shape[0] != self.n_rows:
                         raise InputFileError(path, f"dataset {site!r} has shape {data.shape}, expected ({self.n_rows}, width)")
                     self.widths.setdefault(site, data.shape[1])
                     data[-1:]  # touch the last row: a truncated file fails here, not mid-analysis
         except OSError:
-            raise InputFileError(path, "is not a readable HDF5 file (truncated or corrupt); rerun extraction") from None
+            raise InputFileError(path, f"is not a readable HDF5 file (truncated or corrupt); {REBUILD}") from None

@@ -219,19 +219,21 @@ class WorkflowPlan:
     def preflight(self, local: bool = True) -> None:
         """Before any job: every model whose activations are still missing must be reachable,
         and, when jobs run on this machine (`local`), `device=cuda` needs CUDA here (cluster
-        jobs check it on their node)."""
-        from laminae.models.loading import check_model_reachable, resolve_device
-
+        jobs check it on their node). Imports torch only when a check needs it."""
         checked = set()
         for digest, stage in self.stages.items():
             if stage.kind != "extract" or stage.output_dir.exists():
                 continue
             config = self.run_of[digest].config
             if local and config["device"] == "cuda" and "device" not in checked:
+                from laminae.models.loading import resolve_device
+
                 resolve_device(config["device"])
                 checked.add("device")
             model = config["model"]
             key = (model["pretrained"], model["revision"])
             if model["random_init"] is None and key not in checked:
+                from laminae.models.loading import check_model_reachable
+
                 check_model_reachable(model, self.root)
                 checked.add(key)

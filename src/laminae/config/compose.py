@@ -38,6 +38,7 @@ def compose_config(overrides: Sequence[str], config_dir: str | Path) -> dict[str
     if not (config_dir / "config.yaml").is_file():
         raise ConfigError("config_dir", f"a folder with config.yaml", str(config_dir))
     overrides = [str(o) for o in overrides]
+    _check_override_syntax(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="laminae"):
@@ -76,6 +77,31 @@ def expand_sweep(sweep: Iterable[str]) -> list[tuple[str, ...]]:
     return [tuple(combination) for combination in itertools.product(*axes)]
 
 
+def _check_override_syntax(overrides: Sequence[str]) -> None:
+    """Parse each override alone, so a syntax error names its key (Hydra's own message names
+    neither the key nor the cure). The usual cause is an unquoted value holding braces, e.g.
+    `template.text=a {word} b`, which Hydra's grammar reads as a dict."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException as error:
+            key, has_value, value = override.partition("=")
+            key = key.strip().lstrip("~+")
+            if not has_value or not key:
+                raise ConfigError("overrides", f"overrides of the form key=value ({_first_line(error)})", override) from None
+            reason = _first_line(error)
+            if value.lstrip()[:1] not in ("[", "{") and any(char in value for char in "{}'\""):
+                quote = '"' if "'" in value else "'"
+                expected = f"the value quoted, since it holds braces or quotes: {key}={quote}{value}{quote}"
+            else:
+                expected = "a value in Hydra's override syntax (lists as [a,b]; quote strings holding []{}(),'\")"
+            raise ConfigError(key, f"{expected} (Hydra: {reason})", value) from None
+
+
 def _reject_volatile_interpolations(node: Any, key: str = "") -> None:
     if isinstance(node, dict):
         for child_key, child in node.items():
@@ -95,11 +121,18 @@ def _first_line(error: BaseException) -> str:
 def _one_line_error(error: BaseException, overrides: Sequence[str], config_dir: Path) -> ConfigError:
     """Map Hydra/OmegaConf errors to a ConfigError naming the key and what exists instead."""
     text = str(error)
-    missing_group = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    missing_group = re.search(r"Could not (?:find|load) '([^/']+)/([^']+)'", text)
     if missing_group:
         group, option = missing_group.groups()
         available = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
         return ConfigError(group, f"one of {available}", option)
+    if "Config group override must be" in text:  # e.g. qkv=3: a group given a non-name value
+        for override in overrides:
+            key, _, value = override.partition("=")
+            group = key.strip().lstrip("~+")
+            if (config_dir / group).is_dir() and not (config_dir / group / f"{value.strip()}.yaml").is_file():
+                available = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+                return ConfigError(group, f"one of {available} (a config group; set its keys as {group}.<key>=...)", value)
     unknown_key = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
     if unknown_key:
         key = unknown_key.group(1)

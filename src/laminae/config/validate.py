@@ -108,7 +108,7 @@ def _check_schema(cfg: dict[str, Any]) -> None:
     expectations = {
         "required": lambda: f"the key(s) {rule}",
         "enum": lambda: f"one of {rule}",
-        "type": lambda: f"a value of type {rule}",
+        "type": lambda: _TYPE_NAMES.get(str(rule), f"a value of type {rule}"),
         "minimum": lambda: f"{_article(error.schema)} >= {rule}",
         "maximum": lambda: f"{_article(error.schema)} <= {rule}",
         "exclusiveMinimum": lambda: f"a number > {rule}",
@@ -120,6 +120,10 @@ def _check_schema(cfg: dict[str, Any]) -> None:
     }
     expected = expectations.get(kind, lambda: error.message)()
     raise ConfigError(key, expected, error.instance)
+
+
+_TYPE_NAMES = {"array": "a list, e.g. [a,b]", "object": "a mapping, e.g. {key: value}", "integer": "an integer",
+               "number": "a number", "boolean": "true or false", "string": "a string"}
 
 
 def _article(schema: dict[str, Any]) -> str:
@@ -151,10 +155,13 @@ def _check_stimuli(categories: dict[str, list[str]]) -> None:
         for word in words:
             if not word.strip():
                 raise ConfigError(key, "non-empty words", word)
+            if not any(char.isprintable() for char in word):
+                raise ConfigError(key, "words with at least one visible character", word)
             if word != word.strip():
                 raise ConfigError(key, "words without leading or trailing spaces", word)
             if word in seen:
-                raise ConfigError(key, f"each word once across all categories ({word!r} is also in {seen[word]!r})", word)
+                where = "twice here" if seen[word] == category else f"also in {seen[word]!r}"
+                raise ConfigError(key, f"each word once across all categories ({word!r} is {where})", word)
             seen[word] = category
 
 

@@ -11,6 +11,7 @@ cannot be reached and the model is not cached, loading fails within seconds with
     ...                      "random_init": None, "n_layers": 6, "d_model": 384})
     >>> loaded.info.family, loaded.info.n_layers, loaded.info.d_model
     ('bert', 6, 384)
+    >>> open_model(cfg).tokenizer             # config and tokenizer only, no weights (seconds)
     >>> batch = forward_inputs(loaded.tokenizer, ["The next word is sun"], loaded.info.device)
     >>> with torch.no_grad():
     ...     hidden = loaded.model(**batch).last_hidden_state      # (batch, seq, d_model)
@@ -27,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers import PreTrainedTokenizerBase
 
 from laminae.config.stages import stable_hash
 from laminae.errors import ConfigError, ModelUnavailableError
-from laminae.models.adapters import Adapter, get_adapter, model_dims
+from laminae.models.adapters import Adapter, ModelDims, get_adapter, model_dims
 from laminae.models.random_models import ensure_random_model
 
 PKG_SCHEME = "pkg://"
@@ -162,25 +163,30 @@ def check_model_reachable(model_cfg: dict[str, Any],
     locate_model(model_cfg, project_root=project_root)
 
 
-def load_model(
+@dataclass
+class ModelFiles:
+    """A located model with its config and tokenizer read but no weights loaded (seconds, even
+    for a large model): enough to plan and check the inputs before the slow part."""
+
+    location: str                   # what from_pretrained is given: a local folder or a hub id
+    revision: str | None            # the revision passed to from_pretrained (None for folders)
+    config: PretrainedConfig
+    adapter: Adapter
+    dims: ModelDims
+    tokenizer: PreTrainedTokenizerBase  # prepared: right padding, a pad token
+    random_weights: bool
+
+
+def open_model(
     model_cfg: dict[str, Any],
-    device: str = "auto",
     models_dir: str | os.PathLike = "models",
     project_root: str | os.PathLike = ".",
-) -> LoadedModel:
-    """Load the base model (`AutoModel`, no LM head) of `model_cfg` onto `device`.
-
-    Checks the declared `n_layers` / `d_model` (when not null) and `family` against the model.
-    The KV cache is switched off (`config.use_cache = False`): we never generate.
-    """
-    torch_device = resolve_device(device)
-    dtype_name = model_cfg.get("dtype") or "float32"
-    if dtype_name not in DTYPES:
-        raise ConfigError("model.dtype", " | ".join(DTYPES), dtype_name)
+) -> ModelFiles:
+    """Locate `model_cfg`'s model, read its config and tokenizer, and check the declared
+    `n_layers` / `d_model` (when not null) and `family`, without loading the weights."""
     location = locate_model(model_cfg, models_dir, project_root)
     random_weights = bool(model_cfg.get("random_init"))
-    is_local = Path(location).is_dir()
-    revision = None if is_local else model_cfg.get("revision")
+    revision = None if Path(location).is_dir() else model_cfg.get("revision")
 
     config = AutoConfig.from_pretrained(location, revision=revision)
     adapter = get_adapter(model_cfg.get("family") or "auto", config)
@@ -191,21 +197,44 @@ def load_model(
             raise ConfigError(f"model.{key}", f"{actual} (the loaded model's value) or null",
                               declared)
 
+    tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+    prepare_tokenizer(tokenizer)
+    return ModelFiles(location=location, revision=revision, config=config, adapter=adapter, dims=dims,
+                      tokenizer=tokenizer, random_weights=random_weights)
+
+
+def load_model(
+    model_cfg: dict[str, Any],
+    device: str = "auto",
+    models_dir: str | os.PathLike = "models",
+    project_root: str | os.PathLike = ".",
+    files: ModelFiles | None = None,
+) -> LoadedModel:
+    """Load the base model (`AutoModel`, no LM head) of `model_cfg` onto `device`.
+
+    Checks the declared `n_layers` / `d_model` (when not null) and `family` against the model
+    (see `open_model`; pass its result as `files` to skip reading config and tokenizer twice).
+    The KV cache is switched off (`config.use_cache = False`): we never generate.
+    """
+    torch_device = resolve_device(device)
+    dtype_name = model_cfg.get("dtype") or "float32"
+    if dtype_name not in DTYPES:
+        raise ConfigError("model.dtype", " | ".join(DTYPES), dtype_name)
+    files = files or open_model(model_cfg, models_dir, project_root)
+    location, config, dims = files.location, files.config, files.dims
+
     # sdpa (the default) is kept: batched == unbatched holds with right padding (tests).
-    model = AutoModel.from_pretrained(location, revision=revision, config=config,
+    model = AutoModel.from_pretrained(location, revision=files.revision, config=config,
                                       dtype=DTYPES[dtype_name])
     model.config.use_cache = False
     model.requires_grad_(False)
     model.eval().to(torch_device)
 
-    tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
-    prepare_tokenizer(tokenizer)
-
     info = ModelInfo(
         # random models: "random:<folder>", portable across machines (the folder is content-keyed)
-        model_id=f"random:{Path(location).name}" if random_weights else str(model_cfg["pretrained"]),
-        revision=_revision(model_cfg, location, config, random_weights),
-        family=adapter.family,
+        model_id=f"random:{Path(location).name}" if files.random_weights else str(model_cfg["pretrained"]),
+        revision=_revision(model_cfg, location, config, files.random_weights),
+        family=files.adapter.family,
         n_layers=dims.n_layers,
         d_model=dims.d_model,
         n_heads=dims.n_heads,
@@ -213,9 +242,9 @@ def load_model(
         max_positions=dims.max_positions,
         dtype=dtype_name,
         device=str(torch_device),
-        random_weights=random_weights,
+        random_weights=files.random_weights,
     )
-    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, info=info)
+    return LoadedModel(model=model, tokenizer=files.tokenizer, adapter=files.adapter, info=info)
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
