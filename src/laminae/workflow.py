@@ -174,9 +174,13 @@ class WorkflowPlan:
         return inputs
 
     def random_model_dir(self, model_cfg: dict[str, Any]) -> Path:
-        from laminae.models.random_models import random_model_dir
+        """`laminae.models.random_models.random_model_dir`, without importing that module: it
+        imports torch and transformers (seconds), which every DAG build would pay, twice per
+        cluster job (tests/test_workflow_resources.py checks that both agree)."""
+        from laminae.config.stages import stable_hash as folder_hash
 
-        return random_model_dir(model_cfg, self.models_dir)
+        name = model_cfg.get("name") or model_cfg["random_init"].get("architecture", "random")
+        return Path(self.models_dir) / f"{name}-{folder_hash(model_cfg['random_init'])}"
 
     def random_model_config(self, folder_name: str) -> dict[str, Any]:
         for run in self.runs:

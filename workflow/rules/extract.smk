@@ -1,5 +1,10 @@
 # Extraction: model + inputs -> activations/layer_NN.h5 + rows.tsv (one job per experiment).
 
+# Building a random model takes seconds: on a cluster it runs in the submitting process rather
+# than waiting in the queue as a job of its own.
+localrules:
+    random_model,
+
 
 rule random_model:
     """Build a random-init model (tiny-gpt2, tiny-llama) once, deterministically from its seed."""

@@ -15,8 +15,8 @@ rule qkv_metrics:
     params:
         stage=lambda w: PLAN.stage_record(w.ah),
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=lambda w: PLAN.resources(w.ah)["mem_mb"],
+        runtime=lambda w: PLAN.resources(w.ah)["runtime"],
     conda:
         "../../envs/laminae.yaml"
     script:
@@ -44,8 +44,8 @@ rule qkv_figures:
         stage=lambda w: PLAN.stage_record(w.ph),
         context=lambda w: PLAN.context(w.ph),
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda w: PLAN.resources(w.ph)["mem_mb"],
+        runtime=lambda w: PLAN.resources(w.ph)["runtime"],
     conda:
         "../../envs/laminae.yaml"
     script:

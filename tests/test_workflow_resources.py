@@ -1,0 +1,119 @@
+"""Cluster resource requests (laminae.resources through WorkflowPlan) and the execution
+profiles in profiles/. The end-to-end SLURM run is tests/test_slurm.py."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from laminae import resources
+from laminae.models.random_models import random_model_dir
+from laminae.workflow import WorkflowPlan
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROFILES = PROJECT_ROOT / "profiles"
+
+
+def plan_for(*overrides: str) -> WorkflowPlan:
+    return WorkflowPlan.from_snakemake_config({"overrides": list(overrides)}, PROJECT_ROOT)
+
+
+def stage_digest(plan: WorkflowPlan, name: str) -> str:
+    (digest,) = [h for h, stage in plan.stages.items() if stage.name == name]
+    return digest
+
+
+@pytest.fixture(scope="module")
+def default_cfg():
+    return plan_for().runs[0].config  # GPT-2 Large, the seed experiments
+
+
+def test_small_runs_ask_for_the_floors(default_cfg):
+    """The seed experiments on any GPT-2 size fit the fixed minimum of analysis and figure jobs."""
+    plan = plan_for("model=gpt2-xl")
+    for experiment in ("qkv", "adjustments"):
+        assert plan.resources(stage_digest(plan, f"{experiment}.analysis")) == resources.ANALYSIS_FLOOR
+        assert plan.resources(stage_digest(plan, f"{experiment}.plot")) == resources.PLOT_FLOOR
+
+
+def test_adjustment_requests_grow_with_layers_times_tokens(default_cfg):
+    small = resources.analysis_resources(default_cfg, "adjustments", corpus_bytes=4_000)
+    tokens = resources.analysis_resources(default_cfg, "adjustments", corpus_bytes=400_000_000)   # 100M tokens
+    deeper = copy.deepcopy(default_cfg)
+    deeper["model"]["n_layers"] *= 4
+    both = resources.analysis_resources(deeper, "adjustments", corpus_bytes=400_000_000)
+    assert small == resources.ANALYSIS_FLOOR
+    assert small["mem_mb"] < tokens["mem_mb"] < both["mem_mb"] and small["runtime"] < tokens["runtime"] < both["runtime"]
+    # The per-token cosines (float64 + mask, three copies) dominate: 36 layers x 100M tokens x 27 B.
+    assert tokens["mem_mb"] == pytest.approx(36 * 100e6 * 27 / 2**20, rel=0.05)
+    figures = resources.plot_resources(default_cfg, "adjustments", corpus_bytes=400_000_000)
+    assert figures["mem_mb"] > resources.PLOT_FLOOR["mem_mb"] and figures["runtime"] >= resources.PLOT_FLOOR["runtime"]
+
+
+def test_qkv_requests_grow_with_words_and_resamples(default_cfg):
+    many = copy.deepcopy(default_cfg)
+    many["stimuli"]["categories"] = {c: [f"{c}{i}" for i in range(400)] for c in ("a", "b", "c")}
+    many["qkv"]["n_bootstrap"] = many["qkv"]["n_permutations"] = 10_000
+    analysis = resources.analysis_resources(many, "qkv")
+    assert analysis["mem_mb"] > resources.ANALYSIS_FLOOR["mem_mb"] and analysis["runtime"] > resources.ANALYSIS_FLOOR["runtime"]
+    assert resources.plot_resources(many, "qkv")["mem_mb"] > resources.PLOT_FLOOR["mem_mb"]
+    assert resources.analysis_resources(default_cfg, "qkv") == resources.ANALYSIS_FLOOR
+
+
+def test_plan_resources_dispatch_on_the_stage_and_read_the_corpus_size():
+    plan = plan_for("model=tiny-gpt2")
+    corpus = PROJECT_ROOT / "data" / "corpora" / "nietzsche.txt"
+    for name in ("qkv.extract", "adjustments.extract"):
+        digest = stage_digest(plan, name)
+        assert plan.resources(digest) == plan.extraction_resources(digest)
+        assert plan.wants_gpu(digest) == 1
+    assert plan.corpus_bytes(stage_digest(plan, "qkv.analysis")) == 0
+    for kind in ("extract", "analysis", "plot"):
+        assert plan.corpus_bytes(stage_digest(plan, f"adjustments.{kind}")) == corpus.stat().st_size
+    cpu = plan_for("model=tiny-gpt2", "device=cpu")
+    assert cpu.wants_gpu(stage_digest(cpu, "qkv.extract")) == 0
+
+
+def test_the_plan_names_random_model_folders_like_the_model_module():
+    plan = plan_for("model=tiny-llama")
+    model = plan.runs[0].config["model"]
+    assert plan.random_model_dir(model) == random_model_dir(model, plan.models_dir)
+
+
+def test_building_the_dag_imports_no_torch():
+    """Every job on a cluster re-parses the Snakefile (twice: sbatch, then srun): keep it light."""
+    code = (
+        "import sys; from pathlib import Path; from laminae.workflow import WorkflowPlan\n"
+        f"plan = WorkflowPlan.from_snakemake_config({{'overrides': ['model=tiny-gpt2']}}, Path({str(PROJECT_ROOT)!r}))\n"
+        "plan.targets(); [plan.extract_inputs(h) for h, s in plan.stages.items() if s.kind == 'extract']\n"
+        "[plan.resources(h) for h in plan.stages]\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_no_default_profile():
+    """Snakemake applies profiles/default/ to every run, tests included: cluster settings must
+    live in a named profile."""
+    assert not (PROFILES / "default").exists()
+
+
+def test_the_slurm_profile_holds_no_site_settings():
+    profile = yaml.safe_load((PROFILES / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    defaults = profile["default-resources"]
+    assert {"mem_mb", "runtime"} <= set(defaults)
+    assert not {"slurm_account", "slurm_partition"} & set(defaults)
+    assert profile["rerun-incomplete"] is True and profile["retries"] >= 1 and profile["latency-wait"] >= 30
+
+
+def test_the_local_profile_runs_one_gpu_job_at_a_time():
+    profile = yaml.safe_load((PROFILES / "local" / "config.yaml").read_text())
+    assert profile["resources"] == {"gpu": 1} and profile["cores"] == "all"
+    assert "executor" not in profile
