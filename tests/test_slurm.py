@@ -47,7 +47,6 @@ STATE = Path(os.environ.get("SLURM_LOCAL_STATE", "/tmp/slurm-local"))
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server")
 ACCOUNT, PARTITION = "research", "debug"  # made by start.sh
-CPUS = len(os.sched_getaffinity(0))       # start.sh gives the node $(nproc) CPUs
 EXTRACT_THREADS = 4                       # threads: of rule extract
 CLUSTER_RULES = {"extract": 2, "qkv_metrics": 1, "qkv_figures": 1, "adjustment_metrics": 1, "adjustment_figures": 1}
 
@@ -110,6 +109,11 @@ class LocalSlurm:
         self.pids = self.recorded()
         assert set(self.pids) == set(DAEMONS), f"start.sh recorded {self.pids}:\n{output}"
 
+    def cpus(self) -> int:
+        """CPUs of the node (start.sh gives it $(nproc))."""
+        return int(subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True,
+                                  timeout=30, check=True).stdout.split()[0])
+
     def stop(self) -> None:
         """stop.sh: kills exactly the recorded PIDs (and their children) and removes the files."""
         if not self.owned:
@@ -132,16 +136,16 @@ def cluster():
         slurm.stop()
 
 
-def _derived_profile(folder: Path) -> Path:
+def _derived_profile(folder: Path, cpus: int) -> Path:
     """profiles/slurm/config.yaml plus this cluster's settings: account and partition (added to
-    default-resources, which the command line could only replace), a node of CPUS cores, quick
-    first status check, and the SLURM logs of successful jobs kept for a failure report."""
+    default-resources, which the command line could only replace), a node of `cpus` cores, a
+    quick first status check, and the SLURM logs of successful jobs kept for a failure report."""
     profile = yaml.safe_load((PROJECT_ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     defaults = profile.get("default-resources") or {}
     if isinstance(defaults, list):
         defaults = dict(item.split("=", 1) for item in defaults)
     profile["default-resources"] = {**defaults, "slurm_account": ACCOUNT, "slurm_partition": PARTITION}
-    profile["max-threads"] = CPUS
+    profile["max-threads"] = cpus
     profile["slurm-init-seconds-before-status-checks"] = 5
     profile["slurm-keep-successful-logs"] = True
     folder.mkdir(parents=True)
@@ -163,7 +167,8 @@ def _minutes(limit: str) -> int:
 def runs(cluster, tmp_path_factory):
     """The pipeline through SLURM and, at the same time, locally (profiles/local)."""
     base = tmp_path_factory.mktemp("slurm")
-    profile = _derived_profile(base / "profile")
+    cpus = cluster.cpus()
+    profile = _derived_profile(base / "profile", cpus)
     started = datetime.datetime.now() - datetime.timedelta(seconds=5)
     clock = time.monotonic()
     with ThreadPoolExecutor(2) as pool:
@@ -186,7 +191,7 @@ def runs(cluster, tmp_path_factory):
                      "req": _tres(req), "alloc": _tres(alloc), "minutes": _minutes(limit), "state": state})
     print(f"\nSLURM and local runs took {elapsed:.0f} s together; {len(jobs)} SLURM jobs")
     return {"slurm": base / "slurm", "local": base / "local", "jobs": jobs, "submitted": submitted,
-            "output": output}
+            "output": output, "cpus": cpus}
 
 
 def test_extraction_jobs_request_a_gpu_and_the_analysis_jobs_do_not(runs):
@@ -198,7 +203,7 @@ def test_extraction_jobs_request_a_gpu_and_the_analysis_jobs_do_not(runs):
         assert job["state"] == "COMPLETED", job
         if job["rule"] == "extract":
             assert job["req"].get("gres/gpu") == "1" and job["alloc"].get("gres/gpu") == "1", job
-            assert job["req"]["cpu"] == str(min(EXTRACT_THREADS, CPUS)), job
+            assert job["req"]["cpu"] == str(min(EXTRACT_THREADS, runs["cpus"])), job
         else:
             assert not any(key.startswith("gres/") for key in job["req"]), job
             assert job["req"]["cpu"] == "1", job
