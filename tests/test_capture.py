@@ -211,3 +211,62 @@ def test_select_rows() -> None:
     act = torch.arange(2 * 3 * 4.0).reshape(2, 3, 4)                      # (batch, seq, width)
     rows = select_rows(torch.tensor([1, 0]), torch.tensor([2, 0]))(act)
     assert torch.equal(rows, torch.stack([act[1, 2], act[0, 0]]))
+
+
+def test_select_rows_of_a_whole_unpadded_batch_is_a_view() -> None:
+    act = torch.arange(2 * 3 * 4.0).reshape(2, 3, 4)                      # (batch, seq, width)
+    every = select_rows(torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 1, 2, 0, 1, 2]))
+    rows = every(act)
+    assert torch.equal(rows, act.reshape(6, 4)) and rows.data_ptr() == act.data_ptr()  # no copy
+    assert torch.equal(every(torch.zeros(3, 2, 4)), torch.zeros(6, 4))    # other shapes: gathered
+    swapped = select_rows(torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 2, 1, 0, 1, 2]))(act)
+    assert torch.equal(swapped, act.reshape(6, 4)[[0, 2, 1, 3, 4, 5]])
+    partial = select_rows(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0]))(act)
+    assert torch.equal(partial, act.reshape(6, 4)[[0, 1, 3]])
+
+
+def test_unpadded_batch_capture_equals_copying_selection(tiny_gpt2: LoadedModel) -> None:
+    texts = ["The next word is sun", "The next word is orange"]         # same length: no padding
+    batch = forward_inputs(tiny_gpt2.tokenizer, texts)
+    assert bool(batch["attention_mask"].all())
+    _, viewed = capture(tiny_gpt2, texts, select=select_tokens(batch["attention_mask"]))
+    _, full = capture(tiny_gpt2, texts)
+    for site in SITES:
+        for layer in range(tiny_gpt2.info.n_layers):
+            assert torch.equal(viewed[site][layer], full[site][layer].reshape(-1, 64))
+
+
+@pytest.mark.parametrize("sites", [SITES, ("k", "mlp_out")])
+def test_reuse_buffers_equals_keeping_outputs(tiny_gpt2: LoadedModel, sites) -> None:
+    model, adapter = tiny_gpt2.model, tiny_gpt2.adapter
+    a = forward_inputs(tiny_gpt2.tokenizer, TEXTS[:2])
+    b = forward_inputs(tiny_gpt2.tokenizer, TEXTS[2:])      # more tokens than `a`
+
+    def check(passes) -> None:
+        for batch in passes:
+            plain.select = reused.select = select_tokens(batch["attention_mask"])
+            model(**batch)
+        expected, got = plain.pop(), reused.pop()
+        for site in sites:
+            for layer in range(tiny_gpt2.info.n_layers):
+                assert torch.equal(got[site][layer], expected[site][layer])
+
+    with torch.inference_mode(), SiteCapture(model, adapter, sites=sites) as plain, \
+            SiteCapture(model, adapter, sites=sites, reuse_buffers=True) as reused:
+        check([a])
+        check([b])                                            # grows the buffers
+        check([a, b])                                         # two passes: concatenated (grows)
+        storage = {site: reused._buffers[site].data_ptr() for site in sites}
+        check([a])                                            # fits: the same buffers, reused
+        check([b])
+        assert {site: reused._buffers[site].data_ptr() for site in sites} == storage
+        with pytest.raises(RuntimeError, match="no activations"):
+            reused.pop()
+
+
+def test_reuse_buffers_needs_row_selection(tiny_gpt2: LoadedModel) -> None:
+    batch = forward_inputs(tiny_gpt2.tokenizer, TEXTS[:1])
+    with torch.inference_mode(), SiteCapture(tiny_gpt2.model, tiny_gpt2.adapter, sites=("mlp_out",),
+                                             reuse_buffers=True):
+        with pytest.raises(ValueError, match="selector"):
+            tiny_gpt2.model(**batch)

@@ -47,6 +47,7 @@ CASES = {
     "qkv.n_permutations=99": {"qkv.analysis", "qkv.plot"},
     "qkv.zscore=true": {"qkv.analysis", "qkv.plot"},
     "adjustments.exclude_first_token=true": {"adjustments.analysis", "adjustments.plot"},
+    "adjustments.during_extraction=true": ADJ_ALL,
     "plot.qkv.similarity_layers=[0]": {"qkv.plot"},
     "plot.adjustments.error_bar=sd": {"adjustments.plot"},
     "plot.dpi=300": {"qkv.plot", "adjustments.plot"},
@@ -62,6 +63,33 @@ CASES = {
 def test_override_changes_exactly_the_dependent_stage_hashes(override, changed):
     before, after = hashes(), hashes(override)
     assert {name for name in before if before[name] != after[name]} == changed
+
+
+# with adjustments.during_extraction=true the extraction computes the analysis, so the analysis
+# keys join its hash; everything else behaves as above
+DURING = "adjustments.during_extraction=true"
+CASES_DURING = {
+    "adjustments.exclude_first_token=true": ADJ_ALL,
+    "plot.adjustments.error_bar=sd": {"adjustments.plot"},
+    "corpus.window_tokens=128": ADJ_ALL,
+    "extract.storage_dtype=float16": QKV_ALL | ADJ_ALL,
+    "template=mid_sentence": QKV_ALL,
+    "batch_size=1": set(),
+}
+
+
+@pytest.mark.parametrize("override,changed", CASES_DURING.items(), ids=list(CASES_DURING))
+def test_override_changes_exactly_the_dependent_stage_hashes_during_extraction(override, changed):
+    before, after = hashes(DURING), hashes(DURING, override)
+    assert {name for name in before if before[name] != after[name]} == changed
+
+
+def test_during_extraction_off_leaves_extraction_hashes_as_they_were():
+    (run,) = load_runs(BASE, project_root=ROOT)
+    assert "adjustments" not in run.stages["adjustments.extract"].config
+    (run,) = load_runs([*BASE, DURING], project_root=ROOT)
+    assert run.stages["adjustments.extract"].config["adjustments"] == {"exclude_first_token": False,
+                                                                       "during_extraction": True}
 
 
 def test_corpus_content_enters_the_hash(tmp_path):

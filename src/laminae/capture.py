@@ -17,6 +17,12 @@ fused projection is reduced to (rows, 3 * d_model) before anything is kept. It m
 the leading (batch, seq) dimensions with index tensors already on the model's device, so that a
 hook never waits for the GPU. Kept tensors are detached and stay on the model's device, in its
 compute dtype; several forward passes before one `pop()` are concatenated on the row dimension.
+
+With `reuse_buffers=True` (what the extraction uses), kept rows are copied into one buffer per
+site, allocated on the first pass and reused by every later one, and `pop()` returns views into
+it that the next pass overwrites: the model's own outputs are then freed as in an unhooked
+forward, so memory stays at one buffer however many batches run (keeping the outputs themselves
+lets the allocator's heap fragment and grow from batch to batch).
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class SiteCapture:
         sites: Iterable[str] = QKV,
         layers: Iterable[int] | None = None,
         select: Selector | None = None,
+        reuse_buffers: bool = False,
     ) -> None:
         self.sites: tuple[str, ...] = tuple(sites)
         unknown = [site for site in self.sites if site not in SITES]
@@ -84,6 +91,10 @@ class SiteCapture:
         self._chunks: dict[str, list[list[torch.Tensor]]] = {
             site: [[] for _ in self.layers] for site in self.sites
         }
+        self.reuse_buffers = reuse_buffers
+        # reuse_buffers: site -> (n captured layers, capacity rows, width), and rows filled per layer
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._filled: dict[str, list[int]] = {site: [0 for _ in self.layers] for site in self.sites}
         self._handles: list[RemovableHandle] = []
 
     # -- context manager ------------------------------------------------------------------
@@ -111,7 +122,10 @@ class SiteCapture:
 
     def pop(self) -> dict[str, list[torch.Tensor]]:
         """`{site: [tensor per layer in self.layers]}` for the passes since the last pop, each
-        (rows, width) with a selector, else (batch, seq, width); then forget them."""
+        (rows, width) with a selector, else (batch, seq, width); then forget them. With
+        `reuse_buffers`, the tensors are views into the buffers, valid until the next pass."""
+        if self.reuse_buffers:
+            return self._pop_buffers()
         out: dict[str, list[torch.Tensor]] = {}
         for site, per_layer in self._chunks.items():
             if any(not chunks for chunks in per_layer):
@@ -123,10 +137,40 @@ class SiteCapture:
         return out
 
     def clear(self) -> None:
-        """Forget kept activations without returning them."""
+        """Forget kept activations without returning them (buffers stay allocated for reuse)."""
         for per_layer in self._chunks.values():
             for chunks in per_layer:
                 chunks.clear()
+        for filled in self._filled.values():
+            filled[:] = [0] * len(filled)
+
+    def _pop_buffers(self) -> dict[str, list[torch.Tensor]]:
+        out: dict[str, list[torch.Tensor]] = {}
+        for site, filled in self._filled.items():
+            if not all(filled):
+                raise RuntimeError(f"no activations for site {site!r}: did a forward pass of "
+                                   "the hooked model run inside the `with` block?")
+            out[site] = [self._buffers[site][slot, :n] for slot, n in enumerate(filled)]
+        self.clear()
+        return out
+
+    def _append(self, site: str, slot: int, rows: torch.Tensor) -> None:
+        """Copy `rows` (n, width) after the rows kept so far for (site, layer slot), growing the
+        site's buffer when a pass brings more rows than it holds."""
+        if rows.dim() != 2:
+            raise ValueError("reuse_buffers needs a selector that returns (rows, width)")
+        buffer, start = self._buffers.get(site), self._filled[site][slot]
+        stop = start + rows.shape[0]
+        usable = (buffer is not None and buffer.dtype == rows.dtype and buffer.device == rows.device
+                  and (torch.is_inference_mode_enabled() or not buffer.is_inference()))
+        if not usable or stop > buffer.shape[1]:
+            grown = torch.empty((len(self.layers), stop, rows.shape[1]), dtype=rows.dtype, device=rows.device)
+            if usable:
+                for other, n in enumerate(self._filled[site]):
+                    grown[other, :n] = buffer[other, :n]
+            self._buffers[site] = buffer = grown
+        buffer[slot, start:stop] = rows
+        self._filled[site][slot] = stop
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -153,7 +197,10 @@ class SiteCapture:
         select = self.select
         if select is not None:
             act = select(act)
-        self._chunks[site][slot].append(_owned(act.detach()))
+        if self.reuse_buffers:
+            self._append(site, slot, act.detach())
+        else:
+            self._chunks[site][slot].append(_owned(act.detach()))
 
     def _output_hook(self, slot: int, site: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -176,6 +223,11 @@ class SiteCapture:
 
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
             act = output.detach()  # (batch, seq, q + k + v)
+            if self.reuse_buffers:
+                parts = (act if self.select is None else self.select(act)).split(sizes, dim=-1)
+                for site, position in zip(sites, positions):
+                    self._append(site, slot, parts[position])
+                return
             if self.select is not None:
                 act = _owned(self.select(act))  # (rows, q + k + v): select before split, once
             parts = act.split(sizes, dim=-1)
@@ -208,15 +260,38 @@ def select_rows(batch_idx: torch.Tensor, pos_idx: torch.Tensor) -> Selector:
     # index_select on the flattened (batch * seq) rows: one kernel, ~6x faster than act[b, p]
     # on CPU. The flat index depends only on seq, which is a shape (no sync), so it is cached.
     flat_by_seq: dict[int, torch.Tensor] = {}
+    n_rows = batch_idx.numel()
+    full_seq = _full_batch_seq(batch_idx, pos_idx)
 
     def select(act: torch.Tensor) -> torch.Tensor:
         seq = act.shape[1]
+        if seq == full_seq and act.shape[0] * seq == n_rows:
+            # every position of every sequence, in order (e.g. unpadded corpus windows): the
+            # rows are the output itself, a view; copying them would only cost time and memory
+            return act.reshape(-1, act.shape[-1])
         flat = flat_by_seq.get(seq)
         if flat is None:
             flat = flat_by_seq[seq] = batch_idx * seq + pos_idx
         return act.reshape(-1, act.shape[-1]).index_select(0, flat)  # (rows, width)
 
     return select
+
+
+def _full_batch_seq(batch_idx: torch.Tensor, pos_idx: torch.Tensor) -> int | None:
+    """S when the rows are (0, 0), (0, 1), ..., (0, S-1), (1, 0), ..., (B-1, S-1), i.e. every
+    position of a (B, S) batch in order; else None. Checked once, when the selector is built
+    (one device sync there, none in the hooks)."""
+    n = batch_idx.numel()
+    if n == 0 or pos_idx.numel() != n:
+        return None
+    n_batch = int(batch_idx[-1]) + 1
+    if n % n_batch:
+        return None
+    seq = n // n_batch
+    order = torch.arange(n, device=batch_idx.device)
+    if torch.equal(batch_idx, order // seq) and torch.equal(pos_idx, order % seq):
+        return seq
+    return None
 
 
 def select_last(attention_mask: torch.Tensor) -> Selector:

@@ -35,6 +35,10 @@ CONFIG_FILE = "config.yaml"
 # what to do about a damaged or foreign activation folder (Snakemake then reruns its extraction)
 REBUILD = "delete the activations folder and rerun to rebuild it"
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+# Layer files are opened without HDF5's chunk cache: every row range is written once and read
+# once, so a cache gains nothing, and HDF5 2.x keeps up to 8 MiB per dataset in it (1.1 GiB for
+# GPT-2 Large's 36 files x 4 sites), growing with what is written and flushed only at close.
+NO_CHUNK_CACHE = {"rdcc_nbytes": 0}
 
 
 def layer_filename(layer: int, n_layers: int) -> str:
@@ -93,30 +97,37 @@ class ActivationWriter:
         self._columns: Sequence[str] = ()
         self._written: dict[str, int] = {}
         self._files: list[h5py.File] = []
+        self._datasets: dict[str, list[h5py.Dataset]] = {}  # site -> one dataset per layer file
 
     def __enter__(self) -> "ActivationWriter":
         self._atomic = atomic_dir(self.out_dir)
         self.tmp_dir = self._atomic.__enter__()
         for layer in range(self.n_layers):
-            handle = h5py.File(self.tmp_dir / layer_filename(layer, self.n_layers), "w", track_order=True)
+            handle = h5py.File(self.tmp_dir / layer_filename(layer, self.n_layers), "w", track_order=True,
+                               **NO_CHUNK_CACHE)
             handle.attrs.update({**self.attrs, "layer": layer, "n_layers": self.n_layers, "n_rows": self.n_rows,
                                  "storage_dtype": self.dtype.name})
             self._files.append(handle)
         return self
 
-    def write(self, start: int, batch: Mapping[str, np.ndarray]) -> None:
-        """Write rows `start : start + rows` of every site in `batch`: (n_layers, rows, width)."""
+    def write(self, start: int, batch: Mapping[str, np.ndarray | Sequence[np.ndarray]]) -> None:
+        """Write rows `start : start + rows` of every site in `batch`: an array (n_layers, rows,
+        width), or a sequence of n_layers arrays (rows, width), which spares stacking them."""
         for site, values in batch.items():
-            if values.shape[0] != self.n_layers:
-                raise ValueError(f"{site}: expected {self.n_layers} layers, got {values.shape[0]}")
-            stop = start + values.shape[1]
+            if len(values) != self.n_layers:
+                raise ValueError(f"{site}: expected {self.n_layers} layers, got {len(values)}")
+            shape = np.shape(values[0])
+            if len(shape) != 2 or any(np.shape(layer) != shape for layer in values):
+                raise ValueError(f"{site}: every layer must be (rows, width) of one shape; got "
+                                 f"{[np.shape(layer) for layer in values]}")
+            stop = start + shape[0]
             if stop > self.n_rows:
                 raise ValueError(f"{site}: rows {start}:{stop} beyond the {self.n_rows} declared")
             if site not in self._written:
-                self._create(site, values.shape[2])
-            for layer, handle in enumerate(self._files):
-                handle[site][start:stop] = values[layer]
-            self._written[site] += values.shape[1]
+                self._create(site, shape[1])
+            for dataset, layer in zip(self._datasets[site], values) if shape[0] else ():
+                _write_rows(dataset, start, layer)
+            self._written[site] += shape[0]
 
     def set_rows(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
         """The row descriptions, written to rows.tsv with a leading `row` column."""
@@ -126,9 +137,10 @@ class ActivationWriter:
 
     def _create(self, site: str, width: int) -> None:
         chunks = (min(self.chunk_rows, self.n_rows), width) if self.n_rows else None
-        for handle in self._files:
+        self._datasets[site] = [
             handle.create_dataset(site, shape=(self.n_rows, width), dtype=self.dtype, chunks=chunks,
                                   compression=self.compression, track_times=False)
+            for handle in self._files]
         self._written[site] = 0
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -151,6 +163,15 @@ class ActivationWriter:
         rows = [{"row": index, **row} for index, row in enumerate(self._rows)]
         write_tsv(self.tmp_dir / ROWS_FILE, rows, ["row", *self._columns])
         (self.tmp_dir / CONFIG_FILE).write_text(self.config_text, encoding="utf-8")
+
+
+def _write_rows(dataset: h5py.Dataset, start: int, values: np.ndarray) -> None:
+    """dataset[start : start + len(values)] = values; through `write_direct` (no selection
+    parsing, no temporary) when `values` is C-contiguous in the dataset's dtype."""
+    if isinstance(values, np.ndarray) and values.dtype == dataset.dtype and values.flags.c_contiguous:
+        dataset.write_direct(values, dest_sel=np.s_[start : start + values.shape[0]])
+    else:
+        dataset[start : start + len(values)] = values
 
 
 class ActivationStore:
@@ -192,7 +213,7 @@ class ActivationStore:
         layers = range(self.n_layers) if layers is None else layers
         out = None
         for index, layer in enumerate(layers):
-            with h5py.File(self.paths[layer], "r") as handle:
+            with h5py.File(self.paths[layer], "r", **NO_CHUNK_CACHE) as handle:
                 data = handle[site]
                 if out is None:
                     out = np.empty((len(layers), *data.shape), dtype=dtype)
@@ -204,7 +225,7 @@ class ActivationStore:
         """Stream rows without loading a whole corpus: yields (start, {site: (n_layers, rows, width)})."""
         for site in sites:
             self._require(site)
-        handles = [h5py.File(path, "r") for path in self.paths]
+        handles = [h5py.File(path, "r", **NO_CHUNK_CACHE) for path in self.paths]
         try:
             for start in range(0, self.n_rows, chunk_rows):
                 stop = min(start + chunk_rows, self.n_rows)

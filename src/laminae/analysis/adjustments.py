@@ -59,7 +59,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -371,6 +372,8 @@ def run_adjustment_metrics(stage: dict[str, Any], activations_dir: str | Path, m
     line); `chunk_rows` defaults to what fits `CHUNK_BYTES`."""
     settings = stage["config"]["adjustments"]
     exclude_first = bool(settings["exclude_first_token"])
+    if settings.get("during_extraction"):
+        return publish_during_extraction(stage, activations_dir, metrics_dir, runtime)
     store = ActivationStore(activations_dir, expected_hash=stage["config"]["upstream"])
     for site in ADJUSTMENT_SITES:
         if site not in store.widths:
@@ -388,27 +391,45 @@ def run_adjustment_metrics(stage: dict[str, Any], activations_dir: str | Path, m
              store.n_layers, store.n_rows, n_windows,
              "first token of each window excluded" if exclude_first else "all tokens", chunk_rows, ",".join(sites))
 
-    metrics_dir = Path(metrics_dir)
-    cosine_path, table_path, config_path = (metrics_dir / name for name in (COSINE_FILENAME, TABLE_FILENAME, CONFIG_FILENAME))
     attrs = provenance_attrs(stage, runtime)
     attrs.update({f"activations_{key}": store.attrs[key] for key in _STORE_ATTRS if key in store.attrs})
     attrs.update(activations_stage_hash=store.attrs["stage_hash"], exclude_first_token=exclude_first,
                  n_windows=n_windows, cosine_definition=COSINE_DEFINITION)
-    shape = (store.n_layers, store.n_rows)
-    chunks = (1, min(store.n_rows, 32768)) if store.n_rows else None
+    chunks = store.iter_chunks(sites, chunk_rows=chunk_rows, dtype=read_dtype(store))
+    return write_adjustment_metrics(chunks, store.n_layers, index, include, attrs, metrics_dir, stage, runtime)
+
+
+def write_adjustment_metrics(chunks: Iterable[tuple[int, Mapping[str, np.ndarray]]], n_layers: int,
+                             index: Mapping[str, np.ndarray], include: np.ndarray, attrs: Mapping[str, Any],
+                             out_dir: str | Path, stage: dict[str, Any], runtime: dict[str, Any] | None = None
+                             ) -> list[Path]:
+    """Stream `chunks` through an AdjustmentAccumulator and write adjustment_cosine.h5 (with
+    `attrs`), adjustments.tsv and config.yaml into `out_dir`, each atomically; returns their paths.
+
+    `chunks` yields `(first row, {site: (n_layers, rows, width)})` in row order, with
+    attn_out, mlp_out and optionally resid_pre / resid_post: `ActivationStore.iter_chunks` here,
+    or an extraction's batches (`adjustments.during_extraction`, see laminae.extract). `index`
+    holds the per-row `window`, `position` (and `token_id`) columns, `include` the rows that count."""
+    out_dir = Path(out_dir)
+    cosine_path, table_path, config_path = (out_dir / name for name in (COSINE_FILENAME, TABLE_FILENAME, CONFIG_FILENAME))
+    n_rows = len(index["position"])
+    shape = (n_layers, n_rows)
+    h5_chunks = (1, min(n_rows, 32768)) if n_rows else None
     with atomic_file(cosine_path) as tmp, h5py.File(tmp, "w", track_order=True) as handle:
         handle.attrs.update(attrs)
-        cosine_out = handle.create_dataset("cosine", shape=shape, dtype=np.float64, chunks=chunks,
+        cosine_out = handle.create_dataset("cosine", shape=shape, dtype=np.float64, chunks=h5_chunks,
                                            fillvalue=np.nan, track_times=False)
-        included_out = handle.create_dataset("included", shape=shape, dtype=bool, chunks=chunks, track_times=False)
+        included_out = handle.create_dataset("included", shape=shape, dtype=bool, chunks=h5_chunks, track_times=False)
         for name, values in index.items():
             handle.create_dataset(name, data=values, track_times=False)
-        accumulator = AdjustmentAccumulator(store.n_layers, cosine_out=cosine_out, included_out=included_out)
-        for start, chunk in store.iter_chunks(sites, chunk_rows=chunk_rows, dtype=read_dtype(store)):
+        accumulator = AdjustmentAccumulator(n_layers, cosine_out=cosine_out, included_out=included_out)
+        for start, chunk in chunks:
             rows = chunk["attn_out"].shape[1]
             accumulator.update(chunk["attn_out"], chunk["mlp_out"], chunk.get("resid_pre"), chunk.get("resid_post"),
                                include[start : start + rows])
             del chunk
+        if accumulator.rows_seen != n_rows:
+            raise RuntimeError(f"adjustments: {accumulator.rows_seen} rows streamed, {n_rows} expected")
         result = accumulator.finish()
         handle.create_dataset("n_undefined", data=result.n_undefined, track_times=False)
     if result.n_undefined.any():
@@ -425,6 +446,46 @@ def run_adjustment_metrics(stage: dict[str, Any], activations_dir: str | Path, m
     else:
         log.warning("no defined, included cosine at any layer: the statistics are empty")
     log.info("wrote %s, %s, %s", table_path, cosine_path, config_path)
+    return [table_path, cosine_path, config_path]
+
+
+def publish_during_extraction(stage: dict[str, Any], activations_dir: str | Path, metrics_dir: str | Path,
+                              runtime: dict[str, Any] | None = None) -> list[Path]:
+    """The analysis stage under `adjustments.during_extraction`: the extraction already computed
+    adjustment_cosine.h5 and adjustments.tsv (with the same code, from the same activations);
+    check they come from the upstream extraction and publish them into `metrics_dir` with this
+    stage's provenance (the extraction's attributes become `activations_*`)."""
+    source = Path(activations_dir)
+    cosine_source, table_source = source / COSINE_FILENAME, source / TABLE_FILENAME
+    for path in (cosine_source, table_source):
+        if not path.is_file():
+            raise InputFileError(path, "missing: with adjustments.during_extraction the extraction stage writes it; "
+                                       "delete the activations folder and rerun")
+    try:
+        with h5py.File(cosine_source, "r") as handle:
+            extraction = {k: v.decode() if isinstance(v, bytes) else v for k, v in handle.attrs.items()}
+    except OSError:
+        raise InputFileError(cosine_source, "is not a readable HDF5 file (truncated or corrupt); delete the "
+                                            "activations folder and rerun") from None
+    if extraction.get("stage_hash") != stage["config"]["upstream"]:
+        raise InputFileError(cosine_source, f"stage hash {extraction.get('stage_hash')!r} does not match the config's "
+                                            f"{stage['config']['upstream']!r}; these results come from another config")
+    attrs = provenance_attrs(stage, runtime)
+    attrs.update({f"activations_{key}": extraction[key] for key in _STORE_ATTRS if key in extraction})
+    attrs.update(activations_stage_hash=extraction["stage_hash"], computed_during_extraction=True,
+                 **{key: extraction[key] for key in ("exclude_first_token", "n_windows", "cosine_definition")})
+    metrics_dir = Path(metrics_dir)
+    cosine_path, table_path, config_path = (metrics_dir / name for name in (COSINE_FILENAME, TABLE_FILENAME, CONFIG_FILENAME))
+    with atomic_file(cosine_path) as tmp:
+        shutil.copyfile(cosine_source, tmp)
+        with h5py.File(tmp, "r+") as handle:
+            for key in list(handle.attrs):
+                del handle.attrs[key]
+            handle.attrs.update(attrs)
+    with atomic_file(table_path) as tmp:
+        shutil.copyfile(table_source, tmp)
+    atomic_write_text(config_path, stage_config_record(stage, runtime))
+    log.info("computed during extraction (%s); published %s, %s, %s", source, table_path, cosine_path, config_path)
     return [table_path, cosine_path, config_path]
 
 

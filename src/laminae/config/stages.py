@@ -39,6 +39,9 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "adjustments.analysis": ("adjustments",),
     "adjustments.plot": ("plot.dpi", "plot.adjustments"),
 }
+# An experiment whose analysis may run inside its extraction (a flag key): when the flag is
+# true, the extraction's outputs depend on the analysis keys as well, so they join its hash.
+ANALYSIS_DURING_EXTRACTION = {"adjustments": "adjustments.during_extraction"}
 # Keys that change how a stage runs or lays out bytes, never a stored value: recorded, not hashed.
 RUNTIME_KEYS = ("device", "batch_size", "models_dir", "extract.compression", "extract.chunk_rows")
 HASH_LENGTH = 10
@@ -70,6 +73,14 @@ def select_keys(cfg: dict[str, Any], dotted_keys: tuple[str, ...]) -> dict[str, 
             target = target.setdefault(part, {})
         target[leaf] = copy.deepcopy(source[leaf])
     return out
+
+
+def get_key(cfg: dict[str, Any], dotted: str) -> Any:
+    """The value of a dotted key, e.g. `get_key(cfg, "adjustments.during_extraction")`."""
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 @dataclass(frozen=True)
@@ -134,7 +145,11 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, overrides: tuple[str
     model = cfg["model"]["name"]
     stages: dict[str, Stage] = {}
     for experiment in cfg["experiments"]:
-        extract_cfg = select_keys(cfg, STAGE_KEYS[f"{experiment}.extract"])
+        extract_keys = STAGE_KEYS[f"{experiment}.extract"]
+        flag = ANALYSIS_DURING_EXTRACTION.get(experiment)
+        if flag and get_key(cfg, flag):
+            extract_keys = (*extract_keys, *STAGE_KEYS[f"{experiment}.analysis"])
+        extract_cfg = select_keys(cfg, extract_keys)
         if experiment == "qkv":
             inputs_label = f"{cfg['stimuli']['name']}.{cfg['template']['name']}"
         else:

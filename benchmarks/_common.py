@@ -1,0 +1,372 @@
+"""Shared pieces of the benchmarks: the machine, paired timing, models, inputs, the three
+extraction paths (bare forward, laminae, TransformerLens + h5py).
+
+Not a benchmark itself; see the `bench_*.py` scripts. Everything runs on the CPU with
+`torch.set_num_threads(os.cpu_count())` unless a script says otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("TQDM_DISABLE", "1")  # laminae's progress bar would interleave with the tables
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from laminae.config import load_runs  # noqa: E402
+from laminae.extract import ExtractionPlan, pad_right, plan_corpus, plan_stimuli, run_plan  # noqa: E402
+from laminae.models.adapters import get_adapter  # noqa: E402
+from laminae.models.loading import LoadedModel, ModelInfo, prepare_tokenizer  # noqa: E402
+from laminae.models.random_models import build_random_model  # noqa: E402
+from laminae.provenance import provenance_attrs, stage_config_record  # noqa: E402
+from laminae.store import ActivationWriter, layer_filename  # noqa: E402
+
+try:  # laminae's HDF5 settings; absent before they existed (the benchmarks also run on older trees)
+    from laminae.store import NO_CHUNK_CACHE  # noqa: E402
+except ImportError:
+    NO_CHUNK_CACHE = {}
+
+#: The random models the benchmarks use: GPT-2 Large's shape (36 blocks, d_model 1280, 20 heads,
+#: ~774M parameters, ~3.1 GB in float32) and the project's tiny-gpt2 (conf/model/tiny-gpt2.yaml).
+SHAPES: dict[str, dict[str, Any]] = {
+    "gpt2-large-shape": {"n_layer": 36, "n_embd": 1280, "n_head": 20, "n_positions": 1024},
+    "tiny-gpt2": {"n_layer": 4, "n_embd": 64, "n_head": 4, "n_positions": 1024},
+}
+SEED = 0
+BATCH_SIZE = 8  # conf/config.yaml's default
+
+
+# ------------------------------------------------------------------------------- machine
+def machine() -> dict[str, str]:
+    """CPU model, cores, RAM, load and package versions, for the header of every script."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = "unknown"
+    try:
+        kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")))
+        ram = f"{kb / 2**20:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    versions = []
+    for package in ("torch", "transformers", "h5py", "numpy", "snakemake", "transformer-lens"):
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package} (not installed)")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "torch threads": str(torch.get_num_threads()),
+            "ram": ram, "python": platform.python_version(), "versions": ", ".join(versions),
+            "load average (1/5/15 min)": load}
+
+
+def print_header(title: str, command: str) -> None:
+    print(f"# {title}\n# command: {command}")
+    for key, value in machine().items():
+        print(f"# {key}: {value}")
+    print(flush=True)
+
+
+def setup_torch() -> None:
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_grad_enabled(False)
+
+
+# -------------------------------------------------------------------------------- timing
+@dataclass(frozen=True)
+class Sample:
+    wall: float  # seconds, perf_counter
+    cpu: float   # seconds of user + system CPU time of this process (all threads)
+
+
+def timed(fn: Callable[[], Any]) -> Sample:
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return Sample(wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
+
+
+def paired_rounds(variants: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                  label: str = "", cleanup: Callable[[], Any] | None = None) -> dict[str, list[Sample]]:
+    """Run every variant once per round, `warmup` + `repeats` rounds, the order rotated each
+    round (so drift in the machine's load hits every variant alike); warm-up rounds are
+    dropped. `cleanup` runs after every call, untimed (e.g. deleting what it wrote).
+    Returns {variant: [Sample per timed round]}."""
+    names = list(variants)
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
+    for round_index in range(warmup + repeats):
+        shift = round_index % len(names)
+        order = names[shift:] + names[:shift]
+        line = []
+        for name in order:
+            sample = timed(variants[name])
+            if cleanup is not None:
+                cleanup()
+            line.append(f"{name} {sample.wall:.3f}s")
+            if round_index >= warmup:
+                samples[name].append(sample)
+        tag = "warm-up" if round_index < warmup else f"round {round_index - warmup + 1}/{repeats}"
+        print(f"  [{label}] {tag}: " + ", ".join(line), file=sys.stderr, flush=True)
+    return samples
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def paired_ratios(samples: Mapping[str, list[Sample]], numerator: str, denominator: str,
+                  field: str = "wall") -> list[float]:
+    """Per-round ratios numerator / denominator (the rounds pair the runs)."""
+    return [getattr(a, field) / getattr(b, field) for a, b in zip(samples[numerator], samples[denominator])]
+
+
+def spread(values: Sequence[float]) -> str:
+    """`min-max` of a list, for the tables."""
+    return f"{min(values):.3g}-{max(values):.3g}"
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """A Markdown table (pasteable into docs/PERFORMANCE.md)."""
+    cells = [[_fmt(row.get(column, "")) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(c[i]) for c in cells)) for i, column in enumerate(columns)]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |")
+    print(flush=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+# -------------------------------------------------------------------------------- inputs
+def seeds_config(*overrides: str) -> dict[str, Any]:
+    """The composed default config (the seeds' stimuli, template and corpus) on tiny-gpt2."""
+    (run,) = load_runs(["model=tiny-gpt2", *overrides], project_root=ROOT)
+    return run.config
+
+
+_TOKENIZER = None
+
+
+def tokenizer():
+    """GPT-2's real tokenizer (offline), saved once to a temp folder and loaded back, so it has
+    a `name_or_path` (TransformerLens needs one) and laminae's right padding + pad token."""
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        from transformers import AutoTokenizer
+
+        from laminae.models.gpt2_tokenizer import gpt2_tokenizer
+
+        folder = Path(tempfile.mkdtemp(prefix="laminae-bench-tok-"))
+        gpt2_tokenizer().save_pretrained(folder)
+        _TOKENIZER = prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
+    return _TOKENIZER
+
+
+def plans(cfg: dict[str, Any] | None = None, max_positions: int = 1024) -> dict[str, ExtractionPlan]:
+    """Both experiments' inputs exactly as the extraction stage plans them: `qkv` (34 prompts of
+    the default stimuli and template) and `adjustments` (the Nietzsche corpus, one window)."""
+    cfg = cfg or seeds_config()
+    tok = tokenizer()
+    return {"qkv": plan_stimuli(cfg, tok), "adjustments": plan_corpus(cfg, tok, max_positions, ROOT)}
+
+
+def n_tokens(plan: ExtractionPlan) -> int:
+    return sum(len(s) for s in plan.sequences)
+
+
+# -------------------------------------------------------------------------------- models
+def build_model(shape: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A random GPT-2 base model of `shape` (fixed seed, float32, CPU), wrapped like
+    `laminae.models.loading.load_model` returns it (no disk round trip)."""
+    random_init = {"seed": SEED, "tokenizer": "gpt2", "architecture": "gpt2", "config": SHAPES[shape]}
+    model = build_random_model(random_init)
+    model.config.use_cache = False
+    model.requires_grad_(False)
+    model.eval().to(dtype)
+    cfg = model.config
+    adapter = get_adapter("gpt2", cfg)
+    info = ModelInfo(model_id=f"random:bench-{shape}", revision=None, family="gpt2", n_layers=cfg.n_layer,
+                     d_model=cfg.n_embd, n_heads=cfg.n_head, n_kv_heads=cfg.n_head, max_positions=cfg.n_positions,
+                     dtype=str(dtype).removeprefix("torch."), device="cpu", random_weights=True)
+    return LoadedModel(model=model, tokenizer=tokenizer(), adapter=adapter, info=info)
+
+
+def n_params(loaded: LoadedModel) -> int:
+    return sum(p.numel() for p in loaded.model.parameters())
+
+
+# ----------------------------------------------------------------------- extraction paths
+def batches(plan: ExtractionPlan, batch_size: int):
+    for start in range(0, len(plan.sequences), batch_size):
+        yield start, plan.sequences[start : start + batch_size], plan.keep[start : start + batch_size]
+
+
+def bare_forward(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int = BATCH_SIZE) -> None:
+    """The reference: the same right-padded batches through the same model, nothing hooked or
+    kept."""
+    device = torch.device(loaded.info.device)
+    with torch.inference_mode():
+        for _, sequences, _ in batches(plan, batch_size):
+            input_ids, attention_mask = pad_right(sequences, loaded.tokenizer.pad_token_id, device)
+            loaded.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def _stage_record() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A realistic stage record (the seeds' adjustments extraction, hash 'bench') and runtime."""
+    (run,) = load_runs(["model=tiny-gpt2"], project_root=ROOT)
+    stage = run.stages["adjustments.extract"]
+    return {"stage": stage.name, "hash": "bench", "config": stage.config}, run.runtime
+
+
+_STAGE_RECORD = _stage_record()
+
+
+def laminae_extract(loaded: LoadedModel, plan: ExtractionPlan, out_dir: Path, batch_size: int = BATCH_SIZE,
+                    storage_dtype: str = "float32", compression: str | None = None, chunk_rows: int = 1024) -> None:
+    """laminae's extraction stage minus model loading: an `ActivationWriter` (36 layer files,
+    provenance attributes, atomic folder) fed by `run_plan` (hooks + row selection + HDF5
+    writes), then rows.tsv. `out_dir` must not exist; the caller removes it."""
+    stage, runtime = _STAGE_RECORD
+    attrs = {**provenance_attrs(stage, runtime), **loaded.info.as_attrs()}  # as laminae.extract.extract
+    writer = ActivationWriter(out_dir, loaded.info.n_layers, plan.n_rows, attrs, storage_dtype=storage_dtype,
+                              compression=compression, chunk_rows=chunk_rows,
+                              config_text=stage_config_record(stage, runtime))
+    with writer:
+        run_plan(loaded, plan, writer, batch_size, getattr(torch, storage_dtype))
+        writer.set_rows(plan.rows, plan.columns)
+
+
+class TransformerLensPath:
+    """TransformerLens 4.x: `TransformerBridge` around a copy of the model (with GPT-2's LM head
+    tied to the embedding, as the bridge expects a `GPT2LMHeadModel`), `run_with_cache` with a
+    names filter of the stored sites, then the kept rows of every site written with h5py into
+    one file per layer (same dataset shapes, dtype, chunking and HDF5 cache settings as laminae's
+    store, so that the comparison is about capturing, not about HDF5 tuning).
+
+    The bridge switches its model to eager attention and replaces its modules in place, hence
+    the copy: the bare and laminae paths keep the original model (sdpa)."""
+
+    HOOKS = {"q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "attn_out": "hook_attn_out",
+             "mlp_out": "hook_mlp_out", "resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post"}
+
+    def __init__(self, loaded: LoadedModel):
+        import logging
+
+        from transformers import GPT2LMHeadModel
+        from transformer_lens.model_bridge import TransformerBridge
+
+        logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+        config = copy.deepcopy(loaded.model.config)
+        config.architectures = ["GPT2LMHeadModel"]
+        with torch.device("meta"):
+            lm = GPT2LMHeadModel(config)
+        lm.transformer = copy.deepcopy(loaded.model)
+        lm.lm_head.weight = lm.transformer.wte.weight
+        lm.eval().requires_grad_(False)
+        self.bridge = TransformerBridge.boot_transformers("gpt2", hf_model=lm, tokenizer=loaded.tokenizer,
+                                                          device=loaded.info.device)
+        self.n_layers = loaded.info.n_layers
+        self.pad_id = loaded.tokenizer.pad_token_id
+        self.device = torch.device(loaded.info.device)
+
+    def close(self) -> None:
+        del self.bridge
+        gc.collect()
+
+    def extract(self, plan: ExtractionPlan, out_dir: Path, batch_size: int = BATCH_SIZE,
+                chunk_rows: int = 1024) -> None:
+        assert not plan.average, "the TransformerLens path implements one row per kept position"
+        names = {f"blocks.{layer}.{self.HOOKS[site]}": (layer, site)
+                 for layer in range(self.n_layers) for site in plan.sites}
+        out_dir.mkdir(parents=True)
+        # h5py with laminae's HDF5 settings (no chunk cache, same chunking): what differs is capture
+        files = [h5py.File(out_dir / layer_filename(layer, self.n_layers), "w", **NO_CHUNK_CACHE)
+                 for layer in range(self.n_layers)]
+        try:
+            row = 0
+            for _, sequences, keep in batches(plan, batch_size):
+                input_ids, attention_mask = pad_right(sequences, self.pad_id, self.device)
+                with torch.inference_mode():
+                    _, cache = self.bridge.run_with_cache(input_ids, attention_mask=attention_mask,
+                                                          names_filter=list(names), return_cache_object=False)
+                b = torch.tensor([i for i, positions in enumerate(keep) for _ in positions])
+                p = torch.tensor([q for positions in keep for q in positions])
+                for name, (layer, site) in names.items():
+                    act = cache[name]  # (batch, pos, d_model) or (batch, pos, heads, d_head)
+                    rows = act[b, p].reshape(len(b), -1).numpy()
+                    if site not in files[layer]:
+                        files[layer].create_dataset(site, shape=(plan.n_rows, rows.shape[1]), dtype="float32",
+                                                    chunks=(min(chunk_rows, plan.n_rows), rows.shape[1]))
+                    files[layer][site][row : row + len(b)] = rows
+                row += len(b)
+                del cache
+        finally:
+            for handle in files:
+                handle.close()
+
+
+def read_store(folder: Path, sites: Sequence[str]) -> dict[str, np.ndarray]:
+    """{site: (n_layers, rows, width)} from a folder of layer files (laminae's or the TL path's)."""
+    paths = sorted(folder.glob("layer_*.h5"))
+    out = {}
+    for site in sites:
+        out[site] = np.stack([h5py.File(path, "r")[site][()] for path in paths])
+    return out
+
+
+def max_relative_difference(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+    """max |a - b| / max |a| over sites: how far two extractions of the same sites differ."""
+    return max(float(np.abs(a[s] - b[s]).max() / max(np.abs(a[s]).max(), 1e-30)) for s in a)
+
+
+class Scratch:
+    """A temp folder whose sub-folders are handed out fresh and removed right after use."""
+
+    def __init__(self, prefix: str = "laminae-bench-"):
+        self._tmp = tempfile.TemporaryDirectory(prefix=prefix)
+        self.root = Path(self._tmp.name)
+        self._n = 0
+
+    def fresh(self) -> Path:
+        self._n += 1
+        return self.root / f"run{self._n}"
+
+    def cleanup(self) -> None:
+        self._tmp.cleanup()
+
+
+def remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,177 @@
+"""The metrics stages against the extraction they follow, at the seeds' sizes.
+
+    .venv/bin/python benchmarks/bench_metrics.py                    # GPT-2 Large shape + tiny-gpt2, 5 rounds (~15 min)
+    .venv/bin/python benchmarks/bench_metrics.py --quick            # tiny-gpt2, 3 rounds (~1 min)
+    .venv/bin/python benchmarks/bench_metrics.py --models gpt2-large-shape --profile
+
+Per model and experiment, each round times laminae's extraction (`run_plan` into an
+`ActivationWriter`: hooks + HDF5 writes, model already in memory) and the metrics stage on a
+store written by it (`run_qkv_metrics` with conf/qkv/default.yaml: 1000 label permutations and
+1000 bootstraps, 36 layers x 3 components; `run_adjustment_metrics` with
+conf/adjustments/default.yaml), in a rotated order. Printed: medians, and the median of the
+per-round ratio metrics / extraction (the goal: under 0.10). For experiment 2 a third path is
+timed: the extraction with `adjustments.during_extraction=true`, which computes the metrics from
+its own batches and stores only them (compared with extraction + metrics, and by bytes on disk).
+`--profile` adds a cProfile of one
+metrics run per experiment (where the time goes). Also printed: the fixed cost of a Snakemake job
+of each kind, i.e. a fresh interpreter importing what the stage's script imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import subprocess
+import sys
+import time
+
+from _common import (SHAPES, Scratch, build_model, laminae_extract, median, n_tokens, paired_ratios, paired_rounds,
+                     plans, print_header, print_table, remove_tree, seeds_config, setup_torch, spread)
+
+from laminae.analysis.adjustments import run_adjustment_metrics
+from laminae.analysis.qkv_stage import run_qkv_metrics
+
+EXPERIMENTS = ("qkv", "adjustments")
+IMPORTS = {
+    "extract job": "import torch, transformers; from laminae.extract import extract",
+    "qkv metrics job": "from laminae.analysis.qkv_stage import run_qkv_metrics",
+    "adjustment metrics job": "from laminae.analysis.adjustments import run_adjustment_metrics",
+}
+
+
+def analysis_stage(experiment: str, cfg: dict) -> dict:
+    """The stage record the Snakefile would pass, with the store's stage hash ('bench') upstream."""
+    name = f"{experiment}.analysis"
+    config = {experiment: cfg[experiment], "stage": name, "version": 1, "upstream": "bench"}
+    return {"stage": name, "hash": "bench00000", "config": config}
+
+
+def run_metrics(experiment: str, stage: dict, store, out) -> None:
+    if experiment == "qkv":
+        run_qkv_metrics(stage, store, out)
+    else:
+        run_adjustment_metrics(stage, store, out)
+
+
+def during_extraction(loaded, plan, cfg: dict, out) -> None:
+    """The extraction stage with `adjustments.during_extraction=true` (model already loaded)."""
+    from laminae.extract import adjustments_during_extraction
+    from laminae.provenance import provenance_attrs
+
+    config = {"adjustments": {**cfg["adjustments"], "during_extraction": True}}
+    stage = {"stage": "adjustments.extract", "hash": "bench", "config": config}
+    runtime = {"batch_size": 8}
+    adjustments_during_extraction(loaded, plan, stage, runtime, {**provenance_attrs(stage, runtime),
+                                                                 **loaded.info.as_attrs()}, out)
+
+
+def folder_mb(folder) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+def import_seconds(statement: str, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", statement], check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick: 3)")
+    parser.add_argument("--quick", action="store_true", help="tiny-gpt2 only, 3 rounds")
+    parser.add_argument("--models", nargs="+", choices=list(SHAPES), default=None)
+    parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+    parser.add_argument("--profile", action="store_true", help="cProfile one metrics run per experiment")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 5)
+    models = args.models or (["tiny-gpt2"] if args.quick else ["gpt2-large-shape", "tiny-gpt2"])
+
+    setup_torch()
+    print_header("bench_metrics: metrics stages vs extraction", " ".join(["bench_metrics.py", *sys.argv[1:]]))
+    cfg = seeds_config()
+    inputs = plans(cfg)
+    scratch = Scratch()
+    results, during_rows = [], []
+    try:
+        for shape in models:
+            loaded = build_model(shape)
+            for experiment in args.experiments:
+                plan = inputs[experiment]
+                stage = analysis_stage(experiment, cfg)
+                store = scratch.fresh()
+                laminae_extract(loaded, plan, store)
+                written = []
+
+                def fresh():
+                    written.append(scratch.fresh())
+                    return written[-1]
+
+                def cleanup():
+                    while written:
+                        remove_tree(written.pop())
+
+                variants = {"extraction": lambda: laminae_extract(loaded, plan, fresh()),
+                            "metrics": lambda: run_metrics(experiment, stage, store, fresh())}
+                if experiment == "adjustments":
+                    variants["during extraction"] = lambda: during_extraction(loaded, plan, cfg, fresh())
+                samples = paired_rounds(variants, repeats, label=f"{shape} {experiment}", cleanup=cleanup)
+                if experiment == "adjustments":
+                    inline = fresh()
+                    during_extraction(loaded, plan, cfg, inline)
+                    two = samples["extraction"], samples["metrics"]
+                    sums = [a.wall + b.wall for a, b in zip(*two)]
+                    during_rows.append({
+                        "model": shape, "rounds": repeats,
+                        "extraction + metrics s": median(sums),
+                        "during extraction s": median(s.wall for s in samples["during extraction"]),
+                        "ratio": median(d.wall / t for d, t in zip(samples["during extraction"], sums)),
+                        "activation store MB": folder_mb(store), "during-extraction output MB": folder_mb(inline)})
+                    cleanup()
+                ratios = paired_ratios(samples, "metrics", "extraction")
+                results.append({"model": shape, "experiment": experiment, "tokens": n_tokens(plan), "rows": plan.n_rows,
+                                "rounds": repeats, "extraction s": median(s.wall for s in samples["extraction"]),
+                                "metrics s": median(s.wall for s in samples["metrics"]),
+                                "metrics/extraction": median(ratios), "range": spread(ratios),
+                                "of minima": min(x.wall for x in samples["metrics"]) / min(x.wall for x in samples["extraction"]),
+                                "metrics/extraction cpu": median(paired_ratios(samples, "metrics", "extraction", "cpu"))})
+                if args.profile:
+                    profile = cProfile.Profile()
+                    out = fresh()
+                    profile.enable()
+                    run_metrics(experiment, stage, store, out)
+                    profile.disable()
+                    cleanup()
+                    text = io.StringIO()
+                    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(18)
+                    print(f"### cProfile: {shape} {experiment} metrics\n" + text.getvalue().strip() + "\n", flush=True)
+                remove_tree(store)
+            del loaded
+    finally:
+        scratch.cleanup()
+
+    print("## in-process stage time (medians over rounds; ratio: median of per-round ratios)")
+    print_table(results, ["model", "experiment", "tokens", "rows", "rounds", "extraction s", "metrics s",
+                          "metrics/extraction", "range", "of minima", "metrics/extraction cpu"])
+    if during_rows:
+        print("## adjustments: two stages (extraction storing activations, then metrics) vs "
+              "adjustments.during_extraction=true (one stage storing only the results); ratio: median per round")
+        print_table(during_rows, ["model", "rounds", "extraction + metrics s", "during extraction s", "ratio",
+                                  "activation store MB", "during-extraction output MB"])
+    jobs = [{"job": job, "fresh interpreter + imports s": import_seconds(statement)} for job, statement in IMPORTS.items()]
+    print("## fixed cost of each Snakemake job before any work (median of 3 fresh interpreters)")
+    print_table(jobs, ["job", "fresh interpreter + imports s"])
+    for r in results:
+        if r["model"] == "gpt2-large-shape":
+            verdict = "MET" if r["metrics/extraction"] < 0.10 else "NOT MET"
+            print(f"goal metrics < 10% of extraction ({r['model']}, {r['experiment']}): "
+                  f"{100 * r['metrics/extraction']:.1f}% -> {verdict}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
