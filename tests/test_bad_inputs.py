@@ -124,7 +124,7 @@ PARSE_TIME = {
                                 ["config key 'plot.qkv.similarity_layers'", "[-4, 3] for a 4-layer model", "got 12"]),
     "negative_permutations": ([*TINY, "qkv.n_permutations=-5"],
                               ["config key 'qkv.n_permutations'", "an integer >= 0", "got -5"]),
-    "unknown_device": ([*TINY, "device=tpu"], ["config key 'device'", "one of ['auto', 'cpu', 'cuda']", "got 'tpu'"]),
+    "unknown_device": ([*TINY, "device=tpu"], ["config key 'device'", "auto, cpu, cuda or cuda:N", "got 'tpu'"]),
     "zero_batch_size": ([*TINY, "batch_size=0"], ["config key 'batch_size'", "an integer >= 1", "got 0"]),
     "misspelt_key": ([*TINY, "qkv.n_permutation=10"], ["config key 'qkv.n_permutation'", "an existing key of 'qkv'"]),
 }

@@ -25,6 +25,7 @@ from laminae import corpus, stimuli
 from laminae.capture import SiteCapture, select_rows
 from laminae.config.validate import corpus_documents
 from laminae.models.loading import LoadedModel, load_model, open_model, resolve_device
+from laminae.stage_runner import progress_stream
 from laminae.provenance import atomic_dir, provenance_attrs, stage_config_record
 from laminae.store import ROWS_FILE, ActivationWriter, write_tsv
 
@@ -131,7 +132,7 @@ def iter_batches(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int,
     # views in each yielded batch are valid until the next one), so memory stays flat
     with SiteCapture(loaded.model, loaded.adapter, plan.sites, reuse_buffers=True) as capture:
         for start in tqdm(range(0, len(plan.sequences), batch_size), desc="extract", unit="batch",
-                          total=-(-len(plan.sequences) // batch_size), mininterval=1.0):
+                          total=-(-len(plan.sequences) // batch_size), mininterval=1.0, file=progress_stream()):
             sequences = plan.sequences[start : start + batch_size]
             keep = plan.keep[start : start + batch_size]
             input_ids, attention_mask = pad_right(sequences, pad_id, device)

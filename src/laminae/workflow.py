@@ -229,7 +229,7 @@ class WorkflowPlan:
             if stage.kind != "extract" or stage.output_dir.exists():
                 continue
             config = self.run_of[digest].config
-            if local and config["device"] == "cuda" and "device" not in checked:
+            if local and config["device"].startswith("cuda") and "device" not in checked:
                 from laminae.models.loading import resolve_device
 
                 resolve_device(config["device"])

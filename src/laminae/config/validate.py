@@ -116,7 +116,7 @@ def _check_schema(cfg: dict[str, Any]) -> None:
         "minItems": lambda: f"a list of at least {rule} item(s)",
         "uniqueItems": lambda: "a list without repeated items",
         "minLength": lambda: "a non-empty string",
-        "pattern": lambda: f"a name of letters, digits and _.+- (regex {rule})",
+        "pattern": lambda: error.schema.get("description", f"a string matching {rule}"),
     }
     expected = expectations.get(kind, lambda: error.message)()
     raise ConfigError(key, expected, error.instance)
