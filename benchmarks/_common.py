@@ -7,11 +7,13 @@ Not a benchmark itself; see the `bench_*.py` scripts. Everything runs on the CPU
 
 from __future__ import annotations
 
+import atexit
 import copy
 import gc
 import os
 import platform
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -188,6 +190,7 @@ def tokenizer():
         from laminae.models.gpt2_tokenizer import gpt2_tokenizer
 
         folder = Path(tempfile.mkdtemp(prefix="laminae-bench-tok-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         gpt2_tokenizer().save_pretrained(folder)
         _TOKENIZER = prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
     return _TOKENIZER
@@ -367,6 +370,4 @@ class Scratch:
 
 
 def remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)

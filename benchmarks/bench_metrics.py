@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_metrics.py                    # GPT-2 Large shape + tiny-gpt2, 5 rounds (~15 min)
     .venv/bin/python benchmarks/bench_metrics.py --quick            # tiny-gpt2, 3 rounds (~1 min)
     .venv/bin/python benchmarks/bench_metrics.py --models gpt2-large-shape --profile
+    .venv/bin/python benchmarks/bench_metrics.py --models gpt2-large-shape --experiments qkv --overrides qkv.rsa_method=spearman
 
 Per model and experiment, each round times laminae's extraction (`run_plan` into an
 `ActivationWriter`: hooks + HDF5 writes, model already in memory) and the metrics stage on a
@@ -87,13 +88,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--models", nargs="+", choices=list(SHAPES), default=None)
     parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
     parser.add_argument("--profile", action="store_true", help="cProfile one metrics run per experiment")
+    parser.add_argument("--overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for the analysis, e.g. qkv.rsa_method=spearman")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
     models = args.models or (["tiny-gpt2"] if args.quick else ["gpt2-large-shape", "tiny-gpt2"])
 
     setup_torch()
     print_header("bench_metrics: metrics stages vs extraction", " ".join(["bench_metrics.py", *sys.argv[1:]]))
-    cfg = seeds_config()
+    cfg = seeds_config(*args.overrides)
     inputs = plans(cfg)
     scratch = Scratch()
     results, during_rows = [], []

@@ -25,7 +25,7 @@ import pytest
 
 from laminae.config import load_runs
 from laminae.errors import ConfigError
-from workflow_helpers import FAST, PROJECT_ROOT, SNAKEMAKE, snakemake
+from workflow_helpers import FAST, PROJECT_ROOT, SNAKEMAKE, snakemake, snakemake_env
 
 TINY = ["model=tiny-gpt2"]
 QKV_ONLY = [*TINY, "experiments=[qkv]", *FAST]
@@ -38,7 +38,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 def snakemake_raw(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """`snakemake -s <repo>/Snakefile -d <workdir> <args>`, with `--config` exactly as given."""
     return subprocess.run([SNAKEMAKE, "-s", str(PROJECT_ROOT / "Snakefile"), "-d", str(workdir), *args],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=snakemake_env())
 
 
 def files_under(workdir: Path) -> set[str]:

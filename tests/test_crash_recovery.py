@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from laminae.config import load_runs
-from workflow_helpers import PROJECT_ROOT, SNAKEMAKE, snakemake
+from workflow_helpers import PROJECT_ROOT, SNAKEMAKE, snakemake, snakemake_env
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,8 @@ def start_and_kill(workdir: Path, overrides: list[str], target: str, activations
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir.parent / f"{workdir.name}.out"
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=snakemake_env())
     try:
         deadline = time.monotonic() + 600
         while not (hidden := sorted(activations.parent.glob(".activations.tmp-*"))):

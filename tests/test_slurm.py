@@ -172,7 +172,8 @@ def runs(cluster, tmp_path_factory):
     started = datetime.datetime.now() - datetime.timedelta(seconds=5)
     clock = time.monotonic()
     with ThreadPoolExecutor(2) as pool:
-        on_slurm = pool.submit(snakemake, base / "slurm", OVERRIDES, "--profile", str(profile), timeout=600)
+        on_slurm = pool.submit(snakemake, base / "slurm", OVERRIDES, "--profile", str(profile), timeout=600,
+                               real_scontrol=True)
         local = pool.submit(snakemake, base / "local", OVERRIDES, "--profile", str(PROJECT_ROOT / "profiles" / "local"))
         slurm_result, local_result = on_slurm.result(), local.result()
     elapsed = time.monotonic() - clock

@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -20,15 +23,43 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 FAST = ["qkv.n_permutations=200", "qkv.n_bootstrap=200"]
 
 
+_STUB_FOLDER: Path | None = None
+
+
+def snakemake_env(extra: dict | None = None, real_scontrol: bool = False) -> dict[str, str]:
+    """The environment for a Snakemake subprocess: os.environ, `extra`, and (unless
+    `real_scontrol`) a `scontrol` that fails at once, first on PATH.
+
+    snakemake-executor-plugin-slurm runs `scontrol show config` twice whenever Snakemake starts,
+    to fill its settings' defaults; on a machine with a SLURM client but no controller running
+    (this one, outside tests/test_slurm.py) that waits ~9 s for scontrol's own timeout, on every
+    invocation. Local runs never use the answer, so the stub changes nothing but the wait.
+    """
+    global _STUB_FOLDER
+    env = {**os.environ, **(extra or {})}
+    if real_scontrol or shutil.which("scontrol") is None:
+        return env
+    if _STUB_FOLDER is None:
+        _STUB_FOLDER = Path(tempfile.mkdtemp(prefix="laminae-test-stub-"))
+        atexit.register(shutil.rmtree, _STUB_FOLDER, ignore_errors=True)
+        stub = _STUB_FOLDER / "scontrol"
+        stub.write_text("#!/bin/sh\nexit 1\n")
+        stub.chmod(0o755)
+    env["PATH"] = f"{_STUB_FOLDER}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 def snakemake(workdir: Path, overrides: Sequence[str], *args: str, sweep: Sequence[str] = (),
-              check: bool = True, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`snakemake -s <repo>/Snakefile -d <workdir> <args> --config overrides=[...]`."""
+              check: bool = True, timeout: float = 900, env: dict | None = None,
+              real_scontrol: bool = False) -> subprocess.CompletedProcess:
+    """`snakemake -s <repo>/Snakefile -d <workdir> <args> --config overrides=[...]`, in
+    `snakemake_env(env, real_scontrol)`."""
     config = [f"overrides={json.dumps(list(overrides))}"]
     if sweep:
         config.append(f"sweep={json.dumps(list(sweep))}")
     command = [SNAKEMAKE, "-s", str(PROJECT_ROOT / "Snakefile"), "-d", str(workdir), *args, "--config", *config]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, **(env or {})})
+                            env=snakemake_env(env, real_scontrol))
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
