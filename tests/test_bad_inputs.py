@@ -179,7 +179,7 @@ def test_unreachable_hub_model_stops_within_seconds(tmp_path, monkeypatch):
     result = snakemake(tmp_path / "work", ["model=gpt2-large", "experiments=[qkv]"], "--cores", "2", check=False, env=env)
     assert_one_line_error(result, "config key 'model.pretrained'", "'gpt2-large'", "HF_HUB_OFFLINE is set",
                           "model=minilm-l6")
-    assert time.monotonic() - started < 90
+    assert time.monotonic() - started < 30  # ~2 s here: Snakemake's start-up and one failed DNS lookup
     assert_nothing_written(tmp_path / "work")
 
 

@@ -12,14 +12,8 @@ import torch
 
 from conftest import PROJECT_ROOT, read_model_cfg
 from laminae.errors import ConfigError, ModelUnavailableError
-from laminae.models.loading import (
-    LoadedModel,
-    check_model_reachable,
-    forward_inputs,
-    load_model,
-    locate_model,
-    resolve_device,
-)
+from laminae.models.loading import LoadedModel, forward_inputs, load_model, resolve_device
+from laminae.models.locate import check_model_reachable, locate_model
 
 HUB_CFG = {"name": "gpt2-large", "pretrained": "gpt2-large", "revision": "main",
            "dtype": "float32", "family": "gpt2", "random_init": None}

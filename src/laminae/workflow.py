@@ -237,7 +237,7 @@ class WorkflowPlan:
             model = config["model"]
             key = (model["pretrained"], model["revision"])
             if model["random_init"] is None and key not in checked:
-                from laminae.models.loading import check_model_reachable
+                from laminae.models.locate import check_model_reachable
 
                 check_model_reachable(model, self.root)
                 checked.add(key)

