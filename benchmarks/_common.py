@@ -7,6 +7,7 @@ Not a benchmark itself; see the `bench_*.py` scripts. Everything runs on the CPU
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import copy
 import gc
@@ -53,6 +54,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 SEED = 0
 BATCH_SIZE = 8  # conf/config.yaml's default
+EXPERIMENTS = ("qkv", "adjustments")
 
 
 # ------------------------------------------------------------------------------- machine
@@ -168,6 +170,20 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
     return str(value)
+
+
+def paired_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--repeats, --quick, --models, --experiments: the options of the paired-round benchmarks."""
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick: 3)")
+    parser.add_argument("--quick", action="store_true", help="tiny-gpt2 only, 3 rounds")
+    parser.add_argument("--models", nargs="+", choices=list(SHAPES), default=None)
+    parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+
+
+def rounds_and_models(args: argparse.Namespace) -> tuple[int, list[str]]:
+    """(timed rounds, model shapes) from `paired_model_arguments`' options."""
+    repeats = args.repeats or (3 if args.quick else 5)
+    return repeats, args.models or (["tiny-gpt2"] if args.quick else ["gpt2-large-shape", "tiny-gpt2"])
 
 
 # -------------------------------------------------------------------------------- inputs

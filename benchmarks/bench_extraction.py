@@ -27,13 +27,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import (BATCH_SIZE, SHAPES, Scratch, TransformerLensPath, bare_forward, build_model, laminae_extract,
-                     max_relative_difference, median, n_params, n_tokens, paired_ratios, paired_rounds, plans,
-                     print_header, print_table, read_store, remove_tree, setup_torch, spread)
+from _common import (BATCH_SIZE, Scratch, TransformerLensPath, bare_forward, build_model, laminae_extract,
+                     max_relative_difference, median, n_params, n_tokens, paired_model_arguments, paired_ratios,
+                     paired_rounds, plans, print_header, print_table, read_store, remove_tree, rounds_and_models,
+                     setup_torch, spread)
 
 from laminae.extract import run_plan
-
-EXPERIMENTS = ("qkv", "adjustments")
 
 
 class _NullWriter:
@@ -45,10 +44,7 @@ class _NullWriter:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick: 3)")
-    parser.add_argument("--quick", action="store_true", help="tiny-gpt2 only, 3 rounds")
-    parser.add_argument("--models", nargs="+", choices=list(SHAPES), default=None)
-    parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+    paired_model_arguments(parser)
     parser.add_argument("--no-tl", action="store_true", help="skip the TransformerLens path")
     parser.add_argument("--hooks-only", action="store_true",
                         help="also time laminae's hooks and row selection without the HDF5 writer")
@@ -57,8 +53,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--compression", choices=("gzip", "lzf"), default=None)
     parser.add_argument("--chunk-rows", type=int, default=1024)
     args = parser.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 5)
-    models = args.models or (["tiny-gpt2"] if args.quick else ["gpt2-large-shape", "tiny-gpt2"])
+    repeats, models = rounds_and_models(args)
 
     setup_torch()
     print_header("bench_extraction: laminae vs bare forward vs TransformerLens", " ".join(["bench_extraction.py", *sys.argv[1:]]))

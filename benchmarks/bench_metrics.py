@@ -28,13 +28,13 @@ import subprocess
 import sys
 import time
 
-from _common import (SHAPES, Scratch, build_model, laminae_extract, median, n_tokens, paired_ratios, paired_rounds,
-                     plans, print_header, print_table, remove_tree, seeds_config, setup_torch, spread)
+from _common import (Scratch, build_model, laminae_extract, median, n_tokens, paired_model_arguments, paired_ratios,
+                     paired_rounds, plans, print_header, print_table, remove_tree, rounds_and_models, seeds_config,
+                     setup_torch, spread)
 
 from laminae.analysis.adjustments import run_adjustment_metrics
 from laminae.analysis.qkv_stage import run_qkv_metrics
 
-EXPERIMENTS = ("qkv", "adjustments")
 IMPORTS = {
     "extract job": "import torch, transformers; from laminae.extract import extract",
     "qkv metrics job": "from laminae.analysis.qkv_stage import run_qkv_metrics",
@@ -83,16 +83,12 @@ def import_seconds(statement: str, repeats: int = 3) -> float:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick: 3)")
-    parser.add_argument("--quick", action="store_true", help="tiny-gpt2 only, 3 rounds")
-    parser.add_argument("--models", nargs="+", choices=list(SHAPES), default=None)
-    parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+    paired_model_arguments(parser)
     parser.add_argument("--profile", action="store_true", help="cProfile one metrics run per experiment")
     parser.add_argument("--overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for the analysis, e.g. qkv.rsa_method=spearman")
     args = parser.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 5)
-    models = args.models or (["tiny-gpt2"] if args.quick else ["gpt2-large-shape", "tiny-gpt2"])
+    repeats, models = rounds_and_models(args)
 
     setup_torch()
     print_header("bench_metrics: metrics stages vs extraction", " ".join(["bench_metrics.py", *sys.argv[1:]]))
