@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     print(f"  {experiment}: TransformerLens vs laminae, max |diff| / max |value| = {check}", flush=True)
                 samples = paired_rounds(variants, repeats, label=f"{shape} {experiment}", cleanup=cleanup)
                 row = {"model": shape, "experiment": experiment, "tokens": n_tokens(plan), "rows": plan.n_rows,
-                       "rounds": repeats, "store MB": store_mb}
+                       "rounds": repeats, "store MiB": store_mb}
                 for name in variants:
                     row[f"{name} s"] = median(s.wall for s in samples[name])
                     row[f"{name} min s"] = min(s.wall for s in samples[name])
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     finally:
         scratch.cleanup()
 
-    columns = ["model", "experiment", "tokens", "rows", "rounds", "store MB"]
+    columns = ["model", "experiment", "tokens", "rows", "rounds", "store MiB"]
     columns += [c for c in results[0] if c.endswith(" s")]
     columns += ["TL max rel diff"] if not args.no_tl else []
     print("## wall time per path: median and minimum over the rounds")

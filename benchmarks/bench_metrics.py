@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "extraction + metrics s": median(sums),
                         "during extraction s": median(s.wall for s in samples["during extraction"]),
                         "ratio": median(d.wall / t for d, t in zip(samples["during extraction"], sums)),
-                        "activation store MB": folder_mb(store), "during-extraction output MB": folder_mb(inline)})
+                        "activation store MiB": folder_mb(store), "during-extraction output MiB": folder_mb(inline)})
                     cleanup()
                 ratios = paired_ratios(samples, "metrics", "extraction")
                 results.append({"model": shape, "experiment": experiment, "tokens": n_tokens(plan), "rows": plan.n_rows,
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("## adjustments: two stages (extraction storing activations, then metrics) vs "
               "adjustments.during_extraction=true (one stage storing only the results); ratio: median per round")
         print_table(during_rows, ["model", "rounds", "extraction + metrics s", "during extraction s", "ratio",
-                                  "activation store MB", "during-extraction output MB"])
+                                  "activation store MiB", "during-extraction output MiB"])
     jobs = [{"job": job, "fresh interpreter + imports s": import_seconds(statement)} for job, statement in IMPORTS.items()]
     print("## fixed cost of each Snakemake job before any work (median of 3 fresh interpreters)")
     print_table(jobs, ["job", "fresh interpreter + imports s"])
