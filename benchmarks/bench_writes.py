@@ -26,13 +26,15 @@ from laminae.store import ActivationWriter
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="trials")
+    parser.add_argument("--repeats", type=int, default=None, help="trials (default 5; --quick: 3)")
+    parser.add_argument("--quick", action="store_true", help="3 trials")
     parser.add_argument("--layers", type=int, default=36)
     parser.add_argument("--sites", type=int, default=4)
     parser.add_argument("--rows", type=int, default=346)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--resident-gb", type=float, default=0.0, help="memory to allocate and touch first")
     args = parser.parse_args(argv)
+    args.repeats = args.repeats or (3 if args.quick else 5)
 
     print_header("bench_writes: ActivationWriter alone", " ".join(["bench_writes.py", *sys.argv[1:]]))
     resident = np.ones(int(args.resident_gb * 2**30) // 8)  # held until the end, like model weights

@@ -23,6 +23,7 @@ SCRIPTS = {
     "memory": "bench_memory.py",
     "metrics": "bench_metrics.py",
     "noop": "bench_noop_rerun.py",
+    "writes": "bench_writes.py",
 }
 
 
