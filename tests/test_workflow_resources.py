@@ -98,6 +98,22 @@ def test_building_the_dag_imports_no_torch():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_preflight_imports_no_torch(tmp_path):
+    """The preflight locates every model still to extract before the first job: it must not pay
+    for importing torch and transformers (seconds) to do so."""
+    code = (
+        "import sys; from pathlib import Path; from laminae.workflow import WorkflowPlan\n"
+        f"config = {{'overrides': ['model=minilm-l6', 'results_dir={tmp_path / 'results'}']}}\n"
+        f"plan = WorkflowPlan.from_snakemake_config(config, Path({str(PROJECT_ROOT)!r}))\n"
+        "assert any(s.kind == 'extract' and not s.output_dir.exists() for s in plan.stages.values())\n"
+        "plan.preflight()\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
+
+
 def test_no_default_profile():
     """Snakemake applies profiles/default/ to every run, tests included: cluster settings must
     live in a named profile."""
