@@ -175,7 +175,8 @@ def runs(cluster, tmp_path_factory):
         on_slurm = pool.submit(snakemake, base / "slurm", OVERRIDES, "--profile", str(profile), timeout=600,
                                real_scontrol=True)
         local = pool.submit(snakemake, base / "local", OVERRIDES, "--profile", str(PROJECT_ROOT / "profiles" / "local"))
-        slurm_result, local_result = on_slurm.result(), local.result()
+        slurm_result = on_slurm.result()
+        local.result()  # raises if the local run failed
     elapsed = time.monotonic() - clock
     output = slurm_result.stdout + slurm_result.stderr
     run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)

@@ -19,7 +19,6 @@ truncated file is named), the stage hash as expected, and the row counts consist
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 

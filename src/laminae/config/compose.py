@@ -36,7 +36,7 @@ def compose_config(overrides: Sequence[str], config_dir: str | Path) -> dict[str
 
     config_dir = Path(config_dir).resolve()
     if not (config_dir / "config.yaml").is_file():
-        raise ConfigError("config_dir", f"a folder with config.yaml", str(config_dir))
+        raise ConfigError("config_dir", "a folder with config.yaml", str(config_dir))
     overrides = [str(o) for o in overrides]
     _check_override_syntax(overrides)
     GlobalHydra.instance().clear()
