@@ -6,7 +6,8 @@
 #
 # The config is composed with Hydra (conf/), validated, and split into per-stage configs whose
 # hashes name the output folders (see docs/ARCHITECTURE.md). Composition is deterministic, so
-# every cluster job that re-parses this file derives the same stages.
+# every cluster job that re-parses this file derives the same stages. The rules are generic:
+# one extraction per set of inputs, and one analysis, figure and compare rule per experiment.
 import sys
 from pathlib import Path
 
@@ -35,7 +36,7 @@ RESULTS = PLAN.results_dir
 wildcard_constraints:
     model=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
     label=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
-    experiment="qkv|adjustments",
+    inputs=r"[a-z]+",
     xh=r"[0-9a-f]{10}",
     ah=r"[0-9a-f]{10}",
     ph=r"[0-9a-f]{10}",
@@ -43,9 +44,7 @@ wildcard_constraints:
 
 
 include: "workflow/rules/extract.smk"
-include: "workflow/rules/qkv.smk"
-include: "workflow/rules/adjustments.smk"
-include: "workflow/rules/compare.smk"
+include: "workflow/rules/experiments.smk"
 
 
 rule all:

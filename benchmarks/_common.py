@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from laminae.config import load_runs  # noqa: E402
-from laminae.extract import ExtractionPlan, pad_right, plan_corpus, plan_stimuli, run_plan  # noqa: E402
+from laminae.stages.extract import ExtractionPlan, pad_right, plan_corpus, plan_stimuli, run_plan  # noqa: E402
 from laminae.models.adapters import get_adapter  # noqa: E402
 from laminae.models.loading import LoadedModel, ModelInfo, prepare_tokenizer  # noqa: E402
 from laminae.models.random_models import build_random_model  # noqa: E402
@@ -277,7 +277,7 @@ def laminae_extract(loaded: LoadedModel, plan: ExtractionPlan, out_dir: Path, ba
     provenance attributes, atomic folder) fed by `run_plan` (hooks + row selection + HDF5
     writes), then rows.tsv. `out_dir` must not exist; the caller removes it."""
     stage, runtime = _STAGE_RECORD
-    attrs = {**provenance_attrs(stage, runtime), **loaded.info.as_attrs()}  # as laminae.extract.extract
+    attrs = {**provenance_attrs(stage, runtime), **loaded.info.as_attrs()}  # as laminae.stages.extract.extract
     writer = ActivationWriter(out_dir, loaded.info.n_layers, plan.n_rows, attrs, storage_dtype=storage_dtype,
                               compression=compression, chunk_rows=chunk_rows,
                               config_text=stage_config_record(stage, runtime))

@@ -32,7 +32,7 @@ from _common import (BATCH_SIZE, Scratch, TransformerLensPath, bare_forward, bui
                      paired_rounds, plans, print_header, print_table, read_store, remove_tree, rounds_and_models,
                      setup_torch, spread)
 
-from laminae.extract import run_plan
+from laminae.stages.extract import run_plan
 
 
 class _NullWriter:

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_memory.py --model tiny-gpt2 --batch-sizes 8 --repeats 3
 
 Each measurement is one fresh Python process running laminae's real extraction stage
-(`laminae.extract.extract`: model loading from disk, tokenisation, windows, rows.tsv, hooks, HDF5
+(`laminae.stages.extract.extract`: model loading from disk, tokenisation, windows, rows.tsv, hooks, HDF5
 writes) on a corpus made by repeating data/corpora/nietzsche.txt, with 1024-token windows (the
 model's context) and the default sites (attn_out, mlp_out, resid_pre, resid_post). The peak is
 the child's `ru_maxrss` (peak resident set size). A `load-only` child (imports + model load,
@@ -81,7 +81,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from laminae.config import load_runs
-    from laminae.extract import extract
+    from laminae.stages.extract import extract
     from laminae.models.loading import load_model
 
     torch.set_num_threads(os.cpu_count() or 1)

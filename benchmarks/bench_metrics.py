@@ -32,13 +32,13 @@ from _common import (Scratch, build_model, laminae_extract, median, n_tokens, pa
                      paired_rounds, plans, print_header, print_table, remove_tree, rounds_and_models, seeds_config,
                      setup_torch, spread)
 
-from laminae.analysis.adjustments import run_adjustment_metrics
-from laminae.analysis.qkv_stage import run_qkv_metrics
+from laminae.experiments.adjustments.analysis import run_adjustment_metrics
+from laminae.experiments.qkv.stage import run_qkv_metrics
 
 IMPORTS = {
-    "extract job": "import torch, transformers; from laminae.extract import extract",
-    "qkv metrics job": "from laminae.analysis.qkv_stage import run_qkv_metrics",
-    "adjustment metrics job": "from laminae.analysis.adjustments import run_adjustment_metrics",
+    "extract job": "import torch, transformers; from laminae.stages.extract import extract",
+    "qkv metrics job": "from laminae.experiments.qkv.stage import run_qkv_metrics",
+    "adjustment metrics job": "from laminae.experiments.adjustments.analysis import run_adjustment_metrics",
 }
 
 
@@ -58,7 +58,7 @@ def run_metrics(experiment: str, stage: dict, store, out) -> None:
 
 def during_extraction(loaded, plan, cfg: dict, out) -> None:
     """The extraction stage with `adjustments.during_extraction=true` (model already loaded)."""
-    from laminae.extract import adjustments_during_extraction
+    from laminae.stages.extract import adjustments_during_extraction
     from laminae.provenance import provenance_attrs
 
     config = {"adjustments": {**cfg["adjustments"], "during_extraction": True}}

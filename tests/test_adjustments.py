@@ -14,10 +14,16 @@ import pytest
 import scipy.stats
 import yaml
 
-from laminae.analysis.adjustments import (TABLE_COLUMNS, AdjustmentAccumulator, RunningMoments, compute_adjustments,
-                                          read_adjustment_table, read_cosines, run_adjustment_metrics)
 from laminae.errors import ConfigError, InputFileError
+from laminae.experiments.adjustments.analysis import (TABLE_COLUMNS, AdjustmentAccumulator, compute_adjustments,
+                                                      read_adjustment_table, read_cosines)
+from laminae.metrics.moments import RunningMoments
+from laminae.registry import discover
+from laminae.stages.analysis import run_analysis
+from laminae.stages.figures import run_figures
 from laminae.store import ActivationStore, ActivationWriter, read_tsv
+
+EXPERIMENT = discover()["adjustments"]
 
 UPSTREAM = "feedc0ffee"
 SITES = ("attn_out", "mlp_out", "resid_pre", "resid_post")
@@ -43,6 +49,10 @@ def write_corpus_store(out: Path, data: dict[str, np.ndarray], windows=WINDOWS, 
     return out
 
 
+def run_adjustment_metrics(stage: dict, activations: Path, metrics: Path, chunk_rows: int | None = None) -> list[Path]:
+    return run_analysis(EXPERIMENT, stage, activations, metrics, chunk_rows=chunk_rows)
+
+
 def stage_record(exclude_first_token: bool = False, upstream: str = UPSTREAM) -> dict:
     config = {"adjustments": {"exclude_first_token": exclude_first_token}, "stage": "adjustments.analysis",
               "version": 1, "upstream": upstream}
@@ -50,7 +60,7 @@ def stage_record(exclude_first_token: bool = False, upstream: str = UPSTREAM) ->
 
 
 def plot_stage(error_bar: str = "sem", bins: int = 20) -> dict:
-    config = {"plot": {"dpi": 40, "adjustments": {"error_bar": error_bar, "bins": bins}},
+    config = {"plot": {"dpi": 40}, "adjustments": {"plot": {"error_bar": error_bar, "bins": bins}},
               "stage": "adjustments.plot", "version": 1, "upstream": "a1b2c3d4e5"}
     return {"stage": "adjustments.plot", "hash": "0123456789", "config": config}
 
@@ -226,7 +236,7 @@ def _error_bar_half_lengths(ax) -> np.ndarray:
 def test_laminar_error_bars_follow_the_setting(metrics_dir, error_bar):
     import matplotlib.pyplot as plt
 
-    from laminae.plots.adjustments import plot_laminar
+    from laminae.experiments.adjustments.figures import plot_laminar
 
     table = read_adjustment_table(metrics_dir / "adjustments.tsv")
     fig, ax = plot_laminar(table, CONTEXT, error_bar=error_bar)
@@ -241,11 +251,10 @@ def test_laminar_error_bars_follow_the_setting(metrics_dir, error_bar):
 
 
 def test_make_figures_writes_png_pdf_and_config(metrics_dir, tmp_path):
-    from laminae.plots.adjustments import make_adjustment_figures, plot_histogram, plot_norms
+    from laminae.experiments.adjustments.figures import plot_histogram, plot_norms
 
     figures = tmp_path / "figures"
-    written = make_adjustment_figures(plot_stage("sd", bins=12), CONTEXT, metrics_dir / "adjustments.tsv",
-                                      metrics_dir / "adjustment_cosine.h5", figures)
+    written = run_figures(EXPERIMENT, plot_stage("sd", bins=12), CONTEXT, metrics_dir, figures)
     names = sorted(p.name for p in figures.iterdir())
     assert names == sorted(["adjustments_laminar.png", "adjustments_laminar.pdf", "adjustments_hist.png",
                             "adjustments_hist.pdf", "adjustments_norms.png", "adjustments_norms.pdf", "config.yaml"])
@@ -254,7 +263,7 @@ def test_make_figures_writes_png_pdf_and_config(metrics_dir, tmp_path):
         assert path.stat().st_size > 5000, path
     assert (figures / "adjustments_laminar.png").read_bytes()[:4] == b"\x89PNG"
     assert (figures / "adjustments_hist.pdf").read_bytes()[:4] == b"%PDF"
-    assert yaml.safe_load((figures / "config.yaml").read_text())["config"]["plot"]["adjustments"]["error_bar"] == "sd"
+    assert yaml.safe_load((figures / "config.yaml").read_text())["config"]["adjustments"]["plot"]["error_bar"] == "sd"
 
     cosine, included, _ = read_cosines(metrics_dir / "adjustment_cosine.h5")
     fig, ax = plot_histogram(cosine, included, CONTEXT, bins=12)
@@ -267,11 +276,8 @@ def test_make_figures_writes_png_pdf_and_config(metrics_dir, tmp_path):
 
 
 def test_bad_plot_setting_fails_before_writing(metrics_dir, tmp_path):
-    from laminae.plots.adjustments import make_adjustment_figures
-
-    with pytest.raises(ConfigError, match="plot.adjustments.error_bar"):
-        make_adjustment_figures(plot_stage("ci"), CONTEXT, metrics_dir / "adjustments.tsv",
-                                metrics_dir / "adjustment_cosine.h5", tmp_path / "figures")
+    with pytest.raises(ConfigError, match="adjustments.plot.error_bar"):
+        run_figures(EXPERIMENT, plot_stage("ci"), CONTEXT, metrics_dir, tmp_path / "figures")
     assert not (tmp_path / "figures").exists()
 
 
@@ -280,19 +286,19 @@ def test_gpt2_stored_adjustments_sum_to_residual_output(tiny_gpt2, tmp_path):
     """Extraction of a short corpus through the real store: for GPT-2 (pre-LayerNorm) the stored
     resid_pre + attn_out + mlp_out equals the stored resid_post at every layer; then the stage
     runs on that store and exclude_first_token drops one row per window."""
-    from laminae.extract import plan_corpus, run_plan
+    from laminae.inputs import corpus
+    from laminae.stages.extract import run_plan
 
     doc = tmp_path / "corpus.txt"
     doc.write_text("Friedrich Nietzsche was a German philosopher whose work on morality, culture and "
                    "the will to power has had a profound influence on modern thought.\n")
-    config = {"corpus": {"path": str(doc), "windowing": True, "window_tokens": 12},
-              "extract": {"sites": {"adjustments": list(SITES)}}}
-    plan = plan_corpus(config, tiny_gpt2.tokenizer, tiny_gpt2.info.max_positions, tmp_path)
+    config = {"corpus": {"path": str(doc), "windowing": True, "window_tokens": 12}}
+    plan = corpus.plan(config, tiny_gpt2.tokenizer, tiny_gpt2.info.max_positions, tmp_path)
     n_windows = len(plan.sequences)
     assert n_windows >= 2 and plan.n_rows > n_windows
     out = tmp_path / "activations"
     with ActivationWriter(out, tiny_gpt2.info.n_layers, plan.n_rows, {"stage_hash": UPSTREAM}) as writer:
-        run_plan(tiny_gpt2, plan, writer, batch_size=2)
+        run_plan(tiny_gpt2, plan, batch_size=2, writer=writer, sites=SITES)
         writer.set_rows(plan.rows, plan.columns)
     store = ActivationStore(out, expected_hash=UPSTREAM)
     sums = store.read("resid_pre") + store.read("attn_out") + store.read("mlp_out")

@@ -25,6 +25,7 @@ import pytest
 
 from laminae.config import load_runs
 from laminae.errors import ConfigError
+from laminae.registry import discover
 from workflow_helpers import FAST, PROJECT_ROOT, SNAKEMAKE, snakemake, snakemake_env
 
 TINY = ["model=tiny-gpt2"]
@@ -120,8 +121,8 @@ PARSE_TIME = {
                      ["config key 'corpus.path'", "non-empty text files", "empty.txt is empty"]),
     "non_utf8_corpus": (lambda tmp: [*TINY, f"corpus.path={_corpus(tmp, 'latin1.txt', 'café crème'.encode('latin-1'))}"],
                         ["config key 'corpus.path'", "UTF-8 text files", "latin1.txt is not"]),
-    "plot_layer_out_of_range": ([*TINY, "plot.qkv.similarity_layers=[0,12]"],
-                                ["config key 'plot.qkv.similarity_layers'", "[-4, 3] for a 4-layer model", "got 12"]),
+    "plot_layer_out_of_range": ([*TINY, "qkv.plot.similarity_layers=[0,12]"],
+                                ["config key 'qkv.plot.similarity_layers'", "[-4, 3] for a 4-layer model", "got 12"]),
     "negative_permutations": ([*TINY, "qkv.n_permutations=-5"],
                               ["config key 'qkv.n_permutations'", "an integer >= 0", "got -5"]),
     "unknown_device": ([*TINY, "device=tpu"], ["config key 'device'", "auto, cpu, cuda or cuda:N", "got 'tpu'"]),
@@ -220,7 +221,7 @@ def long_corpus(path: Path, words: int = 1500) -> Path:
 def test_corpus_longer_than_the_context_with_windowing_off(workdir, tmp_path):
     overrides = [*TINY, "experiments=[adjustments]", f"corpus.path={long_corpus(tmp_path / 'long.txt')}",
                  "corpus.windowing=false"]
-    extract = _stages(overrides)["adjustments.extract"]
+    extract = _stages(overrides)["corpus.extract"]
     before = files_under(workdir)
     result = snakemake(workdir, overrides, "--cores", "2", check=False)
     assert_one_line_error(result, "config key 'corpus.windowing'", "expected true", f"{tmp_path / 'long.txt'} has ",
@@ -232,7 +233,7 @@ def test_corpus_longer_than_the_context_with_windowing_off(workdir, tmp_path):
 @pytest.mark.slow
 def test_window_above_the_model_context(workdir):
     overrides = [*TINY, "experiments=[adjustments]", "corpus.window_tokens=4096"]
-    extract = _stages(overrides)["adjustments.extract"]
+    extract = _stages(overrides)["corpus.extract"]
     before = files_under(workdir)
     result = snakemake(workdir, overrides, "--cores", "2", check=False)
     assert_one_line_error(result, "config key 'corpus.window_tokens'", "at most the model's context of 1024 tokens",
@@ -249,7 +250,7 @@ def test_word_the_tokenizer_drops(tmp_path):
     result = snakemake(tmp_path, overrides, "--cores", "2", check=False)
     assert_one_line_error(result, "config key 'stimuli.categories.fruit'", "words the model's tokenizer keeps",
                           "leaves no token")
-    assert not (tmp_path / _stages(overrides)["qkv.extract"].output_dir).exists()
+    assert not (tmp_path / _stages(overrides)["stimuli.extract"].output_dir).exists()
     assert_only_logs_added(tmp_path, set())
 
 
@@ -258,13 +259,13 @@ def test_truncated_layer_file_handed_to_the_metrics_stage(workdir):
     """A damaged activation file (disk full, interrupted copy) under a new analysis setting: the
     metrics job names the file; nothing is written; following the advice recovers."""
     stages = _stages(QKV_ONLY)
-    layer = workdir / stages["qkv.extract"].output_dir / "layer_01.h5"
+    layer = workdir / stages["stimuli.extract"].output_dir / "layer_01.h5"
     layer.write_bytes(layer.read_bytes()[: layer.stat().st_size // 2])
     overrides = [*QKV_ONLY, "qkv.n_permutations=50"]
     metrics = workdir / _stages(overrides)["qkv.analysis"].output_dir
     before = files_under(workdir)
     result = snakemake(workdir, overrides, "--cores", "2", check=False)
-    line = assert_one_line_error(result, f"file '{stages['qkv.extract'].output_dir / 'layer_01.h5'}'",
+    line = assert_one_line_error(result, f"file '{stages['stimuli.extract'].output_dir / 'layer_01.h5'}'",
                                  "not a readable HDF5 file", "delete the activations folder and rerun")
     assert "rule extract:" not in result.stdout + result.stderr  # the damage is not silently papered over
     assert not metrics.exists() or not any(metrics.iterdir()), sorted(metrics.iterdir())
@@ -281,15 +282,15 @@ def test_activations_of_another_config_handed_to_the_metrics_stage(workdir):
     """Layer files whose stage hash is not the config's (copied in from another run): the forced
     metrics job refuses them, and its earlier outputs are not left looking current."""
     stages = _stages(QKV_ONLY)
-    activations = workdir / stages["qkv.extract"].output_dir
+    activations = workdir / stages["stimuli.extract"].output_dir
     for path in activations.glob("layer_*.h5"):
         with h5py.File(path, "r+") as handle:
             handle.attrs["stage_hash"] = "0123456789"
     metrics = workdir / stages["qkv.analysis"].output_dir
     before = files_under(workdir)
-    result = snakemake(workdir, QKV_ONLY, "--cores", "2", "--forcerun", "qkv_metrics", check=False)
-    assert_one_line_error(result, f"file '{stages['qkv.extract'].output_dir / 'layer_00.h5'}'",
-                          "stage hash '0123456789' does not match the config's", stages["qkv.extract"].hash)
+    result = snakemake(workdir, QKV_ONLY, "--cores", "2", "--forcerun", "qkv_analysis", check=False)
+    assert_one_line_error(result, f"file '{stages['stimuli.extract'].output_dir / 'layer_00.h5'}'",
+                          "stage hash '0123456789' does not match the config's", stages["stimuli.extract"].hash)
     assert not metrics.exists() or not any(p.is_file() for p in metrics.iterdir()), sorted(metrics.iterdir())
     assert_only_logs_added(workdir, before)
 
@@ -302,7 +303,7 @@ def test_activations_of_another_config_handed_to_the_metrics_stage(workdir):
     (["corpus.window_tokens=4096"], "corpus.window_tokens"),
 ])
 def test_extraction_checks_inputs_before_loading_weights(overrides, key, tmp_path, models_dir, monkeypatch):
-    import laminae.extract as extract_module
+    import laminae.stages.extract as extract_module
 
     def no_weights(*args, **kwargs):
         raise AssertionError("the weights were loaded before the inputs were checked")
@@ -311,9 +312,9 @@ def test_extraction_checks_inputs_before_loading_weights(overrides, key, tmp_pat
     corpus = long_corpus(tmp_path / "long.txt")
     (run,) = load_runs([*TINY, "experiments=[adjustments]", f"corpus.path={corpus}", *overrides],
                        project_root=PROJECT_ROOT)
-    stage = run.stages["adjustments.extract"]
+    stage = run.stages["corpus.extract"]
     record = {"stage": stage.name, "hash": stage.hash, "config": stage.config}
     runtime = {**run.runtime, "models_dir": str(models_dir)}
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
-        extract_module.extract(record, runtime, tmp_path / "activations", PROJECT_ROOT)
+        extract_module.extract(record, runtime, tmp_path / "activations", PROJECT_ROOT, discover())
     assert not any(tmp_path.glob("*activations*"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from laminae.config import STAGE_KEYS, load_runs, stable_hash
+from laminae.config import load_runs, stable_hash
 from laminae.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +18,9 @@ def hashes(*overrides: str) -> dict[str, str]:
     return {name: stage.hash for name, stage in run.stages.items()}
 
 
-def test_stage_keys_cover_every_stage_of_both_experiments():
-    assert set(STAGE_KEYS) == {f"{e}.{k}" for e in ("qkv", "adjustments") for k in ("extract", "analysis", "plot")}
+def test_one_extraction_per_inputs_and_two_stages_per_experiment():
+    assert set(hashes()) == {"stimuli.extract", "corpus.extract", "qkv.analysis", "qkv.plot", "adjustments.analysis",
+                             "adjustments.plot"}
 
 
 def test_composition_is_deterministic():
@@ -33,23 +34,23 @@ def test_stable_hash_ignores_dict_order_but_not_values():
 
 
 # override -> the stages whose hash must change (all others must not)
-QKV_ALL = {"qkv.extract", "qkv.analysis", "qkv.plot"}
-ADJ_ALL = {"adjustments.extract", "adjustments.analysis", "adjustments.plot"}
+QKV_ALL = {"stimuli.extract", "qkv.analysis", "qkv.plot"}
+ADJ_ALL = {"corpus.extract", "adjustments.analysis", "adjustments.plot"}
 CASES = {
     "model=minilm-l6": QKV_ALL | ADJ_ALL,
     "model.dtype=float16": QKV_ALL | ADJ_ALL,
     "template=mid_sentence": QKV_ALL,
     "stimuli=animals_tools_vehicles_colours": QKV_ALL,
     "extract.position=last": QKV_ALL,
-    "extract.sites.qkv=[q,k,v,attn_out]": QKV_ALL,
+    "qkv.components=[q,k]": {"qkv.analysis", "qkv.plot"},      # the extraction stores q, k, v whatever is analysed
     "extract.storage_dtype=float16": QKV_ALL | ADJ_ALL,
     "corpus.window_tokens=128": ADJ_ALL,
     "qkv.n_permutations=99": {"qkv.analysis", "qkv.plot"},
     "qkv.zscore=true": {"qkv.analysis", "qkv.plot"},
     "adjustments.exclude_first_token=true": {"adjustments.analysis", "adjustments.plot"},
     "adjustments.during_extraction=true": ADJ_ALL,
-    "plot.qkv.similarity_layers=[0]": {"qkv.plot"},
-    "plot.adjustments.error_bar=sd": {"adjustments.plot"},
+    "qkv.plot.similarity_layers=[0]": {"qkv.plot"},
+    "adjustments.plot.error_bar=sd": {"adjustments.plot"},
     "plot.dpi=300": {"qkv.plot", "adjustments.plot"},
     # execution and storage-layout settings change no stored value: no stage reruns
     "device=cpu": set(),
@@ -70,7 +71,7 @@ def test_override_changes_exactly_the_dependent_stage_hashes(override, changed):
 DURING = "adjustments.during_extraction=true"
 CASES_DURING = {
     "adjustments.exclude_first_token=true": ADJ_ALL,
-    "plot.adjustments.error_bar=sd": {"adjustments.plot"},
+    "adjustments.plot.error_bar=sd": {"adjustments.plot"},
     "corpus.window_tokens=128": ADJ_ALL,
     "extract.storage_dtype=float16": QKV_ALL | ADJ_ALL,
     "template=mid_sentence": QKV_ALL,
@@ -84,12 +85,15 @@ def test_override_changes_exactly_the_dependent_stage_hashes_during_extraction(o
     assert {name for name in before if before[name] != after[name]} == changed
 
 
-def test_during_extraction_off_leaves_extraction_hashes_as_they_were():
+def test_during_extraction_moves_the_analysis_settings_into_the_extraction():
     (run,) = load_runs(BASE, project_root=ROOT)
-    assert "adjustments" not in run.stages["adjustments.extract"].config
+    extraction = run.stages["corpus.extract"].config
+    assert extraction["reductions"] == {} and extraction["sites"] == ["attn_out", "mlp_out", "resid_pre", "resid_post"]
     (run,) = load_runs([*BASE, DURING], project_root=ROOT)
-    assert run.stages["adjustments.extract"].config["adjustments"] == {"exclude_first_token": False,
-                                                                       "during_extraction": True}
+    extraction = run.stages["corpus.extract"].config
+    assert extraction["reductions"] == {"adjustments": {"version": 1, "settings": {"exclude_first_token": False,
+                                                                                   "during_extraction": True}}}
+    assert extraction["sites"] == []       # no other corpus experiment needs stored activations
 
 
 def test_corpus_content_enters_the_hash(tmp_path):
@@ -98,15 +102,15 @@ def test_corpus_content_enters_the_hash(tmp_path):
     before = hashes(f"corpus.path={first}")
     first.write_text("Another text.")
     after = hashes(f"corpus.path={first}")
-    assert before["adjustments.extract"] != after["adjustments.extract"]
-    assert before["qkv.extract"] == after["qkv.extract"]
+    assert before["corpus.extract"] != after["corpus.extract"]
+    assert before["stimuli.extract"] == after["stimuli.extract"]
 
 
 def test_output_folders_nest_under_upstream_and_contain_hashes():
     (run,) = load_runs(BASE, project_root=ROOT)
-    extract, analysis, plot = (run.stages[f"qkv.{k}"] for k in ("extract", "analysis", "plot"))
-    assert extract.output_dir == Path("results/tiny-gpt2/qkv") / f"space_furniture_fruit.next_word-{extract.hash}" / "activations"
-    assert analysis.output_dir == extract.dir / f"analysis-{analysis.hash}" / "metrics"
+    extract, analysis, plot = (run.stages[name] for name in ("stimuli.extract", "qkv.analysis", "qkv.plot"))
+    assert extract.output_dir == Path("results/tiny-gpt2/stimuli") / f"space_furniture_fruit.next_word-{extract.hash}" / "activations"
+    assert analysis.output_dir == extract.dir / "qkv" / f"analysis-{analysis.hash}" / "metrics"
     assert plot.output_dir == analysis.dir / f"plot-{plot.hash}" / "figures"
     assert analysis.upstream == extract.hash and plot.upstream == analysis.hash
 
@@ -118,8 +122,8 @@ def test_sweep_is_the_cartesian_product_with_overrides_applied_to_each():
         ("model=tiny-gpt2", "template=next_word"), ("model=tiny-gpt2", "template=mid_sentence"),
         ("model=minilm-l6", "template=next_word"), ("model=minilm-l6", "template=mid_sentence")]
     assert all(r.config["qkv"]["n_permutations"] == 10 for r in runs)
-    assert len({r.stages["qkv.extract"].hash for r in runs}) == 4
-    assert len({r.stages["adjustments.extract"].hash for r in runs}) == 2  # templates do not touch exp. 2
+    assert len({r.stages["stimuli.extract"].hash for r in runs}) == 4
+    assert len({r.stages["corpus.extract"].hash for r in runs}) == 2  # templates do not touch the corpus
 
 
 @pytest.mark.parametrize("overrides,key", [
@@ -139,7 +143,10 @@ def test_sweep_is_the_cartesian_product_with_overrides_applied_to_each():
     (["stimuli.categories.fruit=[apple,'']"], "stimuli.categories.fruit"),
     (["~stimuli.categories.space", "~stimuli.categories.furniture"], "stimuli.categories"),
     (["corpus.path=does/not/exist.txt"], "corpus.path"),
-    (["plot.qkv.similarity_layers=[0,12]"], "plot.qkv.similarity_layers"),
+    (["qkv.plot.similarity_layers=[0,12]"], "qkv.plot.similarity_layers"),
+    (["adjustments.plot.bins=1"], "adjustments.plot.bins"),
+    (["experiment_packages=does/not/exist"], "experiment_packages"),
+    (["experiment_packages=[does/not/exist]"], "experiment_packages"),
     (["experiments=[]"], "experiments"),
     (["experiments=[qkv,other]"], "experiments.1"),
     (["qkv.seed='${now:%s}'"], "qkv.seed"),

@@ -117,7 +117,7 @@ def wait_until_gone(pid: int, timeout: float = 30) -> None:
 
 def assert_same_outputs(first: Path, second: Path, stages) -> None:
     """Every HDF5 dataset and attribute, rows.tsv and config.yaml of the store, and the metrics."""
-    extract = stages["adjustments.extract"].output_dir
+    extract = stages["corpus.extract"].output_dir
     names = sorted(p.name for p in (first / extract).iterdir())
     assert names == sorted(p.name for p in (second / extract).iterdir())
     assert [n for n in names if n.startswith("layer_")] == [f"layer_{i:02d}.h5" for i in range(4)]
@@ -159,7 +159,7 @@ def leftovers(workdir: Path) -> list[str]:
 def test_job_killed_midway_then_rerun_equals_an_uninterrupted_run(reference, overrides, target, stages, tmp_path):
     """The OOM-killer case: only the job's process dies."""
     workdir = tmp_path / "work"
-    activations = workdir / stages["adjustments.extract"].output_dir
+    activations = workdir / stages["corpus.extract"].output_dir
     returncode, output, job_pid, hidden = start_and_kill(workdir, overrides, target, activations, whole_run=False)
 
     assert returncode == 1, output[-3000:]
@@ -179,7 +179,7 @@ def test_whole_run_killed_midway_needs_unlock_then_rerun_equals_an_uninterrupted
         reference, overrides, target, stages, tmp_path):
     """The node-crash case: Snakemake dies with its job and cannot release its lock."""
     workdir = tmp_path / "work"
-    activations = workdir / stages["adjustments.extract"].output_dir
+    activations = workdir / stages["corpus.extract"].output_dir
     returncode, output, job_pid, hidden = start_and_kill(workdir, overrides, target, activations, whole_run=True)
 
     assert returncode == -signal.SIGKILL

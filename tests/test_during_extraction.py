@@ -10,10 +10,12 @@ import h5py
 import numpy as np
 import pytest
 
-from laminae.analysis.adjustments import read_adjustment_table, read_cosines, run_adjustment_metrics
 from laminae.config import load_runs
 from laminae.errors import InputFileError
-from laminae.extract import extract
+from laminae.experiments.adjustments.analysis import read_adjustment_table, read_cosines
+from laminae.registry import discover
+from laminae.stages.analysis import run_analysis
+from laminae.stages.extract import extract
 from laminae.store import read_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +28,10 @@ def models_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+def run_adjustment_metrics(stage: dict, activations: Path, metrics: Path, runtime: dict | None = None):
+    return run_analysis(discover()["adjustments"], stage, activations, metrics, runtime)
+
+
 def record(stage) -> dict:
     return {"stage": stage.name, "hash": stage.hash, "config": stage.config}
 
@@ -34,7 +40,7 @@ def pipeline(out: Path, models_dir: Path, *overrides: str):
     """Extraction then analysis, as the Snakefile runs them; returns (run, activations, metrics)."""
     (run,) = load_runs([*SMALL, f"models_dir={models_dir}", *overrides], project_root=ROOT)
     activations, metrics = out / "activations", out / "metrics"
-    extract(record(run.stages["adjustments.extract"]), run.runtime, activations, ROOT)
+    extract(record(run.stages["corpus.extract"]), run.runtime, activations, ROOT, discover())
     run_adjustment_metrics(record(run.stages["adjustments.analysis"]), activations, metrics, run.runtime)
     return run, activations, metrics
 
@@ -46,8 +52,9 @@ def test_during_extraction_equals_the_two_stage_pipeline(tmp_path, models_dir, e
     run, inline, during = pipeline(tmp_path / "during", models_dir, setting, "adjustments.during_extraction=true")
 
     assert sorted(p.name for p in stored.glob("layer_*.h5")) == [f"layer_0{i}.h5" for i in range(4)]
-    assert sorted(p.name for p in inline.iterdir()) == ["adjustment_cosine.h5", "adjustments.tsv", "config.yaml",
-                                                        "rows.tsv"]  # no activations
+    assert sorted(p.name for p in inline.iterdir()) == ["config.yaml", "reductions", "rows.tsv"]  # no activations
+    assert sorted(p.name for p in (inline / "reductions" / "adjustments").iterdir()) == ["adjustment_cosine.h5",
+                                                                                         "adjustments.tsv"]
     assert read_tsv(inline / "rows.tsv") == read_tsv(stored / "rows.tsv")
 
     expected, actual = read_adjustment_table(two_stage / "adjustments.tsv"), read_adjustment_table(during / "adjustments.tsv")
@@ -67,7 +74,7 @@ def test_during_extraction_equals_the_two_stage_pipeline(tmp_path, models_dir, e
             np.testing.assert_array_equal(b[name][()], a[name][()])
     assert attrs_b["computed_during_extraction"] and "computed_during_extraction" not in attrs_a
     assert attrs_b["stage"] == "adjustments.analysis" and attrs_b["stage_hash"] == run.stages["adjustments.analysis"].hash
-    assert attrs_b["activations_stage_hash"] == run.stages["adjustments.extract"].hash
+    assert attrs_b["activations_stage_hash"] == run.stages["corpus.extract"].hash
     for key in ("activations_model_id", "activations_n_layers", "exclude_first_token", "n_windows", "cosine_definition"):
         assert attrs_b[key] == attrs_a[key], key
 
@@ -78,6 +85,6 @@ def test_analysis_refuses_results_of_another_extraction(tmp_path, models_dir):
     stage["config"] = {**stage["config"], "upstream": "0123456789"}
     with pytest.raises(InputFileError, match="stage hash"):
         run_adjustment_metrics(stage, inline, tmp_path / "other")
-    (inline / "adjustments.tsv").unlink()
+    (inline / "reductions" / "adjustments" / "adjustments.tsv").unlink()
     with pytest.raises(InputFileError, match="adjustments.tsv"):
         run_adjustment_metrics(record(run.stages["adjustments.analysis"]), inline, tmp_path / "other")

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from laminae.config import compose_config
-from laminae.corpus import corpus_windows, special_tokens_around, window_rows
+from laminae.inputs.corpus import corpus_windows, special_tokens_around, window_rows
 from laminae.errors import ConfigError
 from laminae.models.gpt2_tokenizer import gpt2_tokenizer
-from laminae.stimuli import build_stimuli, encode_stimuli, stimulus_rows
+from laminae.inputs.stimuli import build_stimuli, encode_stimuli, stimulus_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = {"fruit": ["apple", "kiwi"], "space": ["sun", "moon"]}

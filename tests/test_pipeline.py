@@ -40,7 +40,7 @@ def test_every_output_exists_in_the_documented_layout(workdir, run):
         "adjustments": ["adjustments.tsv", "adjustment_cosine.h5", "adjustments_laminar.png", "adjustments_hist.pdf",
                         "adjustments_norms.png"],
     }.items():
-        extract = run.stages[f"{experiment}.extract"]
+        extract = run.extraction(experiment)
         activations = workdir / extract.output_dir
         assert sorted(p.name for p in activations.glob("layer_*.h5")) == [f"layer_{i:02d}.h5" for i in range(4)]
         assert (activations / "rows.tsv").is_file() and (activations / "config.yaml").is_file()
@@ -49,9 +49,9 @@ def test_every_output_exists_in_the_documented_layout(workdir, run):
             kind = "analysis" if name.endswith((".tsv", ".h5")) else "plot"
             path = workdir / run.stages[f"{experiment}.{kind}"].output_dir / name
             assert path.is_file() and path.stat().st_size > 0, path
-        for kind in ("extract", "analysis", "plot"):
-            record = yaml.safe_load((workdir / run.stages[f"{experiment}.{kind}"].output_dir / "config.yaml").read_text())
-            assert record["hash"] == run.stages[f"{experiment}.{kind}"].hash
+        for stage in (extract, run.stages[f"{experiment}.analysis"], run.stages[f"{experiment}.plot"]):
+            record = yaml.safe_load((workdir / stage.output_dir / "config.yaml").read_text())
+            assert record["hash"] == stage.hash
             assert record["versions"]["laminae_version"]
 
 
@@ -60,17 +60,17 @@ def test_rerun_with_the_same_config_schedules_nothing(workdir):
 
 
 def test_plot_change_schedules_only_figure_jobs(workdir):
-    dry = snakemake(workdir, [*OVERRIDES, "plot.adjustments.error_bar=sd"], "-n")
-    assert scheduled_rules(dry) == {"adjustment_figures": 1, "all": 1}
+    dry = snakemake(workdir, [*OVERRIDES, "adjustments.plot.error_bar=sd"], "-n")
+    assert scheduled_rules(dry) == {"adjustments_figures": 1, "all": 1}
 
 
 def test_new_template_schedules_only_experiment_1(workdir):
     dry = snakemake(workdir, [*OVERRIDES, "template=mid_sentence"], "-n")
-    assert scheduled_rules(dry) == {"extract": 1, "qkv_metrics": 1, "qkv_figures": 1, "all": 1}
+    assert scheduled_rules(dry) == {"extract": 1, "qkv_analysis": 1, "qkv_figures": 1, "all": 1}
 
 
 def test_hdf5_attributes_carry_provenance(workdir, run):
-    stage = run.stages["qkv.extract"]
+    stage = run.extraction("qkv")
     with h5py.File(workdir / stage.output_dir / "layer_03.h5") as handle:
         attrs = dict(handle.attrs)
     assert attrs["layer"] == 3 and attrs["n_layers"] == 4 and attrs["d_model"] == 64 and attrs["n_heads"] == 4
@@ -87,7 +87,7 @@ def _reference(workdir: Path, input_ids: list[int]) -> dict[str, list[np.ndarray
 
 
 def test_stimulus_activations_match_an_independent_numpy_gpt2(workdir, run):
-    store = ActivationStore(workdir / run.stages["qkv.extract"].output_dir)
+    store = ActivationStore(workdir / run.extraction("qkv").output_dir)
     q, k, v = (store.read(site) for site in ("q", "k", "v"))  # (layers, words, 64)
     from laminae.models.gpt2_tokenizer import gpt2_tokenizer
 
@@ -101,7 +101,7 @@ def test_stimulus_activations_match_an_independent_numpy_gpt2(workdir, run):
 
 
 def test_corpus_activations_match_an_independent_numpy_gpt2(workdir, run):
-    store = ActivationStore(workdir / run.stages["adjustments.extract"].output_dir)
+    store = ActivationStore(workdir / run.extraction("adjustments").output_dir)
     token_ids = [int(t) for t in store.column("token_id")]
     reference = _reference(workdir, token_ids)  # the corpus fits one window
     assert set(store.column("window")) == {"0"}
@@ -116,8 +116,8 @@ def test_two_runs_give_identical_datasets(workdir, run, tmp_path):
     dtype, shape) and attribute, every table and config.yaml byte for byte."""
     snakemake(tmp_path, OVERRIDES, "--cores", "2")  # rebuilds the random model from its seed too
     for experiment in ("qkv", "adjustments"):
-        for kind in ("extract", "analysis"):
-            folder = run.stages[f"{experiment}.{kind}"].output_dir
+        for stage in (run.extraction(experiment), run.stages[f"{experiment}.analysis"]):
+            folder = stage.output_dir
             names = sorted(p.name for p in (workdir / folder).iterdir() if not p.name.startswith("."))
             assert names == sorted(p.name for p in (tmp_path / folder).iterdir() if not p.name.startswith("."))
             assert any(name.endswith(".h5") for name in names) and "config.yaml" in names, names

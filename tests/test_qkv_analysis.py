@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from laminae.analysis.qkv import (
+from laminae.experiments.qkv.analysis import (
     TABLE_COLUMNS,
     analyse_qkv,
     format_qkv_table,

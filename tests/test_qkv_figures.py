@@ -1,5 +1,5 @@
 """Experiment-1 stage glue and figures, end to end on a small synthetic activation store:
-store -> run_qkv_metrics -> qkv_laminar.tsv + similarity.h5 -> make_qkv_figures."""
+store -> the analysis stage -> qkv_laminar.tsv + similarity.h5 -> the figure stage."""
 
 from __future__ import annotations
 
@@ -10,19 +10,22 @@ import numpy as np
 import pytest
 import yaml
 
-from laminae.analysis.qkv import read_qkv_table
-from laminae.analysis.qkv_stage import category_labels, run_qkv_metrics
 from laminae.errors import ConfigError, InputFileError
-from laminae.plots.qkv import (
+from laminae.experiments.qkv.analysis import category_labels, read_qkv_table
+from laminae.experiments.qkv.figures import (
     LaminarTable,
     SimilarityData,
-    make_qkv_figures,
     nice_log_ticks,
     plot_laminar,
     plot_similarity,
     resolve_similarity_layers,
 )
+from laminae.registry import discover
+from laminae.stages.analysis import run_analysis
+from laminae.stages.figures import run_figures
 from laminae.store import ActivationWriter
+
+EXPERIMENT = discover()["qkv"]
 
 EXTRACT_HASH = "feedc0ffee"
 N_LAYERS = 5
@@ -65,14 +68,22 @@ def write_synthetic_store(directory, seed: int = 0, stage_hash: str = EXTRACT_HA
     return data
 
 
+def run_qkv_metrics(stage: dict, activations, metrics):
+    return run_analysis(EXPERIMENT, stage, activations, metrics)
+
+
+def make_qkv_figures(stage: dict, context: dict, metrics, figures):
+    return run_figures(EXPERIMENT, stage, context, metrics, figures)
+
+
 def analysis_stage(**qkv) -> dict:
     config = {"qkv": {**QKV, **qkv}, "stage": "qkv.analysis", "version": 1, "upstream": EXTRACT_HASH}
     return {"stage": "qkv.analysis", "hash": "a1a1a1a1a1", "config": config}
 
 
 def plot_stage(layers=("first", "middle", "last"), dpi=60) -> dict:
-    config = {"plot": {"dpi": dpi, "qkv": {"similarity_layers": list(layers)}}, "stage": "qkv.plot", "version": 1,
-              "upstream": "a1a1a1a1a1"}
+    config = {"plot": {"dpi": dpi}, "qkv": {"plot": {"similarity_layers": list(layers)}}, "stage": "qkv.plot",
+              "version": 1, "upstream": "a1a1a1a1a1"}
     return {"stage": "qkv.plot", "hash": "b2b2b2b2b2", "config": config}
 
 
@@ -139,7 +150,7 @@ def test_store_from_another_config_is_refused(tmp_path):
 
 def test_figures_written(metrics, tmp_path):
     root, (table, similarity, _) = metrics
-    written = make_qkv_figures(plot_stage(), CONTEXT, table, similarity, tmp_path / "figures")
+    written = make_qkv_figures(plot_stage(), CONTEXT, table.parent, tmp_path / "figures")
     names = sorted(p.name for p in written)
     assert names == ["config.yaml", "qkv_laminar.pdf", "qkv_laminar.png", "qkv_similarity.pdf", "qkv_similarity.png"]
     for path in written:
@@ -226,8 +237,8 @@ def test_similarity_words_sorted_by_category(metrics):
 @pytest.mark.parametrize("layers", [[0, N_LAYERS], [-(N_LAYERS + 1)], ["deepest"]])
 def test_bad_similarity_layer_fails_before_writing(metrics, tmp_path, layers):
     _, (table, similarity, _) = metrics
-    with pytest.raises(ConfigError, match="plot.qkv.similarity_layers"):
-        make_qkv_figures(plot_stage(layers), CONTEXT, table, similarity, tmp_path / "figures")
+    with pytest.raises(ConfigError, match="qkv.plot.similarity_layers"):
+        make_qkv_figures(plot_stage(layers), CONTEXT, table.parent, tmp_path / "figures")
     assert not (tmp_path / "figures").exists()
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import PROJECT_ROOT
-from laminae.analysis.qkv import analyse_qkv
-from laminae.config import compose_config
-from laminae.extract import plan_stimuli, run_plan
+from laminae.experiments.qkv.analysis import analyse_qkv
+from laminae.config import load_runs
+from laminae.inputs import stimuli
+from laminae.stages.extract import run_plan
 from laminae.store import ActivationStore, ActivationWriter
 
 N_PERMUTATIONS = 199  # smallest possible p = 1/200 = 0.005 < 0.01
@@ -20,11 +21,11 @@ N_PERMUTATIONS = 199  # smallest possible p = 1/200 = 0.005 < 0.01
 def selectivity_p_values(loaded, tmp_path: Path) -> np.ndarray:
     """Extract the default stimuli (34 words, 3 categories, 'The next word is {word}') and
     return the permutation p-values of Q, K, V selectivity: (3, n_layers)."""
-    config = compose_config([], PROJECT_ROOT / "conf")
-    plan = plan_stimuli(config, loaded.tokenizer)
+    (run,) = load_runs([], project_root=PROJECT_ROOT)
+    plan = stimuli.plan(run.config, loaded.tokenizer, loaded.info.max_positions, PROJECT_ROOT)
     out = tmp_path / "activations"
     with ActivationWriter(out, loaded.info.n_layers, plan.n_rows, {"stage_hash": "test"}) as writer:
-        run_plan(loaded, plan, writer, batch_size=8)
+        run_plan(loaded, plan, batch_size=8, writer=writer, sites=("q", "k", "v"))
         writer.set_rows(plan.rows, plan.columns)
     store = ActivationStore(out)
     names, labels = np.unique(store.column("category"), return_inverse=True)

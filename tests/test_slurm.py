@@ -48,7 +48,7 @@ DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server")
 ACCOUNT, PARTITION = "research", "debug"  # made by start.sh
 EXTRACT_THREADS = 4                       # threads: of rule extract
-CLUSTER_RULES = {"extract": 2, "qkv_metrics": 1, "qkv_figures": 1, "adjustment_metrics": 1, "adjustment_figures": 1}
+CLUSTER_RULES = {"extract": 2, "qkv_analysis": 1, "qkv_figures": 1, "adjustments_analysis": 1, "adjustments_figures": 1}
 
 
 def _alive(pid: int) -> bool:
@@ -214,8 +214,8 @@ def test_extraction_jobs_request_a_gpu_and_the_analysis_jobs_do_not(runs):
 def test_memory_and_time_requests_are_the_workflow_plans(runs):
     plan = WorkflowPlan.from_snakemake_config({"overrides": OVERRIDES}, PROJECT_ROOT)
     for job in runs["jobs"]:
-        stage = plan.stage(job["digest"])
-        assert stage.kind == {"extract": "extract", "qkv_metrics": "analysis", "adjustment_metrics": "analysis"}.get(
+        stage = plan.stages[job["digest"]]
+        assert stage.kind == {"extract": "extract", "qkv_analysis": "analysis", "adjustments_analysis": "analysis"}.get(
             job["rule"], "plot"), job
         wanted = plan.resources(job["digest"])
         assert job["req"]["mem"] == f"{wanted['mem_mb']}M" and job["minutes"] == wanted["runtime"], (job, wanted)
@@ -231,7 +231,7 @@ def test_jobs_on_the_nodes_derived_the_same_stage_hashes(runs):
     for path in records:
         record = yaml.safe_load(path.read_text())
         assert record["hash"] in plan.stages and path.parent.parent.name.endswith(record["hash"]), path
-        assert record["config"] == plan.stage(record["hash"]).config
+        assert record["config"] == plan.stages[record["hash"]].config
 
 
 def _files(root: Path) -> set[str]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from laminae.plots.compare import depth_axis
+from laminae.plots.overlay import depth_axis
 from laminae.workflow import WorkflowPlan
 from workflow_helpers import FAST, PROJECT_ROOT, scheduled_rules, snakemake
 
@@ -24,7 +24,8 @@ def test_comparison_labels_keep_only_what_distinguishes_an_analysis():
         "model=minilm-l6 template=next_word", "model=minilm-l6 template=mid_sentence"]
     # templates do not touch experiment 2: its runs collapse to one curve per model
     assert [run["label"] for run in comparisons["adjustments"].config["runs"]] == ["model=tiny-gpt2", "model=minilm-l6"]
-    assert all(path.endswith("metrics/qkv_laminar.tsv") for path in comparisons["qkv"].tables)
+    assert all(path.endswith("/metrics") and "/qkv/analysis-" in path for path in comparisons["qkv"].metrics)
+    assert [run["settings"]["selectivity"] for run in comparisons["qkv"].config["runs"]] == ["ratio"] * 4
 
 
 def test_no_comparison_without_a_sweep_or_when_an_experiment_does_not_vary():
@@ -52,15 +53,15 @@ def test_depth_axis_is_relative_only_when_depths_differ():
 def test_sweep_runs_every_combination_once_and_overlays_them(tmp_path):
     overrides = [*FAST, "experiments=[qkv]"]
     dry = snakemake(tmp_path, overrides, "-n", sweep=SWEEP)
-    assert scheduled_rules(dry) == {"random_model": 1, "extract": 4, "qkv_metrics": 4, "qkv_figures": 4,
-                                    "compare": 1, "all": 1}
+    assert scheduled_rules(dry) == {"random_model": 1, "extract": 4, "qkv_analysis": 4, "qkv_figures": 4,
+                                    "qkv_compare": 1, "all": 1}
     snakemake(tmp_path, overrides, "--cores", "2", sweep=SWEEP)
     (folder,) = (tmp_path / "results" / "sweeps").glob("qkv-*")
     assert (folder / "compare_qkv.png").stat().st_size > 0 and (folder / "compare_qkv.pdf").stat().st_size > 0
     record = yaml.safe_load((folder / "sweep.yaml").read_text())
     assert [run["label"] for run in record["runs"]][0] == "model=tiny-gpt2 template=next_word" and len(record["runs"]) == 4
-    assert all((tmp_path / run["table"]).is_file() for run in record["runs"])
+    assert all((tmp_path / run["metrics"] / "qkv_laminar.tsv").is_file() for run in record["runs"])
     assert scheduled_rules(snakemake(tmp_path, overrides, "-n", sweep=SWEEP)) == {}
     # a plot setting reruns only figures (and the comparison, which draws with the same dpi)
     dry = snakemake(tmp_path, [*overrides, "plot.dpi=100"], "-n", sweep=SWEEP)
-    assert scheduled_rules(dry) == {"qkv_figures": 4, "compare": 1, "all": 1}
+    assert scheduled_rules(dry) == {"qkv_figures": 4, "qkv_compare": 1, "all": 1}

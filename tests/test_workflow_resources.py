@@ -13,10 +13,12 @@ import yaml
 
 from laminae import resources
 from laminae.models.random_models import random_model_dir
+from laminae.registry import discover
 from laminae.workflow import WorkflowPlan
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROFILES = PROJECT_ROOT / "profiles"
+EXPERIMENTS = discover()
 
 
 def plan_for(*overrides: str) -> WorkflowPlan:
@@ -41,42 +43,58 @@ def test_small_runs_ask_for_the_floors(default_cfg):
         assert plan.resources(stage_digest(plan, f"{experiment}.plot")) == resources.PLOT_FLOOR
 
 
+def analysis(cfg: dict, experiment: str, input_bytes: int = 0) -> dict[str, int]:
+    return resources.stage_resources("analysis", EXPERIMENTS[experiment], cfg, input_bytes)
+
+
+def figures(cfg: dict, experiment: str, input_bytes: int = 0) -> dict[str, int]:
+    return resources.stage_resources("plot", EXPERIMENTS[experiment], cfg, input_bytes)
+
+
 def test_adjustment_requests_grow_with_layers_times_tokens(default_cfg):
-    small = resources.analysis_resources(default_cfg, "adjustments", corpus_bytes=4_000)
-    tokens = resources.analysis_resources(default_cfg, "adjustments", corpus_bytes=400_000_000)   # 100M tokens
+    small = analysis(default_cfg, "adjustments", input_bytes=4_000)
+    tokens = analysis(default_cfg, "adjustments", input_bytes=400_000_000)   # 100M tokens
     deeper = copy.deepcopy(default_cfg)
     deeper["model"]["n_layers"] *= 4
-    both = resources.analysis_resources(deeper, "adjustments", corpus_bytes=400_000_000)
+    both = analysis(deeper, "adjustments", input_bytes=400_000_000)
     assert small == resources.ANALYSIS_FLOOR
     assert small["mem_mb"] < tokens["mem_mb"] < both["mem_mb"] and small["runtime"] < tokens["runtime"] < both["runtime"]
     # The per-token cosines (float64 + mask, three copies) dominate: 36 layers x 100M tokens x 27 B.
     assert tokens["mem_mb"] == pytest.approx(36 * 100e6 * 27 / 2**20, rel=0.05)
-    figures = resources.plot_resources(default_cfg, "adjustments", corpus_bytes=400_000_000)
-    assert figures["mem_mb"] > resources.PLOT_FLOOR["mem_mb"] and figures["runtime"] >= resources.PLOT_FLOOR["runtime"]
+    drawn = figures(default_cfg, "adjustments", input_bytes=400_000_000)
+    assert drawn["mem_mb"] > resources.PLOT_FLOOR["mem_mb"] and drawn["runtime"] >= resources.PLOT_FLOOR["runtime"]
 
 
 def test_qkv_requests_grow_with_words_and_resamples(default_cfg):
     many = copy.deepcopy(default_cfg)
     many["stimuli"]["categories"] = {c: [f"{c}{i}" for i in range(400)] for c in ("a", "b", "c")}
     many["qkv"]["n_bootstrap"] = many["qkv"]["n_permutations"] = 10_000
-    analysis = resources.analysis_resources(many, "qkv")
-    assert analysis["mem_mb"] > resources.ANALYSIS_FLOOR["mem_mb"] and analysis["runtime"] > resources.ANALYSIS_FLOOR["runtime"]
-    assert resources.plot_resources(many, "qkv")["mem_mb"] > resources.PLOT_FLOOR["mem_mb"]
-    assert resources.analysis_resources(default_cfg, "qkv") == resources.ANALYSIS_FLOOR
+    request = analysis(many, "qkv")
+    assert request["mem_mb"] > resources.ANALYSIS_FLOOR["mem_mb"] and request["runtime"] > resources.ANALYSIS_FLOOR["runtime"]
+    assert figures(many, "qkv")["mem_mb"] > resources.PLOT_FLOOR["mem_mb"]
+    assert analysis(default_cfg, "qkv") == resources.ANALYSIS_FLOOR
+
+
+def test_extraction_requests_grow_with_the_sites_it_captures(default_cfg):
+    three = resources.extraction_resources(default_cfg, "corpus", n_sites=3, input_bytes=4_000_000)
+    seven = resources.extraction_resources(default_cfg, "corpus", n_sites=7, input_bytes=4_000_000)
+    assert three["mem_mb"] < seven["mem_mb"] and three["runtime"] == seven["runtime"]
 
 
 def test_plan_resources_dispatch_on_the_stage_and_read_the_corpus_size():
     plan = plan_for("model=tiny-gpt2")
+    cfg = plan.runs[0].config
     corpus = PROJECT_ROOT / "data" / "corpora" / "nietzsche.txt"
-    for name in ("qkv.extract", "adjustments.extract"):
-        digest = stage_digest(plan, name)
-        assert plan.resources(digest) == plan.extraction_resources(digest)
-        assert plan.wants_gpu(digest) == 1
-    assert plan.corpus_bytes(stage_digest(plan, "qkv.analysis")) == 0
-    for kind in ("extract", "analysis", "plot"):
-        assert plan.corpus_bytes(stage_digest(plan, f"adjustments.{kind}")) == corpus.stat().st_size
+    assert plan.resources(stage_digest(plan, "stimuli.extract")) == resources.extraction_resources(cfg, "stimuli", 3)
+    assert plan.resources(stage_digest(plan, "corpus.extract")) == resources.extraction_resources(
+        cfg, "corpus", 4, corpus.stat().st_size)
+    for name in ("stimuli.extract", "corpus.extract"):
+        assert plan.wants_gpu(stage_digest(plan, name)) == 1
+    assert plan.input_bytes(stage_digest(plan, "qkv.analysis")) == 0
+    for name in ("corpus.extract", "adjustments.analysis", "adjustments.plot"):
+        assert plan.input_bytes(stage_digest(plan, name)) == corpus.stat().st_size
     cpu = plan_for("model=tiny-gpt2", "device=cpu")
-    assert cpu.wants_gpu(stage_digest(cpu, "qkv.extract")) == 0
+    assert cpu.wants_gpu(stage_digest(cpu, "stimuli.extract")) == 0
 
 
 def test_the_plan_names_random_model_folders_like_the_model_module():

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from laminae.models.adapters import QKV, SITES, Adapter
+from laminae.models.adapters import Adapter
+from laminae.sites import QKV, SITES
 
 #: (batch, seq, width) -> (rows, width); must keep the last dimension whole.
 Selector = Callable[[torch.Tensor], torch.Tensor]

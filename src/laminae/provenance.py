@@ -58,6 +58,15 @@ def stage_config_record(stage: dict[str, Any], runtime: dict[str, Any] | None = 
     return dump_yaml(record)
 
 
+def read_stage_record(path: Path) -> dict[str, Any]:
+    """A stage's `config.yaml` back as a dict ({} when missing or unreadable)."""
+    try:
+        record = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _temporary_sibling(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{os.getpid()}")
 

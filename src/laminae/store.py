@@ -28,9 +28,13 @@ import numpy as np
 from laminae.errors import InputFileError
 from laminae.provenance import atomic_dir
 
-SITES = ("q", "k", "v", "attn_out", "mlp_out", "resid_pre", "resid_post")
 ROWS_FILE = "rows.tsv"
 CONFIG_FILE = "config.yaml"
+# Model attributes of a store that its analyses copy onto their outputs (prefixed `activations_`).
+MODEL_ATTRS = ("model_id", "model_revision", "family", "random_weights", "n_layers", "d_model", "n_heads",
+               "n_kv_heads", "storage_dtype")
+# Working-set target of one streamed chunk (every site as read, float32 for float16/32 stores).
+CHUNK_BYTES = 256 * 2**20
 # what to do about a damaged or foreign activation folder (Snakemake then reruns its extraction)
 REBUILD = "delete the activations folder and rerun to rebuild it"
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
@@ -77,16 +81,61 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
         return [{key: unescape_field(value) for key, value in row.items()} for row in reader]
 
 
+class RowTable(Sequence[Mapping[str, Any]]):
+    """What each stored row is (rows.tsv), as a sequence of dicts with column accessors.
+
+        >>> rows = RowTable([{"window": 0, "position": 0}, {"window": 0, "position": 1}])
+        >>> rows.integers("position")                       # (n_rows,) int64
+        array([0, 1])
+        >>> rows.column("window")                           # as strings, as rows.tsv holds them
+        ['0', '0']
+    """
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], source: Path | str = ROWS_FILE):
+        self._records = list(records)
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._records[index]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self._records[0]) if self._records else ()
+
+    def column(self, name: str) -> list[str]:
+        """One column, as strings."""
+        self._require(name)
+        return [str(row[name]) for row in self._records]
+
+    def integers(self, name: str) -> np.ndarray:
+        """One column of integers: (n_rows,) int64."""
+        self._require(name)
+        try:
+            return np.asarray([int(row[name]) for row in self._records], dtype=np.int64)
+        except ValueError:
+            raise InputFileError(self.source, f"column {name!r} must hold integers") from None
+
+    def _require(self, name: str) -> None:
+        if self._records and name not in self._records[0]:
+            raise InputFileError(self.source, f"has no {name!r} column (columns: {', '.join(self.columns)})")
+
+
 class ActivationWriter:
     """Streams activations into `out_dir/layer_NN.h5`, atomically (see module docstring).
 
     Datasets are created on the first `write` of a site (its width is known then), with exactly
-    `n_rows` rows; every row of every site must be written before the block ends."""
+    `n_rows` rows; every row of every site must be written before the block ends. With
+    `store_layers=False` the folder holds only rows.tsv and config.yaml (and whatever the caller
+    writes into `tmp_dir` before the block ends, such as an extraction's reductions)."""
 
     def __init__(self, out_dir: Path, n_layers: int, n_rows: int, attrs: Mapping[str, Any],
                  storage_dtype: str = "float32", compression: str | None = None, chunk_rows: int = 1024,
-                 config_text: str = ""):
+                 config_text: str = "", store_layers: bool = True):
         self.out_dir = Path(out_dir)
+        self.store_layers = store_layers
         self.n_layers, self.n_rows = n_layers, n_rows
         self.attrs = dict(attrs)
         self.dtype = np.dtype(storage_dtype)
@@ -101,7 +150,7 @@ class ActivationWriter:
     def __enter__(self) -> "ActivationWriter":
         self._atomic = atomic_dir(self.out_dir)
         self.tmp_dir = self._atomic.__enter__()
-        for layer in range(self.n_layers):
+        for layer in range(self.n_layers if self.store_layers else 0):
             handle = h5py.File(self.tmp_dir / layer_filename(layer, self.n_layers), "w", track_order=True,
                                **NO_CHUNK_CACHE)
             handle.attrs.update({**self.attrs, "layer": layer, "n_layers": self.n_layers, "n_rows": self.n_rows,
@@ -155,7 +204,7 @@ class ActivationWriter:
 
     def _finish(self) -> None:
         incomplete = {site: n for site, n in self._written.items() if n != self.n_rows}
-        if incomplete or not self._written:
+        if incomplete or (self.store_layers and not self._written):
             raise RuntimeError(f"activation store incomplete: rows written {self._written} of {self.n_rows}")
         if self._rows is None:
             raise RuntimeError("activation store: set_rows() was never called")
@@ -194,7 +243,7 @@ class ActivationStore:
         rows_path = self.dir / ROWS_FILE
         if not rows_path.is_file():
             raise InputFileError(rows_path, "missing; the activation folder is incomplete")
-        self.rows = read_tsv(rows_path)
+        self.rows = RowTable(read_tsv(rows_path), rows_path)
         if len(self.rows) != self.n_rows:
             raise InputFileError(rows_path, f"has {len(self.rows)} rows but the layer files have {self.n_rows}")
 
@@ -204,7 +253,38 @@ class ActivationStore:
 
     def column(self, name: str) -> list[str]:
         """One column of rows.tsv, as strings."""
-        return [row[name] for row in self.rows]
+        return self.rows.column(name)
+
+    @property
+    def model_attrs(self) -> dict[str, Any]:
+        """The model's attributes (model_id, family, n_layers, d_model, n_heads, ...)."""
+        return {key: self.attrs[key] for key in MODEL_ATTRS if key in self.attrs}
+
+    def require(self, sites: Sequence[str], reader: str) -> None:
+        """InputFileError naming the folder unless every site is stored."""
+        missing = [site for site in sites if site not in self.widths]
+        if missing:
+            raise InputFileError(self.dir, f"has no {missing[0]!r} activations (stored: {', '.join(self.widths)}); "
+                                           f"{reader} needs {', '.join(sites)}: {REBUILD}")
+
+    def read_dtype(self) -> np.dtype:
+        """float32 for float16/float32 stores (exact for metrics computed in float64), else float64."""
+        storage = str(self.attrs.get("storage_dtype", "float32"))
+        return np.dtype(np.float32) if storage in ("float16", "float32") else np.dtype(np.float64)
+
+    def chunk_rows(self, sites: Sequence[str], budget_bytes: int = CHUNK_BYTES) -> int:
+        """Rows per streamed chunk: a chunk of every site (plus the per-layer pieces of the one
+        being stacked) within `budget_bytes`, aligned with the HDF5 chunks (a multiple or a
+        divisor of their row count): a read that straddles HDF5 chunks costs about 3x the time."""
+        widths = [self.widths[site] for site in sites]
+        bytes_per_row = self.n_layers * (sum(widths) + max(widths)) * self.read_dtype().itemsize
+        rows = max(1, budget_bytes // max(bytes_per_row, 1))
+        with h5py.File(self.paths[0], "r") as handle:
+            chunks = handle[sites[0]].chunks
+        stored = int(chunks[0]) if chunks else None
+        if stored:
+            rows = rows // stored * stored if rows >= stored else max(d for d in range(1, rows + 1) if stored % d == 0)
+        return int(min(max(self.n_rows, 1), rows))
 
     def read(self, site: str, layers: Sequence[int] | None = None, dtype: Any = np.float64) -> np.ndarray:
         """All rows of `site`: (n_layers, n_rows, width), upcast to `dtype`."""

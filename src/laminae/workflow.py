@@ -1,12 +1,15 @@
 """What the Snakefile asks of laminae: the runs of a config, their targets, and per-job lookups.
 
 Rules match output paths with wildcards that end in a stage hash; `WorkflowPlan` maps the hash
-back to the stage's config, inputs and resources:
+back to the stage's config, inputs and resources, and lists the experiments the rules are
+made for:
 
     >>> plan = WorkflowPlan.from_snakemake_config({"overrides": ["model=tiny-gpt2"]}, Path("."))
+    >>> list(plan.experiments)                  # one analysis, figure (and compare) rule each
+    ['qkv', 'adjustments']
     >>> plan.targets()[:1]
-    ['results/tiny-gpt2/qkv/space_furniture_fruit.next_word-f1b84d50bc/analysis-.../plot-.../figures/qkv_laminar.png']
-    >>> plan.stage_record(wildcards)      # {"stage": "qkv.extract", "hash": ..., "config": {...}}
+    ['results/tiny-gpt2/stimuli/space_furniture_fruit.next_word-f1b84d50bc/qkv/analysis-.../metrics/qkv_laminar.tsv']
+    >>> plan.stage_record(digest)      # {"stage": "qkv.analysis", "hash": ..., "config": {...}}
 
 Nothing here imports torch: parsing the Snakefile stays fast (a no-op rerun takes seconds).
 """
@@ -18,19 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from laminae.config import Run, Stage, load_runs, stable_hash
+from laminae.config import Run, Stage, analysis_settings, load_runs, stable_hash
 from laminae.errors import ConfigError
-from laminae.stage_runner import WORKFLOW_CONFIG_KEY
+from laminae.experiment import Experiment
+from laminae.stages.runner import WORKFLOW_CONFIG_KEY
 
 CONFIG_KEYS = ("overrides", "sweep")
-# Files each stage writes inside its output folder (besides config.yaml).
-STAGE_FILES = {
-    "qkv.analysis": ("qkv_laminar.tsv", "similarity.h5"),
-    "qkv.plot": ("qkv_laminar.png", "qkv_laminar.pdf", "qkv_similarity.png", "qkv_similarity.pdf"),
-    "adjustments.analysis": ("adjustments.tsv", "adjustment_cosine.h5"),
-    "adjustments.plot": ("adjustments_laminar.png", "adjustments_laminar.pdf", "adjustments_hist.png",
-                         "adjustments_hist.pdf", "adjustments_norms.png", "adjustments_norms.pdf"),
-}
+FIGURE_FORMATS = ("png", "pdf")
 
 
 def export_source_path(root: Path) -> None:
@@ -46,13 +43,13 @@ class Comparison:
 
     experiment: str
     hash: str
-    config: dict[str, Any]       # experiment, runs [{label, analysis hash}], plot settings
-    tables: list[str]            # each run's metrics table, in `config["runs"]` order
+    config: dict[str, Any]       # experiment, runs [{label, analysis hash, settings}], plot settings
+    metrics: list[str]           # each run's metrics folder, in `config["runs"]` order
     dir: Path
 
     @property
     def files(self) -> list[str]:
-        return [str(self.dir / f"compare_{self.experiment}.{ext}") for ext in ("png", "pdf")] + [str(self.dir / "sweep.yaml")]
+        return [str(self.dir / f"compare_{self.experiment}.{ext}") for ext in FIGURE_FORMATS] + [str(self.dir / "sweep.yaml")]
 
 
 @dataclass
@@ -61,41 +58,45 @@ class WorkflowPlan:
     root: Path
     stages: dict[str, Stage] = field(default_factory=dict)
     run_of: dict[str, Run] = field(default_factory=dict)
+    experiments: dict[str, Experiment] = field(default_factory=dict)   # enabled in some run, in order
     comparisons: dict[str, Comparison] = field(default_factory=dict)
-    _corpus_sizes: dict[str, int] = field(default_factory=dict, repr=False)  # corpus.path -> bytes
+    _input_sizes: dict[str, int] = field(default_factory=dict, repr=False)  # extraction hash -> bytes
 
     def __post_init__(self) -> None:
         for run in self.runs:
+            self.experiments.update(run.experiments)
             for stage in run.stages.values():
                 self.stages.setdefault(stage.hash, stage)
                 self.run_of.setdefault(stage.hash, run)
         if len(self.runs) > 1:
-            for experiment in ("qkv", "adjustments"):
+            for experiment in self.experiments.values():
                 comparison = self._comparison(experiment)
                 if comparison is not None:
                     self.comparisons[comparison.hash] = comparison
 
-    def _comparison(self, experiment: str) -> Comparison | None:
+    def _comparison(self, experiment: Experiment) -> Comparison | None:
         """Runs whose analyses differ, each labelled by the sweep values it does not share with
-        runs of the same analysis (a template sweep does not split experiment 2's curves)."""
+        runs of the same analysis (a template sweep does not split the corpus experiments)."""
+        if experiment.compare is None:
+            return None
         groups: dict[str, list[Run]] = {}
         for run in self.runs:
-            if f"{experiment}.analysis" in run.stages:
-                groups.setdefault(run.stages[f"{experiment}.analysis"].hash, []).append(run)
+            if f"{experiment.name}.analysis" in run.stages:
+                groups.setdefault(run.stages[f"{experiment.name}.analysis"].hash, []).append(run)
         if len(groups) < 2:
             return None
         runs = []
         for analysis_hash, members in groups.items():
             shared = [o for o in members[0].overrides if all(o in m.overrides for m in members)]
-            run = {"label": " ".join(shared) or "default", "analysis": analysis_hash}
-            if experiment == "qkv":
-                run["selectivity"] = members[0].config["qkv"]["selectivity"]
-            runs.append(run)
-        config = {"stage": f"{experiment}.compare", "experiment": experiment, "runs": runs,
-                  "plot": {"dpi": self.runs[0].config["plot"]["dpi"]}}
+            runs.append({"label": " ".join(shared) or "default", "analysis": analysis_hash,
+                         "settings": analysis_settings(members[0].config, experiment)})
+        first = self.run_of[runs[0]["analysis"]].config
+        config = {"stage": f"{experiment.name}.compare", "experiment": experiment.name, "runs": runs,
+                  "plot": {"dpi": first["plot"]["dpi"], experiment.name: first[experiment.name].get("plot", {})}}
         digest = stable_hash(config)
-        tables = [self.stage_files(self.stages[run["analysis"]])[0] for run in runs]
-        return Comparison(experiment, digest, config, tables, Path(self.results_dir) / "sweeps" / f"{experiment}-{digest}")
+        metrics = [str(self.stages[run["analysis"]].output_dir) for run in runs]
+        return Comparison(experiment.name, digest, config, metrics,
+                          Path(self.results_dir) / "sweeps" / f"{experiment.name}-{digest}")
 
     @classmethod
     def from_snakemake_config(cls, config: Mapping[str, Any], root: Path) -> "WorkflowPlan":
@@ -114,22 +115,33 @@ class WorkflowPlan:
     def models_dir(self) -> str:
         return self.runs[0].config["models_dir"]
 
-    def inject_into(self, config: dict[str, Any]) -> None:
-        """Put the project root and each extraction's runtime settings into the workflow config,
-        where `stage_runner` finds them (see there for why not in params)."""
-        runtime = {h: self.run_of[h].runtime for h, s in self.stages.items() if s.kind == "extract"}
-        config[WORKFLOW_CONFIG_KEY] = {"root": str(self.root), "runtime": runtime}
+    @property
+    def experiment_packages(self) -> list[str]:
+        """Every run's `experiment_packages`, in order, once each."""
+        return list(dict.fromkeys(p for run in self.runs for p in run.config["experiment_packages"]))
 
-    def stage(self, digest: str) -> Stage:
-        return self.stages[digest]
+    def inject_into(self, config: dict[str, Any]) -> None:
+        """Put the project root, each extraction's runtime settings and where the experiments
+        live into the workflow config, where `laminae.stages.runner` finds them (see there for
+        why not in params)."""
+        runtime = {h: self.run_of[h].runtime for h, s in self.stages.items() if s.kind == "extract"}
+        config[WORKFLOW_CONFIG_KEY] = {"root": str(self.root), "runtime": runtime,
+                                       "experiment_packages": self.experiment_packages}
 
     def stage_record(self, digest: str) -> dict[str, Any]:
         stage = self.stages[digest]
         return {"stage": stage.name, "hash": stage.hash, "config": stage.config}
 
     def stage_files(self, stage: Stage) -> list[str]:
-        names = STAGE_FILES.get(stage.name, ())
-        return [str(stage.output_dir / name) for name in (*names, "config.yaml")] if names else [str(stage.output_dir)]
+        """The files a stage writes (its output folder for an extraction)."""
+        if stage.kind == "extract":
+            return [str(stage.output_dir)]
+        experiment = self.experiments[stage.group]
+        if stage.kind == "analysis":
+            names = list(experiment.metrics)
+        else:
+            names = [f"{figure.name}.{ext}" for figure in experiment.figures for ext in FIGURE_FORMATS]
+        return [str(stage.output_dir / name) for name in (*names, "config.yaml")]
 
     def targets(self) -> list[str]:
         """Every run's metrics and figures, without duplicates, in run order; then the sweep's
@@ -149,26 +161,26 @@ class WorkflowPlan:
 
     def context(self, digest: str) -> dict[str, Any]:
         """Labels for titles and captions: model, inputs and the analysis settings."""
+        from laminae.inputs import input_kind
+
         stage = self.stages[digest]
         cfg = self.run_of[digest].config
-        labels = {"model": cfg["model"]["name"], "random_weights": cfg["model"]["random_init"] is not None,
-                  "experiment": stage.experiment}
-        if stage.experiment == "qkv":
-            labels.update(stimuli=cfg["stimuli"]["name"], template=cfg["template"]["text"],
-                          position=cfg["extract"]["position"], analysis=cfg["qkv"])
-        else:
-            labels.update(corpus=cfg["corpus"]["name"], analysis=cfg["adjustments"])
-        return labels
+        experiment = self.experiments[stage.group]
+        return {"model": cfg["model"]["name"], "random_weights": cfg["model"]["random_init"] is not None,
+                "experiment": experiment.name, **input_kind(experiment.inputs).describe(cfg),
+                "analysis": analysis_settings(cfg, experiment)}
 
     def extract_inputs(self, digest: str) -> dict[str, Any]:
-        """Files an extraction reads: corpus documents and, for random models, the built model."""
-        from laminae.config import corpus_documents
+        """Files an extraction reads: its input documents (relative to the project when inside
+        it, so a moved project schedules nothing) and, for random models, the built model."""
+        from laminae.inputs import input_kind
 
         stage = self.stages[digest]
         cfg = self.run_of[digest].config
         inputs: dict[str, Any] = {}
-        if stage.experiment == "adjustments":
-            inputs["corpus"] = [str(p) for p in corpus_documents(cfg["corpus"]["path"], self.root)]
+        documents = input_kind(stage.group).documents(cfg, self.root)
+        if documents:
+            inputs[stage.group] = [str(path) for path in documents]
         if cfg["model"]["random_init"] is not None:
             inputs["model"] = str(self.random_model_dir(cfg["model"]))
         return inputs
@@ -177,10 +189,8 @@ class WorkflowPlan:
         """`laminae.models.random_models.random_model_dir`, without importing that module: it
         imports torch and transformers (seconds), which every DAG build would pay, twice per
         cluster job (tests/test_workflow_resources.py checks that both agree)."""
-        from laminae.config.stages import stable_hash as folder_hash
-
         name = model_cfg.get("name") or model_cfg["random_init"].get("architecture", "random")
-        return Path(self.models_dir) / f"{name}-{folder_hash(model_cfg['random_init'])}"
+        return Path(self.models_dir) / f"{name}-{stable_hash(model_cfg['random_init'])}"
 
     def random_model_config(self, folder_name: str) -> dict[str, Any]:
         for run in self.runs:
@@ -189,32 +199,31 @@ class WorkflowPlan:
                 return model
         raise KeyError(folder_name)
 
-    def extraction_resources(self, digest: str) -> dict[str, int]:
-        from laminae.resources import extraction_resources
-
-        stage = self.stages[digest]
-        return extraction_resources(self.run_of[digest].config, stage.experiment, self.corpus_bytes(digest))
-
     def resources(self, digest: str) -> dict[str, int]:
         """mem_mb and runtime (minutes) of any stage's job: extraction, analysis or figures
-        (see laminae.resources). They scale with the model and the experiment's input size."""
+        (see laminae.resources). They scale with the model and the input's size."""
         from laminae import resources
 
         stage = self.stages[digest]
-        estimate = {"extract": resources.extraction_resources, "analysis": resources.analysis_resources,
-                    "plot": resources.plot_resources}[stage.kind]
-        return estimate(self.run_of[digest].config, stage.experiment, self.corpus_bytes(digest))
+        cfg = self.run_of[digest].config
+        if stage.kind == "extract":
+            readers = [e for e in self.run_of[digest].experiments.values() if e.inputs == stage.group]
+            n_sites = len({site for e in readers for site in e.sites})
+            return resources.extraction_resources(cfg, stage.group, n_sites, self.input_bytes(digest))
+        experiment = self.experiments[stage.group]
+        return resources.stage_resources(stage.kind, experiment, cfg, self.input_bytes(digest))
 
-    def corpus_bytes(self, digest: str) -> int:
-        """Size of the corpus an adjustments stage reads, directly or through its extraction (0 for qkv)."""
-        from laminae.config import corpus_documents
+    def input_bytes(self, digest: str) -> int:
+        """Size of the input files a stage reads, directly or through its extraction (0 for stimuli)."""
+        from laminae.inputs import input_kind
 
-        if self.stages[digest].experiment != "adjustments":
-            return 0
-        path = self.run_of[digest].config["corpus"]["path"]
-        if path not in self._corpus_sizes:  # asked for every job's mem_mb and runtime: read the folder once
-            self._corpus_sizes[path] = sum(p.stat().st_size for p in corpus_documents(path, self.root))
-        return self._corpus_sizes[path]
+        stage = self.stages[digest]
+        while stage.kind != "extract":
+            stage = self.stages[stage.upstream]
+        if stage.hash not in self._input_sizes:  # asked for every job's mem_mb and runtime: read the folder once
+            documents = input_kind(stage.group).documents(self.run_of[stage.hash].config, self.root)
+            self._input_sizes[stage.hash] = sum(path.stat().st_size for path in documents)
+        return self._input_sizes[stage.hash]
 
     def wants_gpu(self, digest: str) -> int:
         """Extraction asks for a GPU unless the run pins device=cpu (auto uses one if present)."""

@@ -1,4 +1,7 @@
-# Extraction: model + inputs -> activations/layer_NN.h5 + rows.tsv (one job per experiment).
+# Extraction: model + inputs -> activations/ (layer_NN.h5 of the sites the experiments reading
+# these inputs need, rows.tsv, reductions/ of those that run during extraction). One job per
+# model and set of inputs, shared by every experiment on them.
+EXTRACTION = f"{RESULTS}/{{model}}/{{inputs}}/{{label}}-{{xh}}"
 
 # Building a random model takes seconds: on a cluster it runs in the submitting process rather
 # than waiting in the queue as a job of its own.
@@ -21,20 +24,20 @@ rule random_model:
 
 
 rule extract:
-    """Forward the model over the experiment's inputs; hook and store every layer's sites."""
+    """Forward the model over the inputs; hook and store every layer's sites."""
     input:
         unpack(lambda w: PLAN.extract_inputs(w.xh)),
     output:
-        directory(f"{RESULTS}/{{model}}/{{experiment}}/{{label}}-{{xh}}/activations"),
+        directory(f"{EXTRACTION}/activations"),
     log:
-        f"{RESULTS}/{{model}}/{{experiment}}/{{label}}-{{xh}}/extract.log",
+        f"{EXTRACTION}/extract.log",
     params:
         stage=lambda w: PLAN.stage_record(w.xh),
     threads: 4
     resources:
         gpu=lambda w: PLAN.wants_gpu(w.xh),
-        mem_mb=lambda w: PLAN.extraction_resources(w.xh)["mem_mb"],
-        runtime=lambda w: PLAN.extraction_resources(w.xh)["runtime"],
+        mem_mb=lambda w: PLAN.resources(w.xh)["mem_mb"],
+        runtime=lambda w: PLAN.resources(w.xh)["runtime"],
     conda:
         "../../envs/laminae.yaml"
     script:

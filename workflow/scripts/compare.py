@@ -1,7 +1,13 @@
-"""Rule `compare`: see laminae.plots.compare."""
+"""Rules `<experiment>_compare`: see laminae.stages.compare."""
 from pathlib import Path
 
-from laminae.plots.compare import make_comparison
-from laminae.stage_runner import run_stage
+from laminae.stages.compare import run_comparison
+from laminae.stages.runner import run_stage
 
-run_stage(snakemake, lambda smk, ctx: make_comparison(ctx.stage, list(smk.input.tables), Path(smk.output.png)))  # noqa: F821
+
+def main(smk, ctx):
+    run_comparison(ctx.experiment(smk.params.experiment), ctx.stage, [Path(p).parent for p in smk.input.metrics],
+                   Path(smk.output.png))
+
+
+run_stage(snakemake, main)  # noqa: F821 (injected by Snakemake)

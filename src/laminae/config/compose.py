@@ -3,9 +3,14 @@
 Composition uses Hydra's compose API (never `@hydra.main`), so it is deterministic and cheap
 enough to repeat in every cluster job that re-parses the Snakefile:
 
-    >>> cfg = compose_config(["model=tiny-gpt2", "qkv.n_permutations=200"], "conf")
+    >>> registry = discover(experiment_packages(overrides, "conf"), project_root=".")
+    >>> cfg = compose_config(["model=tiny-gpt2", "qkv.n_permutations=200"], "conf", registry)
     >>> cfg["model"]["name"], cfg["qkv"]["n_permutations"]
     ('tiny-gpt2', 200)
+
+Every experiment of the registry contributes its config group (`conf/<name>/default.yaml`, or
+the `default.yaml` in its folder), added to the defaults list here, so adding an experiment
+never means editing `conf/config.yaml`; `experiments=[...]` chooses which run.
     >>> [o for o in expand_sweep(["model=gpt2,minilm-l6", "template=next_word"])]
     [('model=gpt2', 'template=next_word'), ('model=minilm-l6', 'template=next_word')]
 
@@ -18,16 +23,21 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
 
 from laminae.errors import ConfigError
+from laminae.experiment import Experiment
 
 # Resolvers whose value changes between calls or needs a running Hydra app: never in a hash.
 _FORBIDDEN_INTERPOLATIONS = re.compile(r"\$\{\s*(now|hydra)\s*:")
 
 
-def compose_config(overrides: Sequence[str], config_dir: str | Path) -> dict[str, Any]:
-    """The fully resolved config for one run: `conf/config.yaml` plus `overrides`."""
+def compose_config(overrides: Sequence[str], config_dir: str | Path,
+                   registry: Mapping[str, Experiment] | None = None) -> dict[str, Any]:
+    """The fully resolved config for one run: `conf/config.yaml`, the config group of every
+    experiment in `registry`, then `overrides`."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -39,6 +49,7 @@ def compose_config(overrides: Sequence[str], config_dir: str | Path) -> dict[str
         raise ConfigError("config_dir", "a folder with config.yaml", str(config_dir))
     overrides = [str(o) for o in overrides]
     _check_override_syntax(overrides)
+    overrides = _with_experiment_groups(overrides, config_dir, registry or {})
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="laminae"):
@@ -49,6 +60,51 @@ def compose_config(overrides: Sequence[str], config_dir: str | Path) -> dict[str
         raise _one_line_error(error, overrides, config_dir) from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def experiment_packages(overrides: Sequence[str], config_dir: str | Path) -> list[str]:
+    """`experiment_packages` as `conf/config.yaml` and `overrides` set it, read before
+    composition: it decides which experiments, hence which config groups, exist."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [str(o) for o in overrides]
+    _check_override_syntax(overrides)
+    path = Path(config_dir) / "config.yaml"
+    root = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    value: Any = (root or {}).get("experiment_packages", [])
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.key_or_group == "experiment_packages":
+            value = override.value()
+    if value is None:
+        value = []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("experiment_packages", "a list of folders or module names, e.g. [labs/experiments]", value)
+    return list(value)
+
+
+def _with_experiment_groups(overrides: list[str], config_dir: Path, registry: Mapping[str, Experiment]) -> list[str]:
+    """`overrides` with `+<name>=<option>` for every experiment's config group (option `default`
+    unless an override picks another), and groups found only in an experiment's folder
+    registered with Hydra."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from laminae.registry import default_config
+
+    chosen: dict[str, str] = {}
+    kept = []
+    for text, override in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
+        name = override.key_or_group
+        if name in registry and not override.is_delete() and isinstance(override.value(), str):
+            chosen[name] = override.value()
+        else:
+            kept.append(text)
+    for experiment in registry.values():
+        path = default_config(experiment, config_dir)
+        if path is not None:
+            node = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            ConfigStore.instance().store(group=experiment.name, name="default", node=node)
+    return [*(f"+{name}={chosen.get(name, 'default')}" for name in registry), *kept]
 
 
 def expand_sweep(sweep: Iterable[str]) -> list[tuple[str, ...]]:

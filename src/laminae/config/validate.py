@@ -1,19 +1,21 @@
 """Validate a composed config before any job runs; the first problem becomes a one-line error.
 
-    >>> validate_config(cfg, project_root=".")      # returns None or raises ConfigError
+    >>> validate_config(cfg, project_root=".", registry=registry)   # returns None or raises ConfigError
     >>> cfg["qkv"]["n_permutations"] = -5
-    >>> validate_config(cfg, ".")
+    >>> validate_config(cfg, ".", registry)
     ConfigError: config key 'qkv.n_permutations': expected an integer >= 0, got -5
 
-Two layers: the JSON schema (`schema.yaml`: types, ranges, allowed values, unknown keys) and
-the checks no schema can express (a template with exactly one `{word}`, no duplicated words,
-an existing non-empty corpus, plot layers inside the model).
+Three layers: the JSON schema (the core's `schema.yaml` with each experiment's own schema under
+its name: types, ranges, allowed values, unknown keys); the checks of each input kind that an
+enabled experiment reads (a template with exactly one `{word}`, an existing non-empty corpus);
+and each enabled experiment's own `validate` hook (plot layers inside the model, ...).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
-import string
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,36 +23,42 @@ from typing import Any
 import yaml
 
 from laminae.errors import ConfigError
-
-SITES_NEEDED = {"adjustments": ("attn_out", "mlp_out")}
-CORPUS_SUFFIXES = (".txt",)
+from laminae.experiment import Experiment
 
 
 @functools.lru_cache(maxsize=1)
-def config_schema() -> dict[str, Any]:
+def core_schema() -> dict[str, Any]:
     return yaml.safe_load(resources.files("laminae.config").joinpath("schema.yaml").read_text())
 
 
-def validate_config(cfg: dict[str, Any], project_root: str | Path) -> None:
+def config_schema(registry: Mapping[str, Experiment]) -> dict[str, Any]:
+    """The core schema, with each experiment's schema as the property of its name (a reducer
+    experiment's group also takes `during_extraction`) and `experiments` limited to the names."""
+    from laminae.registry import load_schema
+
+    schema = copy.deepcopy(core_schema())
+    schema["properties"]["experiments"]["items"] = {"enum": list(registry)}
+    for name, experiment in registry.items():
+        group = load_schema(experiment)
+        if experiment.streams:
+            group.setdefault("properties", {})["during_extraction"] = {"type": "boolean"}
+        schema["properties"][name] = group
+        schema["required"].append(name)
+    return schema
+
+
+def validate_config(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[str, Experiment]) -> None:
     """Raise ConfigError for the first problem in `cfg`; paths are relative to `project_root`."""
-    _check_schema(cfg)
-    _check_template(cfg["template"]["text"])
-    _check_stimuli(cfg["stimuli"]["categories"])
+    from laminae.inputs import input_kind
+
+    _check_schema(cfg, registry)
     _check_model(cfg["model"])
-    missing = set(cfg["qkv"]["components"]) - set(cfg["extract"]["sites"]["qkv"])
-    if "qkv" in cfg["experiments"] and missing:
-        raise ConfigError("extract.sites.qkv", f"to include the analysed components {cfg['qkv']['components']}",
-                          cfg["extract"]["sites"]["qkv"])
-    missing = set(SITES_NEEDED["adjustments"]) - set(cfg["extract"]["sites"]["adjustments"])
-    if "adjustments" in cfg["experiments"] and missing:
-        raise ConfigError("extract.sites.adjustments", f"to include {list(SITES_NEEDED['adjustments'])}",
-                          cfg["extract"]["sites"]["adjustments"])
-    if "adjustments" in cfg["experiments"]:
-        corpus_documents(cfg["corpus"]["path"], project_root)
-    n_layers = cfg["model"]["n_layers"]
-    if n_layers is not None:
-        for index in cfg["plot"]["qkv"]["similarity_layers"]:
-            resolve_layer(index, n_layers, key="plot.qkv.similarity_layers")
+    enabled = [registry[name] for name in cfg["experiments"]]
+    for kind in dict.fromkeys(experiment.inputs for experiment in enabled):
+        input_kind(kind).validate(cfg, project_root)
+    for experiment in enabled:
+        if experiment.validate is not None:
+            experiment.hook("validate")(cfg)
 
 
 def resolve_layer(index: int | str, n_layers: int, key: str) -> int:
@@ -65,33 +73,10 @@ def resolve_layer(index: int | str, n_layers: int, key: str) -> int:
     return index % n_layers
 
 
-def corpus_documents(path: str | Path, project_root: str | Path = ".") -> list[Path]:
-    """The documents of a corpus: the file itself, or the sorted .txt files of a folder.
-
-    Raises ConfigError naming `corpus.path` when it is missing, empty or has no text."""
-    resolved = Path(project_root, path) if not Path(path).is_absolute() else Path(path)
-    if resolved.is_file():
-        documents = [resolved]
-    elif resolved.is_dir():
-        documents = sorted(p for p in resolved.rglob("*") if p.is_file() and p.suffix in CORPUS_SUFFIXES)
-        if not documents:
-            raise ConfigError("corpus.path", f"a folder holding {'/'.join(CORPUS_SUFFIXES)} files", str(path))
-    else:
-        raise ConfigError("corpus.path", "an existing text file or folder", str(path))
-    for document in documents:
-        try:
-            text = document.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError("corpus.path", f"UTF-8 text files ({document} is not)", str(path)) from None
-        if not text.strip():
-            raise ConfigError("corpus.path", f"non-empty text files ({document} is empty)", str(path))
-    return documents
-
-
-def _check_schema(cfg: dict[str, Any]) -> None:
+def _check_schema(cfg: dict[str, Any], registry: Mapping[str, Experiment]) -> None:
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(config_schema())
+    validator = jsonschema.Draft202012Validator(config_schema(registry))
     error = jsonschema.exceptions.best_match(validator.iter_errors(cfg))
     if error is None:
         return
@@ -128,41 +113,6 @@ _TYPE_NAMES = {"array": "a list, e.g. [a,b]", "object": "a mapping, e.g. {key: v
 
 def _article(schema: dict[str, Any]) -> str:
     return "an integer" if schema.get("type") == "integer" else "a number"
-
-
-def _check_template(text: str) -> None:
-    fields = [field for _, field, _, _ in _parse_format(text) if field is not None]
-    if fields != ["word"]:
-        raise ConfigError("template.text", "a string with exactly one '{word}' placeholder and no other "
-                                           "braces (write literal braces as '{{' and '}}')", text)
-
-
-def _parse_format(text: str) -> list[tuple[Any, ...]]:
-    try:
-        return list(string.Formatter().parse(text))
-    except ValueError:
-        raise ConfigError("template.text", "balanced braces around '{word}'", text) from None
-
-
-def _check_stimuli(categories: dict[str, list[str]]) -> None:
-    if len(categories) < 2:
-        raise ConfigError("stimuli.categories", "at least 2 categories (selectivity compares them)", list(categories))
-    seen: dict[str, str] = {}
-    for category, words in categories.items():
-        key = f"stimuli.categories.{category}"
-        if len(words) < 2:
-            raise ConfigError(key, "at least 2 words (within-category similarity needs a pair)", words)
-        for word in words:
-            if not word.strip():
-                raise ConfigError(key, "non-empty words", word)
-            if not any(char.isprintable() for char in word):
-                raise ConfigError(key, "words with at least one visible character", word)
-            if word != word.strip():
-                raise ConfigError(key, "words without leading or trailing spaces", word)
-            if word in seen:
-                where = "twice here" if seen[word] == category else f"also in {seen[word]!r}"
-                raise ConfigError(key, f"each word once across all categories ({word!r} is {where})", word)
-            seen[word] = category
 
 
 def _check_model(model: dict[str, Any]) -> None:

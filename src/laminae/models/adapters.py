@@ -24,12 +24,10 @@ from typing import Any
 from torch import nn
 
 from laminae.errors import ConfigError
+from laminae.sites import QKV, SITES
 
 FAMILIES = ("gpt2", "bert", "llama")
 
-#: Every site a capture can ask for, in the order the site table lists them.
-SITES = ("q", "k", "v", "attn_out", "mlp_out", "resid_pre", "resid_post")
-QKV = ("q", "k", "v")
 
 #: `config.model_type` -> family, for `family: auto`. Only types whose module layout and
 #: residual structure match the family's row of the site table (checked in tests with tiny

@@ -1,1 +1,3 @@
-"""Figures. `style` holds what every figure shares; one module per experiment."""
+"""What every figure shares: `style` (palette, titles, atomic png+pdf saving) and `overlay`
+(the depth axis and run styles of sweep comparisons). Each experiment draws its own figures in
+its folder (`laminae.experiments.<name>.figures`)."""

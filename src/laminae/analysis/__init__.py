@@ -1,1 +1,0 @@
-"""Analysis stages: turn stored activations into metric tables (`qkv`: experiment 1)."""

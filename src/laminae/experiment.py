@@ -1,0 +1,216 @@
+"""The plug-in interface: what an experiment declares, and what laminae hands its functions.
+
+An experiment is one folder (a Python package) whose `__init__.py` holds `EXPERIMENT =
+Experiment(...)`, plus its config group (`conf/<name>/default.yaml`, or `default.yaml` in the
+folder). Everything else (config composition and hashing, the shared extraction, job sizes, the
+Snakemake rules, the report) is generic and reads only this declaration. A complete example,
+runnable as it stands (docs/WRITING_AN_EXPERIMENT.md walks through it):
+
+    from laminae.experiment import Experiment, Figure
+
+    def reducer(job):                     # streams the store: chunks of (n_layers, rows, width)
+        return NormReducer(job.n_layers)
+
+    def plot(job):                        # metrics/ -> figures/
+        table = read_tsv(job.metrics_dir / "norms.tsv")
+        fig, ax = plt.subplots()
+        ...
+        job.save(fig, "norms")            # figures/norms.png and .pdf, at plot.dpi
+
+    EXPERIMENT = Experiment(
+        name="norms", title="Residual stream norms", inputs="corpus",
+        sites=("resid_post",), metrics=("norms.tsv",),
+        figures=(Figure("norms", caption="caption.rst", label="laminar profile"),),
+        reducer=reducer, plot=plot)
+
+Hooks are callables, or "module:function" strings resolved against the experiment's package
+(`".figures:plot"`), so a declaration can name heavy code without importing it: the workflow
+imports every declaration whenever Snakemake builds its DAG, and only the job that runs a hook
+imports what the hook needs.
+
+Each hook receives one job object (below) and writes plain files into `job.out_dir`; laminae
+makes every stage's folder appear atomically, adds `config.yaml` and provenance, and checks that
+the declared files were written.
+
+- `analyse(AnalysisJob)`: the whole activation store -> the files in `metrics`.
+- `reducer(ReducerJob) -> Reducer`: the streaming alternative: `update(start, chunk)` per chunk
+  of rows, then `finish()`. laminae feeds it from the store, or, when the
+  experiment's `during_extraction` key is true, straight from the model while it runs (then
+  no activations are stored for it). Declare one of `analyse` and `reducer`.
+- `plot(FigureJob)`: metrics -> the declared `figures`.
+- `compare(CompareJob) -> matplotlib Figure`: the overlay of several runs of a sweep (optional).
+- `validate(cfg)`: checks the schema cannot express (raise `ConfigError`), before any job.
+- `resources(stage, JobShape, cfg) -> {"mem_mb", "runtime"}`: how the analysis ("analysis") and
+  figure ("plot") jobs scale, from the run's config (optional; the default: every stored value
+  read once).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Union
+
+if TYPE_CHECKING:  # only for annotations: the declaration stays importable without numpy/h5py
+    import numpy as np
+    from matplotlib.figure import Figure as MplFigure
+
+    from laminae.store import ActivationStore, RowTable
+
+#: A hook: a callable, or "module:function" (a leading dot: relative to the experiment's package).
+Hook = Union[Callable[..., Any], str]
+
+#: What the model reads; each kind is a module of `laminae.inputs`.
+INPUT_KINDS = ("stimuli", "corpus")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure an experiment draws: `figures/<name>.png` and `.pdf`.
+
+    `caption` is the report caption, a path relative to the experiment's folder: reStructuredText
+    that Snakemake renders with Jinja, where `snakemake.params.context` holds the run's labels
+    (model, inputs, analysis settings) and `snakemake.params.stage["config"]` the figure stage's
+    config; `label` names the figure in the report."""
+
+    name: str
+    caption: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The declaration of one experiment (see the module docstring)."""
+
+    name: str                          # config group, results folder, rule names: [a-z][a-z0-9_]*
+    title: str                         # report category, e.g. "Experiment 2: attention vs MLP adjustments"
+    inputs: str                        # one of INPUT_KINDS
+    sites: tuple[str, ...]             # the stored sites the analysis reads (laminae.models.adapters.SITES)
+    metrics: tuple[str, ...]           # files the analysis writes into metrics/; the first is its table
+    figures: tuple[Figure, ...]
+    plot: Hook
+    analyse: Hook | None = None
+    reducer: Hook | None = None
+    compare: Hook | None = None
+    compare_caption: str | None = None  # report caption of the sweep overlay (relative to the folder)
+    validate: Hook | None = None
+    resources: Hook | None = None
+    schema: str | Mapping[str, Any] = "schema.yaml"   # JSON schema of the config group (file or dict)
+    config: str = "default.yaml"       # the group's defaults, when the project's conf/ has no <name>/
+    version: int = 1                   # bump when the analysis changes, so cached results are not reused
+    module: str = ""                   # set by the registry: the package the declaration lives in
+    folder: Path = field(default=Path("."))  # set by the registry: the package's folder
+
+    @property
+    def streams(self) -> bool:
+        """True when the analysis is a reducer (it may then run during extraction)."""
+        return self.reducer is not None
+
+    def hook(self, name: str) -> Callable[..., Any]:
+        """The callable behind hook `name` ("analyse", "plot", ...), importing it if needed."""
+        target = getattr(self, name)
+        if target is None:
+            raise AttributeError(f"experiment {self.name!r} declares no {name!r} hook")
+        return resolve_hook(target, self.module)
+
+    def path(self, relative: str) -> Path:
+        """A file of the experiment's folder (a caption, its schema)."""
+        return self.folder / relative
+
+
+def resolve_hook(target: Hook, package: str) -> Callable[..., Any]:
+    """A callable as given, or "module:function" imported (relative to `package`)."""
+    if callable(target):
+        return target
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name, package=package or None)
+    return getattr(module, attribute)
+
+
+# ------------------------------------------------------------------------------ what hooks get
+@dataclass(frozen=True)
+class AnalysisJob:
+    """What `analyse` gets: the validated store and where to write.
+
+        >>> q = job.store.read("q")                   # (n_layers, n_rows, width), float64
+        >>> job.store.rows.column("category")         # rows.tsv, one value per row
+        >>> (job.out_dir / "table.tsv").write_text(...)
+    """
+
+    settings: Mapping[str, Any]     # the experiment's config group, without its `plot` keys
+    store: "ActivationStore"
+    out_dir: Path
+    attrs: Mapping[str, Any]        # provenance: put these on every HDF5 file written
+
+
+@dataclass(frozen=True)
+class ReducerJob:
+    """What `reducer` gets to build its accumulator: the same whether the chunks come from a
+    store or from the model during extraction.
+
+        >>> position = job.rows.integers("position")  # (n_rows,) from rows.tsv
+        >>> handle = h5py.File(job.out_dir / "per_token.h5", "w")   # may be filled as chunks arrive
+    """
+
+    settings: Mapping[str, Any]
+    rows: "RowTable"                # what each row is (rows.tsv), e.g. rows.integers("position")
+    n_layers: int
+    widths: Mapping[str, int]       # site -> width
+    model_attrs: Mapping[str, Any]  # the model's attributes (n_heads, d_model, family, ...)
+    out_dir: Path                   # where `finish` (or `update`) writes the declared metrics files
+    attrs: Mapping[str, Any]        # provenance: put these on every HDF5 file written
+
+
+class Reducer(Protocol):
+    """A streaming analysis: chunks of rows in order, then one call to `finish`."""
+
+    def update(self, start: int, chunk: Mapping[str, "np.ndarray"]) -> None:
+        """Rows `start : start + rows` of every declared site, each (n_layers, rows, width),
+        float32 or float64: compute in float64."""
+
+    def finish(self) -> None:
+        """Write the declared metrics files into the job's `out_dir`."""
+
+
+@dataclass(frozen=True)
+class FigureJob:
+    """What `plot` gets: the metrics, the figure settings, and labels for titles.
+
+        >>> fig, ax = plt.subplots()
+        >>> job.save(fig, "laminar")         # figures/laminar.png (at plot.dpi) and .pdf
+    """
+
+    settings: Mapping[str, Any]     # the experiment's analysis settings (as the metrics were made)
+    plot: Mapping[str, Any]         # its `plot` keys
+    dpi: int
+    metrics_dir: Path
+    out_dir: Path
+    context: Mapping[str, Any]      # model, random_weights, inputs (stimuli/template/corpus), analysis
+
+    def save(self, fig: "MplFigure", name: str) -> list[Path]:
+        from laminae.plots.style import save_figure
+
+        return save_figure(fig, self.out_dir / f"{name}.png", dpi=self.dpi)
+
+
+@dataclass(frozen=True)
+class CompareJob:
+    """What `compare` gets: one metrics folder per run of a sweep, in the sweep's order."""
+
+    metrics_dirs: Sequence[Path]
+    labels: Sequence[str]           # the sweep values that tell the runs apart
+    settings: Sequence[Mapping[str, Any]]   # each run's analysis settings
+    plot: Mapping[str, Any]         # the first run's `plot` keys
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """The size of an experiment's jobs, known from the config before any model loads."""
+
+    n_layers: int
+    d_model: int
+    n_rows: int                     # stored rows: words (stimuli) or tokens (corpus)
+    bytes_per_value: int            # of the stored activations (extract.storage_dtype)
+    n_sites: int                    # the experiment's sites

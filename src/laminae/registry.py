@@ -1,0 +1,266 @@
+"""Find the experiments a config can enable: the built-in ones (`laminae.experiments.*`) and
+those of `experiment_packages`, and check each declaration before anything runs.
+
+    >>> registry = discover(["labs/experiments", "my_lab.laminar"], project_root=Path("."))
+    >>> sorted(registry)
+    ['adjustments', 'norms', 'pathlength', 'qkv', 'rotations']
+    >>> registry["norms"].folder
+    PosixPath('/home/me/project/labs/experiments/norms')
+
+An entry of `experiment_packages` is a folder (relative to the project root, or absolute) or an
+importable module name. It is one experiment when it defines `EXPERIMENT` itself; otherwise
+each of its sub-packages is one. A folder needs no installation: its packages are imported
+from their files, so an experiment may split its code into modules (`from .metrics import ...`).
+
+A declaration that breaks the contract stops the run with one line naming the experiment:
+
+    laminae: experiment 'norms' (labs/experiments/norms): figure 'norms': caption file caption.rst not found
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import pkgutil
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+from laminae.errors import ConfigError, LaminaeError
+from laminae.experiment import INPUT_KINDS, Experiment, Figure
+from laminae.sites import SITES
+
+BUILTIN_PACKAGE = "laminae.experiments"
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+FILE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+#: Top-level config keys of the core: an experiment's config group may not take their names.
+RESERVED_NAMES = frozenset({"model", "stimuli", "template", "corpus", "extract", "plot", "experiments",
+                            "experiment_packages", "device", "batch_size", "results_dir", "models_dir",
+                            "sweeps", "hydra"})
+HOOKS = ("plot", "analyse", "reducer", "compare", "validate", "resources")
+
+
+class ExperimentError(LaminaeError):
+    """An experiment's declaration breaks the plug-in contract."""
+
+    def __init__(self, name: str, where: str, problem: str):
+        self.name = name
+        super().__init__(f"experiment {name!r} ({where}): {problem}")
+
+
+Registry = Mapping[str, Experiment]
+
+
+def discover(packages: Sequence[str] = (), project_root: str | Path = ".") -> dict[str, Experiment]:
+    """Every experiment by name: built-in first, then each entry of `packages` in order."""
+    return dict(_discover(tuple(packages), Path(project_root).resolve()))
+
+
+@functools.lru_cache(maxsize=32)
+def _discover(packages: tuple[str, ...], root: Path) -> tuple[tuple[str, Experiment], ...]:
+    found: dict[str, Experiment] = {}
+    for experiment in (*_from_module(BUILTIN_PACKAGE, root), *(e for p in packages for e in _from_entry(p, root))):
+        if experiment.name in found:
+            raise ExperimentError(experiment.name, _where(experiment, root),
+                                  f"a second experiment of this name (the first is in {_where(found[experiment.name], root)})")
+        found[experiment.name] = experiment
+    return tuple(found.items())
+
+
+def _from_entry(entry: str, root: Path) -> list[Experiment]:
+    if not isinstance(entry, str) or not entry:
+        raise ConfigError("experiment_packages", "folders or module names of experiments", entry)
+    folder = Path(entry) if Path(entry).is_absolute() else root / entry
+    if folder.is_dir():
+        return _from_folder(folder, root)
+    if "/" in entry or entry.startswith("."):
+        raise ConfigError("experiment_packages", "existing folders (relative to the project root) or importable "
+                                                 "module names", entry)
+    return _from_module(entry, root)
+
+
+def _from_folder(folder: Path, root: Path) -> list[Experiment]:
+    """A folder that is an experiment package, or holds experiment packages."""
+    if (folder / "__init__.py").is_file() and _defines_experiment(folder / "__init__.py"):
+        return [_load_folder(folder, root)]
+    children = sorted(child for child in folder.iterdir() if (child / "__init__.py").is_file())
+    if not children:
+        raise ConfigError("experiment_packages", f"a folder of experiment packages ({folder} holds no folder "
+                                                 "with an __init__.py)", str(folder))
+    return [_load_folder(child, root) for child in children]
+
+
+def _defines_experiment(init: Path) -> bool:
+    return "EXPERIMENT" in init.read_text(encoding="utf-8")
+
+
+def _load_folder(folder: Path, root: Path) -> Experiment:
+    module_name = f"laminae_plugin_{folder.name}"
+    where = _relative(folder, root)
+    try:
+        if module_name in sys.modules and Path(sys.modules[module_name].__file__ or "").parent == folder:
+            module = sys.modules[module_name]
+        else:
+            spec = importlib.util.spec_from_file_location(module_name, folder / "__init__.py",
+                                                          submodule_search_locations=[str(folder)])
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[module_name]
+                raise
+    except LaminaeError:
+        raise
+    except Exception as error:
+        raise ExperimentError(folder.name, where, f"importing it failed: {type(error).__name__}: {error}") from None
+    return _checked(module, folder.name, root)
+
+
+def _from_module(name: str, root: Path) -> list[Experiment]:
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name and name.startswith(error.name):
+                raise ConfigError("experiment_packages", "existing folders (relative to the project root) or importable "
+                                                     "module names", name) from None
+        raise ExperimentError(name.rsplit(".", 1)[-1], name, f"importing it failed: {error}") from None
+    except LaminaeError:
+        raise
+    except Exception as error:
+        raise ExperimentError(name.rsplit(".", 1)[-1], name, f"importing it failed: {type(error).__name__}: {error}") from None
+    if hasattr(module, "EXPERIMENT"):
+        return [_checked(module, name.rsplit(".", 1)[-1], root)]
+    experiments = []
+    for info in sorted(pkgutil.iter_modules(getattr(module, "__path__", [])), key=lambda i: i.name):
+        if info.ispkg:
+            experiments.extend(_from_module(f"{name}.{info.name}", root))
+    return experiments
+
+
+def _checked(module: ModuleType, package_name: str, root: Path) -> Experiment:
+    folder = Path(module.__file__ or ".").resolve().parent
+    where = _relative(folder, root)
+    declared = getattr(module, "EXPERIMENT", None)
+    if not isinstance(declared, Experiment):
+        raise ExperimentError(package_name, where, "defines no EXPERIMENT = laminae.experiment.Experiment(...)"
+                              if declared is None else f"EXPERIMENT is a {type(declared).__name__}, not an Experiment")
+    experiment = replace(declared, module=module.__name__, folder=folder)
+    check_declaration(experiment, where, package_name)
+    return experiment
+
+
+def check_declaration(experiment: Experiment, where: str, package_name: str | None = None) -> None:
+    """Raise ExperimentError for the first way `experiment` breaks the contract."""
+    name = experiment.name
+
+    def fail(problem: str) -> None:
+        raise ExperimentError(name if isinstance(name, str) else str(name), where, problem)
+
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        fail("name must be lower case letters, digits and _ (it names a config group and folders)")
+    if name in RESERVED_NAMES:
+        fail(f"name {name!r} is a core config key; choose another")
+    if package_name is not None and package_name != name:
+        fail(f"name must equal its package's folder name {package_name!r}, so a reader finds it")
+    if not isinstance(experiment.title, str) or not experiment.title.strip():
+        fail("title must be a non-empty string (the report's category)")
+    if experiment.inputs not in INPUT_KINDS:
+        fail(f"inputs must be one of {', '.join(INPUT_KINDS)}; got {experiment.inputs!r}")
+    sites = experiment.sites
+    if isinstance(sites, str) or not sites or any(site not in SITES for site in sites) or len(set(sites)) != len(sites):
+        fail(f"sites must be a non-empty tuple of distinct sites from {', '.join(SITES)}; got {sites!r}")
+    if (experiment.analyse is None) == (experiment.reducer is None):
+        fail("declare exactly one of analyse (the whole store) and reducer (streamed chunks)")
+    files = experiment.metrics
+    if isinstance(files, str) or not files or any(not isinstance(f, str) or not FILE_PATTERN.match(f) for f in files):
+        fail(f"metrics must be a non-empty tuple of file names (no folders); got {files!r}")
+    if len(set(files)) != len(files) or "config.yaml" in files:
+        fail("metrics names must be distinct and not config.yaml (laminae writes that)")
+    if isinstance(experiment.figures, (str, bytes)) or not experiment.figures:
+        fail("figures must be a non-empty tuple of Figure(name, caption, label)")
+    names = []
+    for figure in experiment.figures:
+        if not isinstance(figure, Figure):
+            fail(f"figures must hold Figure(name, caption, label); got {figure!r}")
+        if not FILE_PATTERN.match(figure.name) or "." in figure.name:
+            fail(f"figure name {figure.name!r} must be a file stem (no folder, no extension)")
+        names.append(figure.name)
+        _check_file(experiment, figure.caption, f"figure {figure.name!r}: caption file", fail)
+        if not isinstance(figure.label, str) or not figure.label.strip():
+            fail(f"figure {figure.name!r}: label must be a non-empty string")
+    if len(set(names)) != len(names):
+        fail("figure names must be distinct")
+    if experiment.compare_caption is not None:
+        _check_file(experiment, experiment.compare_caption, "compare_caption file", fail)
+    for hook in HOOKS:
+        target = getattr(experiment, hook)
+        if target is None or callable(target):
+            continue
+        if not isinstance(target, str) or target.count(":") != 1:
+            fail(f"hook {hook} must be a callable or a 'module:function' string; got {target!r}")
+        module_name = target.split(":")[0]
+        try:
+            spec = importlib.util.find_spec(module_name, package=experiment.module or None)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            fail(f"hook {hook} = {target!r}: no module {module_name!r}")
+    if not isinstance(experiment.version, int) or experiment.version < 1:
+        fail(f"version must be an integer >= 1; got {experiment.version!r}")
+    load_schema(experiment, where)
+
+
+def load_schema(experiment: Experiment, where: str | None = None) -> dict[str, Any]:
+    """The JSON schema of the experiment's config group (a mapping, from its file or as given)."""
+    where = where or str(experiment.folder)
+    schema = experiment.schema
+    if isinstance(schema, str):
+        path = experiment.path(schema)
+        if not path.is_file():
+            raise ExperimentError(experiment.name, where, f"schema file {schema} not found")
+        try:
+            schema = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise ExperimentError(experiment.name, where, f"schema file {schema} is not YAML: {error}") from None
+    if not isinstance(schema, Mapping) or schema.get("type") != "object":
+        raise ExperimentError(experiment.name, where, "schema must be a JSON schema of an object (type: object)")
+    return dict(schema)
+
+
+def default_config(experiment: Experiment, config_dir: Path) -> Path | None:
+    """The file of the experiment's config group's defaults: the project's
+    `conf/<name>/default.yaml` when it exists (None: Hydra finds it there), else the one in the
+    experiment's folder."""
+    if (config_dir / experiment.name / "default.yaml").is_file():
+        return None
+    path = experiment.path(experiment.config)
+    if not path.is_file():
+        raise ExperimentError(experiment.name, str(experiment.folder),
+                              f"no config group: neither conf/{experiment.name}/default.yaml nor {experiment.config} "
+                              "in its folder")
+    return path
+
+
+def _check_file(experiment: Experiment, relative: Any, what: str, fail) -> None:
+    if not isinstance(relative, str) or not experiment.path(relative).is_file():
+        fail(f"{what} {relative} not found in {experiment.folder}")
+
+
+def _relative(folder: Path, root: Path) -> str:
+    try:
+        return str(folder.relative_to(root))
+    except ValueError:
+        return str(folder)
+
+
+def _where(experiment: Experiment, root: Path) -> str:
+    return _relative(experiment.folder, root)

@@ -1,0 +1,14 @@
+"""The sites a capture can store per layer (what each means per family: docs/ARCHITECTURE.md).
+
+    q, k, v      the query/key/value projections' outputs (before rotary embeddings), head-major
+    attn_out     what the attention sublayer adds to the residual stream
+    mlp_out      what the MLP sublayer adds to the residual stream
+    resid_pre    the residual stream entering the block
+    resid_post   the residual stream leaving the block
+
+Kept free of torch and numpy: the workflow checks experiment declarations against it while
+Snakemake builds the DAG.
+"""
+
+SITES = ("q", "k", "v", "attn_out", "mlp_out", "resid_pre", "resid_post")
+QKV = ("q", "k", "v")

@@ -1,0 +1,33 @@
+"""The comparison stage of a sweep: one experiment's runs overlaid, by the experiment's
+`compare` hook, into `results/sweeps/<experiment>-<hash>/compare_<experiment>.png|pdf`, with
+`sweep.yaml` listing the runs and the metrics folders they come from.
+
+    >>> run_comparison(experiment, stage, [".../analysis-<h1>/metrics", ".../analysis-<h2>/metrics"], out_png)
+
+`stage["config"]` holds `runs` (one `{label, analysis, settings}` per metrics folder, in order)
+and `plot` (`dpi`, and the experiment's `plot` keys of the first run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from laminae.experiment import CompareJob, Experiment
+from laminae.plots.style import save_figure
+from laminae.provenance import atomic_write_text, dump_yaml
+
+
+def run_comparison(experiment: Experiment, stage: Mapping[str, Any], metrics_dirs: Sequence[str | Path],
+                   out_png: Path) -> list[Path]:
+    config = stage["config"]
+    runs = config["runs"]
+    job = CompareJob(metrics_dirs=[Path(d) for d in metrics_dirs], labels=[run["label"] for run in runs],
+                     settings=[run["settings"] for run in runs], plot=config["plot"][experiment.name])
+    figure = experiment.hook("compare")(job)
+    written = save_figure(figure, out_png, dpi=config["plot"]["dpi"])
+    record = {"stage": stage["stage"], "hash": stage["hash"],
+              "runs": [{**run, "metrics": str(path)} for run, path in zip(runs, metrics_dirs)]}
+    atomic_write_text(out_png.with_name("sweep.yaml"), dump_yaml(record))
+    return [*written, out_png.with_name("sweep.yaml")]

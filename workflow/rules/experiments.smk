@@ -1,0 +1,95 @@
+# One analysis, figure and compare rule per enabled experiment, all from the experiment's
+# declaration (laminae.experiment.Experiment): its metrics files, its figures with their report
+# captions, its comparison of a sweep's runs. Rule names: <experiment>_analysis,
+# <experiment>_figures, <experiment>_compare.
+import os
+
+
+def _caption(experiment, relative):
+    """A caption of the experiment's folder, as a path relative to this file's folder."""
+    return os.path.relpath(experiment.path(relative), Path(workflow.current_basedir))
+
+
+for _experiment in PLAN.experiments.values():
+    _name = _experiment.name
+    _analysis = f"{RESULTS}/{{model}}/{_experiment.inputs}/{{label}}-{{xh}}/{_name}/analysis-{{ah}}"
+    _figures = f"{_analysis}/plot-{{ph}}"
+
+    rule:
+        """Activations -> the experiment's metrics files (laminae.stages.analysis)."""
+        name:
+            f"{_name}_analysis"
+        input:
+            activations=f"{RESULTS}/{{model}}/{_experiment.inputs}/{{label}}-{{xh}}/activations",
+        output:
+            **{f"metrics{i}": f"{_analysis}/metrics/{file}" for i, file in enumerate(_experiment.metrics)},
+            config=f"{_analysis}/metrics/config.yaml",
+        log:
+            f"{_analysis}/metrics.log",
+        params:
+            experiment=_name,
+            stage=lambda w: PLAN.stage_record(w.ah),
+        resources:
+            mem_mb=lambda w: PLAN.resources(w.ah)["mem_mb"],
+            runtime=lambda w: PLAN.resources(w.ah)["runtime"],
+        conda:
+            "../../envs/laminae.yaml"
+        script:
+            "../scripts/analysis.py"
+
+    rule:
+        """Metrics -> the experiment's figures (laminae.stages.figures)."""
+        name:
+            f"{_name}_figures"
+        input:
+            metrics=[f"{_analysis}/metrics/{file}" for file in (*_experiment.metrics, "config.yaml")],
+        output:
+            **{f"{figure.name}_png": report(f"{_figures}/figures/{figure.name}.png",
+                                            caption=_caption(_experiment, figure.caption),
+                                            category=_experiment.title, subcategory="{model}",
+                                            labels={"model": "{model}", "inputs": "{label}",
+                                                    "figure": figure.label, "run": "{ph}"})
+               for figure in _experiment.figures},
+            **{f"{figure.name}_pdf": f"{_figures}/figures/{figure.name}.pdf" for figure in _experiment.figures},
+            config=f"{_figures}/figures/config.yaml",
+        log:
+            f"{_figures}/figures.log",
+        params:
+            experiment=_name,
+            stage=lambda w: PLAN.stage_record(w.ph),
+            context=lambda w: PLAN.context(w.ph),
+        resources:
+            mem_mb=lambda w: PLAN.resources(w.ph)["mem_mb"],
+            runtime=lambda w: PLAN.resources(w.ph)["runtime"],
+        conda:
+            "../../envs/laminae.yaml"
+        script:
+            "../scripts/figures.py"
+
+    if _experiment.compare is not None:
+
+        rule:
+            """The runs of a sweep overlaid (laminae.stages.compare)."""
+            name:
+                f"{_name}_compare"
+            input:
+                metrics=lambda w: [f"{folder}/config.yaml" for folder in PLAN.comparisons[w.ch].metrics],
+            output:
+                png=report(f"{RESULTS}/sweeps/{_name}-{{ch}}/compare_{_name}.png",
+                           caption=_caption(_experiment, _experiment.compare_caption or _experiment.figures[0].caption),
+                           category="Sweep comparisons", labels={"experiment": _name, "figure": "runs overlaid",
+                                                                 "run": "{ch}"}),
+                pdf=f"{RESULTS}/sweeps/{_name}-{{ch}}/compare_{_name}.pdf",
+                record=f"{RESULTS}/sweeps/{_name}-{{ch}}/sweep.yaml",
+            log:
+                f"{RESULTS}/sweeps/{_name}-{{ch}}/compare.log",
+            params:
+                experiment=_name,
+                stage=lambda w: PLAN.comparison_record(w.ch),
+            resources:
+                mem_mb=2000,
+                runtime=10,
+            conda:
+                "../../envs/laminae.yaml"
+            script:
+                "../scripts/compare.py"
