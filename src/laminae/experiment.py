@@ -81,6 +81,22 @@ class Figure:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """Outputs an experiment writes only under some settings, e.g. per-head tables:
+
+        Variant("heads", when=lambda settings: settings["resolution"] == "heads",
+                metrics=("qkv_heads.tsv",), figures=(Figure("qkv_heads", "captions/heads.rst", "per head"),))
+
+    A run whose settings enable variants keeps its analysis in `<name>+<variant>/` beside the
+    plain `<name>/`, and gets rules `<name>_analysis_<variant>` etc., so both can be in one DAG."""
+
+    name: str
+    when: Callable[[Mapping[str, Any]], bool]   # the experiment's analysis settings -> enabled?
+    metrics: tuple[str, ...] = ()
+    figures: tuple[Figure, ...] = ()
+
+
+@dataclass(frozen=True)
 class Experiment:
     """The declaration of one experiment (see the module docstring)."""
 
@@ -97,6 +113,7 @@ class Experiment:
     compare_caption: str | None = None  # report caption of the sweep overlay (relative to the folder)
     validate: Hook | None = None
     resources: Hook | None = None
+    variants: tuple[Variant, ...] = ()   # outputs written only under some settings
     schema: str | Mapping[str, Any] = "schema.yaml"   # JSON schema of the config group (file or dict)
     config: str = "default.yaml"       # the group's defaults, when the project's conf/ has no <name>/
     version: int = 1                   # bump when the analysis changes, so cached results are not reused
@@ -107,6 +124,26 @@ class Experiment:
     def streams(self) -> bool:
         """True when the analysis is a reducer (it may then run during extraction)."""
         return self.reducer is not None
+
+    def active_variants(self, settings: Mapping[str, Any]) -> tuple[str, ...]:
+        """The names of the variants `settings` (the analysis settings) enable, in declared order."""
+        return tuple(variant.name for variant in self.variants if variant.when(settings))
+
+    def metrics_for(self, variants: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """The metrics files of a run with `variants` enabled."""
+        return (*self.metrics, *(f for v in self.variants if v.name in variants for f in v.metrics))
+
+    def figures_for(self, variants: tuple[str, ...] = ()) -> tuple[Figure, ...]:
+        """The figures of a run with `variants` enabled."""
+        return (*self.figures, *(f for v in self.variants if v.name in variants for f in v.figures))
+
+    def folder_name(self, variants: tuple[str, ...] = ()) -> str:
+        """`qkv`, or `qkv+heads` with variant `heads` enabled: the folder of its analyses."""
+        return "+".join((self.name, *variants))
+
+    def rule_suffix(self, variants: tuple[str, ...] = ()) -> str:
+        """`""`, or `"_heads"`: appended to the names of the rules of a run with `variants`."""
+        return "".join(f"_{variant}" for variant in variants)
 
     def hook(self, name: str) -> Callable[..., Any]:
         """The callable behind hook `name` ("analyse", "plot", ...), importing it if needed."""

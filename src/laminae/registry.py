@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from laminae.errors import ConfigError, LaminaeError
-from laminae.experiment import INPUT_KINDS, Experiment, Figure
+from laminae.experiment import INPUT_KINDS, Experiment, Figure, Variant
 from laminae.sites import SITES
 
 BUILTIN_PACKAGE = "laminae.experiments"
@@ -187,18 +187,22 @@ def check_declaration(experiment: Experiment, where: str, package_name: str | No
         fail("metrics names must be distinct and not config.yaml (laminae writes that)")
     if isinstance(experiment.figures, (str, bytes)) or not experiment.figures:
         fail("figures must be a non-empty tuple of Figure(name, caption, label)")
-    names = []
-    for figure in experiment.figures:
-        if not isinstance(figure, Figure):
-            fail(f"figures must hold Figure(name, caption, label); got {figure!r}")
-        if not FILE_PATTERN.match(figure.name) or "." in figure.name:
-            fail(f"figure name {figure.name!r} must be a file stem (no folder, no extension)")
-        names.append(figure.name)
-        _check_file(experiment, figure.caption, f"figure {figure.name!r}: caption file", fail)
-        if not isinstance(figure.label, str) or not figure.label.strip():
-            fail(f"figure {figure.name!r}: label must be a non-empty string")
-    if len(set(names)) != len(names):
-        fail("figure names must be distinct")
+    _check_figures(experiment, experiment.figures, fail)
+    variant_names = []
+    for variant in experiment.variants:
+        if not isinstance(variant, Variant) or not callable(variant.when):
+            fail(f"variants must hold Variant(name, when=callable, metrics, figures); got {variant!r}")
+        if not NAME_PATTERN.match(variant.name) or variant.name in ("analysis", "figures", "compare"):
+            fail(f"variant name {variant.name!r} must be lower case letters, digits and _, not a stage name")
+        variant_names.append(variant.name)
+        if any(not isinstance(f, str) or not FILE_PATTERN.match(f) for f in variant.metrics):
+            fail(f"variant {variant.name!r}: metrics must be file names; got {variant.metrics!r}")
+        _check_figures(experiment, variant.figures, fail)
+    every_file = experiment.metrics_for(tuple(variant_names))
+    every_figure = [figure.name for figure in experiment.figures_for(tuple(variant_names))]
+    if len(set(variant_names)) != len(variant_names) or len(set(every_file)) != len(every_file) \
+            or len(set(every_figure)) != len(every_figure) or "config.yaml" in every_file:
+        fail("variant names, metrics files and figure names must all be distinct (and no file is config.yaml)")
     if experiment.compare_caption is not None:
         _check_file(experiment, experiment.compare_caption, "compare_caption file", fail)
     for hook in HOOKS:
@@ -217,6 +221,17 @@ def check_declaration(experiment: Experiment, where: str, package_name: str | No
     if not isinstance(experiment.version, int) or experiment.version < 1:
         fail(f"version must be an integer >= 1; got {experiment.version!r}")
     load_schema(experiment, where)
+
+
+def _check_figures(experiment: Experiment, figures, fail) -> None:
+    for figure in figures:
+        if not isinstance(figure, Figure):
+            fail(f"figures must hold Figure(name, caption, label); got {figure!r}")
+        if not FILE_PATTERN.match(figure.name) or "." in figure.name:
+            fail(f"figure name {figure.name!r} must be a file stem (no folder, no extension)")
+        _check_file(experiment, figure.caption, f"figure {figure.name!r}: caption file", fail)
+        if not isinstance(figure.label, str) or not figure.label.strip():
+            fail(f"figure {figure.name!r}: label must be a non-empty string")
 
 
 def load_schema(experiment: Experiment, where: str | None = None) -> dict[str, Any]:

@@ -120,6 +120,12 @@ class WorkflowPlan:
         """Every run's `experiment_packages`, in order, once each."""
         return list(dict.fromkeys(p for run in self.runs for p in run.config["experiment_packages"]))
 
+    def rule_variants(self) -> list[tuple[Experiment, tuple[str, ...]]]:
+        """(experiment, variants) for every analysis in the plan, once each: the rules to make
+        (one analysis and figure rule per pair; `()` is the experiment's plain outputs)."""
+        pairs = {(stage.group, stage.variants): None for stage in self.stages.values() if stage.kind == "analysis"}
+        return [(self.experiments[name], variants) for name, variants in pairs]
+
     def inject_into(self, config: dict[str, Any]) -> None:
         """Put the project root, each extraction's runtime settings and where the experiments
         live into the workflow config, where `laminae.stages.runner` finds them (see there for
@@ -138,9 +144,9 @@ class WorkflowPlan:
             return [str(stage.output_dir)]
         experiment = self.experiments[stage.group]
         if stage.kind == "analysis":
-            names = list(experiment.metrics)
+            names = list(experiment.metrics_for(stage.variants))
         else:
-            names = [f"{figure.name}.{ext}" for figure in experiment.figures for ext in FIGURE_FORMATS]
+            names = [f"{figure.name}.{ext}" for figure in experiment.figures_for(stage.variants) for ext in FIGURE_FORMATS]
         return [str(stage.output_dir / name) for name in (*names, "config.yaml")]
 
     def targets(self) -> list[str]:

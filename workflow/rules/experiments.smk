@@ -1,7 +1,8 @@
 # One analysis, figure and compare rule per enabled experiment, all from the experiment's
 # declaration (laminae.experiment.Experiment): its metrics files, its figures with their report
 # captions, its comparison of a sweep's runs. Rule names: <experiment>_analysis,
-# <experiment>_figures, <experiment>_compare.
+# <experiment>_figures, <experiment>_compare; a run whose settings enable a variant of the
+# experiment (extra outputs, e.g. per-head tables) gets <experiment>_analysis_<variant>, ...
 import os
 
 
@@ -10,19 +11,23 @@ def _caption(experiment, relative):
     return os.path.relpath(experiment.path(relative), Path(workflow.current_basedir))
 
 
-for _experiment in PLAN.experiments.values():
-    _name = _experiment.name
-    _analysis = f"{RESULTS}/{{model}}/{_experiment.inputs}/{{label}}-{{xh}}/{_name}/analysis-{{ah}}"
+_compare_rules = set()
+for _experiment, _variants in PLAN.rule_variants():
+    _name, _suffix = _experiment.name, _experiment.rule_suffix(_variants)
+    _folder = _experiment.folder_name(_variants)
+    _analysis = f"{RESULTS}/{{model}}/{_experiment.inputs}/{{label}}-{{xh}}/{_folder}/analysis-{{ah}}"
     _figures = f"{_analysis}/plot-{{ph}}"
+    _metrics = _experiment.metrics_for(_variants)
+    _figure_list = _experiment.figures_for(_variants)
 
     rule:
         """Activations -> the experiment's metrics files (laminae.stages.analysis)."""
         name:
-            f"{_name}_analysis"
+            f"{_name}_analysis{_suffix}"
         input:
             activations=f"{RESULTS}/{{model}}/{_experiment.inputs}/{{label}}-{{xh}}/activations",
         output:
-            **{f"metrics{i}": f"{_analysis}/metrics/{file}" for i, file in enumerate(_experiment.metrics)},
+            **{f"metrics{i}": f"{_analysis}/metrics/{file}" for i, file in enumerate(_metrics)},
             config=f"{_analysis}/metrics/config.yaml",
         log:
             f"{_analysis}/metrics.log",
@@ -40,17 +45,17 @@ for _experiment in PLAN.experiments.values():
     rule:
         """Metrics -> the experiment's figures (laminae.stages.figures)."""
         name:
-            f"{_name}_figures"
+            f"{_name}_figures{_suffix}"
         input:
-            metrics=[f"{_analysis}/metrics/{file}" for file in (*_experiment.metrics, "config.yaml")],
+            metrics=[f"{_analysis}/metrics/{file}" for file in (*_metrics, "config.yaml")],
         output:
             **{f"{figure.name}_png": report(f"{_figures}/figures/{figure.name}.png",
                                             caption=_caption(_experiment, figure.caption),
                                             category=_experiment.title, subcategory="{model}",
                                             labels={"model": "{model}", "inputs": "{label}",
                                                     "figure": figure.label, "run": "{ph}"})
-               for figure in _experiment.figures},
-            **{f"{figure.name}_pdf": f"{_figures}/figures/{figure.name}.pdf" for figure in _experiment.figures},
+               for figure in _figure_list},
+            **{f"{figure.name}_pdf": f"{_figures}/figures/{figure.name}.pdf" for figure in _figure_list},
             config=f"{_figures}/figures/config.yaml",
         log:
             f"{_figures}/figures.log",
@@ -66,7 +71,8 @@ for _experiment in PLAN.experiments.values():
         script:
             "../scripts/figures.py"
 
-    if _experiment.compare is not None:
+    if _experiment.compare is not None and _experiment.name not in _compare_rules:
+        _compare_rules.add(_experiment.name)
 
         rule:
             """The runs of a sweep overlaid (laminae.stages.compare)."""

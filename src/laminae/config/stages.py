@@ -21,6 +21,7 @@ Layout (one folder per stage, nested under its upstream):
 
     results/<model>/stimuli/<stimuli>.<template>-<h>/activations/      layer_NN.h5, rows.tsv, config.yaml
                                     .../qkv/analysis-<h>/metrics/       the experiment's metrics files
+                                    .../qkv+heads/analysis-<h>/...      (a run whose settings enable variant heads)
                                     .../qkv/analysis-<h>/plot-<h>/figures/
     results/<model>/corpus/<corpus>-<h>/activations/
                                     .../adjustments/analysis-<h>/...   (and every other corpus experiment)
@@ -56,6 +57,7 @@ class Stage:
     config: dict[str, Any]         # the hashed keys, plus "stage", "version" and "upstream"
     hash: str
     dir: Path                      # the stage's folder; outputs go in a fixed subfolder of it
+    variants: tuple[str, ...] = ()   # the experiment's variants its settings enable (analysis, plot)
 
     @property
     def group(self) -> str:
@@ -140,17 +142,21 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
         extraction = _stage(f"{kind}.extract", extract_cfg, None, results / kind, inputs.label(cfg))
         stages[extraction.name] = extraction
         for experiment in readers:
-            analysis_cfg = {experiment.name: analysis_settings(cfg, experiment), "experiment_version": experiment.version}
-            analysis = _stage(f"{experiment.name}.analysis", analysis_cfg, extraction, extraction.dir / experiment.name)
+            settings = analysis_settings(cfg, experiment)
+            variants = experiment.active_variants(settings)
+            analysis_cfg = {experiment.name: settings, "experiment_version": experiment.version}
+            analysis = _stage(f"{experiment.name}.analysis", analysis_cfg, extraction,
+                              extraction.dir / experiment.folder_name(variants), variants=variants)
             plot_cfg = {"plot": {"dpi": cfg["plot"]["dpi"]}, experiment.name: {"plot": cfg[experiment.name].get("plot", {})}}
-            figures = _stage(f"{experiment.name}.plot", plot_cfg, analysis, analysis.dir)
+            figures = _stage(f"{experiment.name}.plot", plot_cfg, analysis, analysis.dir, variants=variants)
             stages.update({analysis.name: analysis, figures.name: figures})
     return Run(config=cfg, overrides=tuple(overrides), stages=stages, experiments=enabled)
 
 
-def _stage(name: str, config: dict[str, Any], upstream: Stage | None, parent: Path, label: str | None = None) -> Stage:
+def _stage(name: str, config: dict[str, Any], upstream: Stage | None, parent: Path, label: str | None = None,
+           variants: tuple[str, ...] = ()) -> Stage:
     kind = name.split(".")[1]
     config.update(stage=name, version=STAGE_VERSIONS[kind], upstream=upstream.hash if upstream else None)
     digest = stable_hash(config)
     folder = parent / (f"{label}-{digest}" if kind == "extract" else f"{kind}-{digest}")
-    return Stage(name=name, config=config, hash=digest, dir=folder)
+    return Stage(name=name, config=config, hash=digest, dir=folder, variants=variants)

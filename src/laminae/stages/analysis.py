@@ -78,8 +78,9 @@ def publish_reduction(experiment: Experiment, stage: dict[str, Any], activations
                                           f"{stage['config']['upstream']!r}; these results come from another config: "
                                           "delete the activations folder and rerun")
     attrs = {**provenance_attrs(stage, runtime), "computed_during_extraction": True}
+    files = experiment.metrics_for(experiment.active_variants(stage["config"][experiment.name]))
     with atomic_dir(metrics_dir) as tmp:
-        for name in experiment.metrics:
+        for name in files:
             path = source / name
             if not path.is_file():
                 raise InputFileError(path, f"missing: with {experiment.name}.during_extraction the extraction writes it; "
@@ -87,7 +88,7 @@ def publish_reduction(experiment: Experiment, stage: dict[str, Any], activations
             shutil.copyfile(path, tmp / name)
             if name.endswith((".h5", ".hdf5")):
                 _restamp(tmp / name, attrs)
-        log.info("computed during extraction (%s); publishing %s", source, ", ".join(experiment.metrics))
+        log.info("computed during extraction (%s); publishing %s", source, ", ".join(files))
         return _finished(experiment, stage, runtime, tmp, metrics_dir)
 
 
@@ -109,10 +110,11 @@ def _restamp(path: Path, attrs: Mapping[str, Any]) -> None:
 
 def _finished(experiment: Experiment, stage: dict[str, Any], runtime: Mapping[str, Any] | None, tmp: Path,
               metrics_dir: Path) -> list[Path]:
-    missing = [name for name in experiment.metrics if not (tmp / name).is_file()]
+    files = experiment.metrics_for(experiment.active_variants(stage["config"][experiment.name]))
+    missing = [name for name in files if not (tmp / name).is_file()]
     if missing:
         raise RuntimeError(f"experiment {experiment.name!r}: its analysis did not write {', '.join(missing)} "
                            f"(declared in its metrics)")
     (tmp / CONFIG_FILE).write_text(stage_config_record(stage, dict(runtime or {})), encoding="utf-8")
-    log.info("wrote %s", ", ".join(experiment.metrics))
-    return [metrics_dir / name for name in (*experiment.metrics, CONFIG_FILE)]
+    log.info("wrote %s", ", ".join(files))
+    return [metrics_dir / name for name in (*files, CONFIG_FILE)]

@@ -33,7 +33,8 @@ def run_figures(experiment: Experiment, stage: dict[str, Any], context: Mapping[
         job = FigureJob(settings=context.get("analysis", {}), plot=config[experiment.name]["plot"],
                         dpi=int(config["plot"]["dpi"]), metrics_dir=Path(metrics_dir), out_dir=tmp, context=context)
         experiment.hook("plot")(job)
-        expected = [f"{figure.name}.{ext}" for figure in experiment.figures for ext in FORMATS]
+        figures = experiment.figures_for(experiment.active_variants(job.settings))
+        expected = [f"{figure.name}.{ext}" for figure in figures for ext in FORMATS]
         missing = [name for name in expected if not (tmp / name).is_file()]
         if missing:
             raise RuntimeError(f"experiment {experiment.name!r}: its plot hook did not save {', '.join(missing)} "
