@@ -186,6 +186,12 @@ def test_an_experiment_outside_the_package_runs_end_to_end_cached_and_swept(tmp_
     figures = tmp_path / run.stages["anisotropy.plot"].output_dir
     assert sorted(p.name for p in figures.iterdir()) == ["anisotropy.pdf", "anisotropy.png", "config.yaml"]
     assert scheduled_rules(snakemake(tmp_path, overrides, "-n")) == {}
+    # the report groups figures by experiment, each with its own captions
+    snakemake(tmp_path, overrides, "--report", str(tmp_path / "report.html"))
+    report = (tmp_path / "report.html").read_text()
+    for text in ("Anisotropy of the residual stream", "directions spread evenly", "Experiment 2: adjustments",
+                 "the cosine similarity between the"):
+        assert text in report, text
     # a sweep over its setting: two analyses of the one extraction, then nothing to do
     sweep = ["anisotropy.exclude_first_token=false,true"]
     assert scheduled_rules(snakemake(tmp_path, overrides, "-n", sweep=sweep)) == {
@@ -239,3 +245,11 @@ def test_a_broken_external_experiment_stops_the_command_line_with_one_line(tmp_p
     result = snakemake(tmp_path, [*TINY, f"experiment_packages=[{tmp_path / 'lab'}]"], "-n", check=False)
     assert_one_line_error(result, "experiment 'norms' (", "sites must be a non-empty tuple")
     assert_nothing_written(tmp_path)
+
+
+def test_the_guide_shows_the_example_as_it_is():
+    guide = (PROJECT_ROOT / "docs" / "WRITING_AN_EXPERIMENT.md").read_text()
+    folder = PROJECT_ROOT / "examples" / "anisotropy"
+    for name in ("__init__.py", "default.yaml", "caption.rst"):
+        assert (folder / name).read_text() in guide, name
+    assert len((folder / "__init__.py").read_text().splitlines()) <= 80
