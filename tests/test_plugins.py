@@ -6,7 +6,6 @@ experiments on the same inputs share one extraction, and an experiment defined o
 from __future__ import annotations
 
 import shutil
-import textwrap
 from pathlib import Path
 
 import h5py

@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from laminae.errors import ConfigError
-from laminae.sites import QKV, SITES
+from laminae.sites import SITES
 
 FAMILIES = ("gpt2", "bert", "llama")
 

@@ -15,9 +15,7 @@ Each function returns (figure, axes) without saving; the `plot` hook saves them.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
