@@ -23,7 +23,7 @@ from laminae.experiments.rotations.analysis import RotationReducer
 from laminae.experiments.rotations.angles import consecutive_pairs
 from laminae.experiments.rotations.bands import depth_bands
 from laminae.experiments.rotations.compare import plot_rotation_comparison
-from laminae.experiments.rotations.figures import band_histograms, plot_laminar
+from laminae.experiments.rotations.figures import band_histograms, plot_histograms, plot_laminar
 from laminae.experiments.rotations.outputs import METRICS, TABLE_COLUMNS, open_angles, read_rotation_table
 from laminae.registry import discover
 from laminae.stages.analysis import run_analysis
@@ -203,6 +203,8 @@ def test_first_token_pairs_once_per_window_and_pairs_never_cross_windows():
     # two windows side by side whose positions do not restart still never pair across
     has_next, first = consecutive_pairs(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 2, 3, 4]))
     assert has_next.tolist() == [True, False, True, True, False] and first.tolist() == [True, False, False, False, False]
+    # a gap in the positions (a row left out) breaks the pair
+    assert consecutive_pairs(np.array([0, 0, 0]), np.array([0, 1, 3]))[0].tolist() == [True, False, False]
 
 
 def test_streaming_in_uneven_chunks_equals_one_shot(tmp_path, data):
@@ -294,9 +296,32 @@ def test_figure_stage_writes_every_declared_figure(tmp_path, data):
         assert sorted(band.first_values) == pytest.approx(sorted(
             v for l in band.layers for v in expected_values["sequential_first"][l] if not math.isnan(v)), rel=1e-10)
 
+    fig, axes = plot_histograms(histograms, N_LAYERS, CONTEXT)
+    largest = max(v for m in ("sequential_first", "sequential_rest") for layer in expected_values[m] for v in layer
+                  if not math.isnan(v))
+    for ax, band in zip(axes, histograms):
+        assert ax.get_xlim()[1] >= largest                                # no angle is cut off
+        heights = [patch.get_height() for patch in ax.patches]
+        assert heights == [*band.rest, *band.first]
     fig, axes = plot_laminar(table, CONTEXT, error_bar="sem")
     assert len(axes) == 2 and "SEM" in axes[0].get_ylabel() and "radians" in axes[0].get_ylabel()
     assert "RANDOM WEIGHTS" in fig.texts[0].get_text()
+
+
+def test_captions_render_with_the_run_settings():
+    import jinja2
+    from types import SimpleNamespace
+
+    stage = plot_stage(bins=45, depth_bands=3)
+    stage["config"]["runs"] = [{"label": "model=a", "analysis": "123"}, {"label": "model=b", "analysis": "456"}]
+    snakemake = SimpleNamespace(params=SimpleNamespace(context=CONTEXT, stage=stage),
+                                wildcards=SimpleNamespace(label="toy"))
+    captions = [figure.caption for figure in EXPERIMENT.figures] + [EXPERIMENT.compare_caption]
+    texts = [jinja2.Template(EXPERIMENT.path(c).read_text()).render(snakemake=snakemake) for c in captions]
+    assert "45 equal bins" in texts[1] and "floor(3 l / L)" in texts[1]
+    assert all("RANDOM WEIGHTS" in text and "tiny-test" in text for text in texts[:2])
+    assert "``model=a``" in texts[2] and "``model=b``" in texts[2]
+    assert not any("{{" in text or "{%" in text for text in texts)
 
 
 @pytest.mark.parametrize("plot, key", [({"error_bar": "ci"}, "rotations.plot.error_bar"),

@@ -34,6 +34,7 @@ def plot_rotation_comparison(tables: Sequence[Mapping[str, AngleStats]], labels:
     """Mean angle per layer with SEM bands, one line per run, one panel per metric of PANELS."""
     xs, xlabel = depth_axis([t["block_rotation"].mean.size for t in tables])
     fig, axes = plt.subplots(1, len(PANELS), figsize=(10.5, 3.8 + 0.25 * len(tables)), sharey=True)
+    top = np.pi / 2
     for ax, (metric, panel) in zip(axes, PANELS.items()):
         for index, (table, x) in enumerate(zip(tables, xs)):
             stats, style = table[metric], run_style(index)
@@ -41,10 +42,13 @@ def plot_rotation_comparison(tables: Sequence[Mapping[str, AngleStats]], labels:
             ax.plot(x, stats.mean, marker="o", markersize=2.5, linewidth=1.3,
                     label=labels[index] if ax is axes[0] else None, **style)
             ax.fill_between(x, stats.mean - sem, stats.mean + sem, alpha=0.15, color=style["color"], linewidth=0)
+            top = max(top, float(np.nanmax(stats.mean + sem, initial=0.0)))
         ax.axhline(np.pi / 2, color=NEUTRAL, linewidth=0.9, linestyle=":")
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel(xlabel)
-        ax.set_ylim(0.0, np.pi)
+    axes[0].set_ylim(0.0, min(np.pi, 1.06 * top))          # from 0, always showing pi/2
+    degrees = axes[-1].secondary_yaxis("right", functions=(np.degrees, np.radians))
+    degrees.set_ylabel("degrees")
     axes[0].set_ylabel("angle (radians), mean \u00b1 SEM over tokens\ndotted: \u03c0/2 (orthogonal)")
     fig.legend(loc="outside lower center", ncol=min(len(tables), 3), fontsize=8)
     fig.suptitle(title)
