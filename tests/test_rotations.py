@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 import h5py
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import scipy.stats
@@ -167,7 +168,8 @@ def test_table_and_angles_match_naive_loops(tmp_path, data):
         no_pair = sorted(set(range(N_ROWS)) - {t for t, _, _ in pairs})
         assert no_pair == [4, 11, 12, 18] and np.isnan(sequential[:, no_pair]).all()
         np.testing.assert_array_equal(handle["has_next"][()], [t not in no_pair for t in range(N_ROWS)])
-        np.testing.assert_array_equal(handle["first_pair"][()], [t in {p[0] for p in pairs if p[2]} for t in range(N_ROWS)])
+        first_starts = {t for t, _, first in pairs if first}
+        np.testing.assert_array_equal(handle["first_pair"][()], [t in first_starts for t in range(N_ROWS)])
         for column in ("window", "position", "token_id"):
             np.testing.assert_array_equal(handle[column][()], [r[column] for r in corpus_rows()])
         for metric in METRICS:
@@ -202,7 +204,8 @@ def test_first_token_pairs_once_per_window_and_pairs_never_cross_windows():
     assert [t for t in range(N_ROWS) if first[t]] == [t for t, _, f in pairs if f] == [0, 5, 13]
     # two windows side by side whose positions do not restart still never pair across
     has_next, first = consecutive_pairs(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 2, 3, 4]))
-    assert has_next.tolist() == [True, False, True, True, False] and first.tolist() == [True, False, False, False, False]
+    assert has_next.tolist() == [True, False, True, True, False]
+    assert first.tolist() == [True, False, False, False, False]
     # a gap in the positions (a row left out) breaks the pair
     assert consecutive_pairs(np.array([0, 0, 0]), np.array([0, 1, 3]))[0].tolist() == [True, False, False]
 
@@ -270,7 +273,7 @@ def test_depth_bands_cover_every_layer_once_by_relative_depth():
 
 
 # ------------------------------------------------------------------------------------ figures
-def test_figure_stage_writes_every_declared_figure(tmp_path, data):
+def test_figure_stage_writes_every_declared_figure(tmp_path, data, monkeypatch):
     metrics = analyse(data, tmp_path, chunk_rows=4)
     figures = tmp_path / "figures"
     written = run_figures(EXPERIMENT, plot_stage("sd", bins=12, depth_bands=2), CONTEXT, metrics, figures)
@@ -303,9 +306,15 @@ def test_figure_stage_writes_every_declared_figure(tmp_path, data):
         assert ax.get_xlim()[1] >= largest                                # no angle is cut off
         heights = [patch.get_height() for patch in ax.patches]
         assert heights == [*band.rest, *band.first]
+    with open_angles(metrics / "rotation_angles.h5") as handle:     # too many first-token angles for a rug
+        monkeypatch.setattr("laminae.experiments.rotations.figures.RUG_MAX", 2)
+        crowded = band_histograms(handle, depth_bands(N_LAYERS, 1), bins=12)[0]
+    assert crowded.first_values is None and crowded.first.sum() == table["sequential_first"].n.sum() > 2
+    plot_histograms([crowded], N_LAYERS, CONTEXT)
     fig, axes = plot_laminar(table, CONTEXT, error_bar="sem")
     assert len(axes) == 2 and "SEM" in axes[0].get_ylabel() and "radians" in axes[0].get_ylabel()
     assert "RANDOM WEIGHTS" in fig.texts[0].get_text()
+    plt.close("all")
 
 
 def test_captions_render_with_the_run_settings():
@@ -342,6 +351,7 @@ def test_sweep_overlay_draws_every_run(tmp_path, data):
         lines = [line for line in ax.get_lines() if len(line.get_xdata()) == N_LAYERS]
         assert len(lines) == 2
         np.testing.assert_allclose(lines[1].get_ydata(), table[metric].mean)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------- during extraction

@@ -75,12 +75,12 @@ class RotationReducer:
         if rows == 0:
             return
         stop = start + rows
-        for name, values in block_angles(*(chunk[site] for site in SITES)).items():
+        norms = {site: row_norms(chunk[site]) for site in SITES}        # (n_layers, rows) each
+        for name, values in block_angles(chunk, norms).items():
             self.angles[name][:, start:stop] = values
             self._count(name, values, start)
 
-        post = chunk["resid_post"]
-        norms = row_norms(post)                                          # (n_layers, rows)
+        post, norms = chunk["resid_post"], norms["resid_post"]
         inside = sequential_angles(post, norms)                          # (n_layers, rows - 1): pairs t = start..stop-2
         if self._last is None:
             first, values = start, inside
@@ -126,7 +126,8 @@ class RotationReducer:
         write_rotation_table(self.out_dir / TABLE_FILENAME, stats)
         block = stats["block_rotation"]
         if block.n.any():
-            log.info("mean block rotation per layer from %.3f to %.3f rad", np.nanmin(block.mean), np.nanmax(block.mean))
+            log.info("mean block rotation per layer from %.3f to %.3f rad", np.nanmin(block.mean),
+                     np.nanmax(block.mean))
 
 
 class _DefinedAmong:

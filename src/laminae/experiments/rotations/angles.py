@@ -1,7 +1,7 @@
 """The angles of the `rotations` experiment for one chunk of rows, in radians, float64.
 
     >>> has_next, first_pair = consecutive_pairs(window, position)   # (n_tokens,) bool each
-    >>> angles = block_angles(attn_out, mlp_out, resid_pre, resid_post)
+    >>> angles = block_angles({"attn_out": attn, "mlp_out": mlp, "resid_pre": pre, "resid_post": post})
     >>> angles["block_rotation"].shape                                 # (n_layers, rows)
     (6, 8192)
     >>> seq = sequential_angles(resid_post, row_norms(resid_post))     # (n_layers, rows - 1)
@@ -11,6 +11,8 @@ in [0, pi]; it is NaN (undefined) when either vector is zero or not finite.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -43,12 +45,12 @@ def consecutive_pairs(window: np.ndarray, position: np.ndarray) -> tuple[np.ndar
     return has_next, has_next & (position == 0)
 
 
-def block_angles(attn_out: np.ndarray, mlp_out: np.ndarray, resid_pre: np.ndarray, resid_post: np.ndarray
+def block_angles(sites: Mapping[str, np.ndarray], norms: Mapping[str, np.ndarray] | None = None
                  ) -> dict[str, np.ndarray]:
-    """The BLOCK_ANGLES of every row: each site (n_layers, rows, width) of any float dtype ->
-    {name: (n_layers, rows) float64 radians, NaN where undefined}."""
-    sites = {"attn_out": attn_out, "mlp_out": mlp_out, "resid_pre": resid_pre, "resid_post": resid_post}
-    norms = {site: row_norms(x) for site, x in sites.items()}   # (n_layers, rows) each
+    """The BLOCK_ANGLES of every row: `sites` maps attn_out, mlp_out, resid_pre and resid_post
+    to (n_layers, rows, width) arrays of any float dtype; `norms` (optional) their row norms,
+    (n_layers, rows) each. Returns {name: (n_layers, rows) float64 radians, NaN where undefined}."""
+    norms = {site: row_norms(x) for site, x in sites.items()} if norms is None else norms
     return {name: angle_rows(sites[a], sites[b], norms[a], norms[b]) for name, (a, b) in BLOCK_ANGLES.items()}
 
 

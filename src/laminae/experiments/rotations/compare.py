@@ -26,7 +26,8 @@ PANELS = {
 
 def compare(job: CompareJob) -> plt.Figure:
     tables = [read_rotation_table(folder / TABLE_FILENAME) for folder in job.metrics_dirs]
-    return plot_rotation_comparison(tables, job.labels, f"Sweep: rotations of the residual stream in {len(tables)} runs")
+    title = f"Sweep: rotations of the residual stream in {len(tables)} runs"
+    return plot_rotation_comparison(tables, job.labels, title)
 
 
 def plot_rotation_comparison(tables: Sequence[Mapping[str, AngleStats]], labels: Sequence[str], title: str

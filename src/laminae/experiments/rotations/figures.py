@@ -74,15 +74,18 @@ def band_histograms(handle: h5py.File, bands: Sequence[range], bins: int) -> lis
     out = []
     for band in bands:
         rest, first = np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
-        first_values = []
+        rug: list[np.ndarray] | None = []                                       # dropped past RUG_MAX values
         for layer in band:
             values = handle["sequential"][layer]                                # (n_tokens,)
             defined = ~np.isnan(values)
             rest += np.histogram(values[rest_pair & defined], edges)[0]
-            first_values.append(values[first_pair & defined])
-            first += np.histogram(first_values[-1], edges)[0]
-        kept = np.concatenate(first_values) if first_values else np.empty(0)
-        out.append(BandHistogram(band, edges, rest, first, kept if kept.size <= RUG_MAX else None))
+            firsts = values[first_pair & defined]
+            first += np.histogram(firsts, edges)[0]
+            if rug is not None:
+                rug.append(firsts)
+                rug = rug if sum(part.size for part in rug) <= RUG_MAX else None
+        first_values = None if rug is None else np.concatenate([np.empty(0), *rug])
+        out.append(BandHistogram(band, edges, rest, first, first_values))
     return out
 
 
@@ -90,12 +93,13 @@ def band_histograms(handle: h5py.File, bands: Sequence[range], bins: int) -> lis
 def _degrees_axis(ax: plt.Axes, which: str) -> None:
     """A secondary axis showing the radians of `which` ("x" or "y") in degrees."""
     functions = (np.degrees, np.radians)
-    secondary = ax.secondary_yaxis("right", functions=functions) if which == "y" else \
-        ax.secondary_xaxis("top", functions=functions)
-    (secondary.yaxis if which == "y" else secondary.xaxis).set_major_locator(MultipleLocator(45 if which == "x" else 15))
     if which == "y":
+        secondary = ax.secondary_yaxis("right", functions=functions)
+        secondary.yaxis.set_major_locator(MultipleLocator(15))
         secondary.set_ylabel("degrees")
     else:
+        secondary = ax.secondary_xaxis("top", functions=functions)
+        secondary.xaxis.set_major_locator(MultipleLocator(45))
         secondary.set_xlabel("degrees", fontsize=8)
 
 

@@ -126,7 +126,8 @@ def open_angles(path: str | Path) -> Iterator[h5py.File]:
     try:
         handle = h5py.File(path, "r")
     except OSError:
-        raise InputFileError(path, "is not a readable HDF5 file (truncated or corrupt); rerun rotations_analysis") from None
+        raise InputFileError(path, "is not a readable HDF5 file (truncated or corrupt); "
+                                   "rerun rotations_analysis") from None
     with handle:
         for name in (*ANGLE_DATASETS, "has_next", "first_pair", *INDEX_COLUMNS, "n_undefined"):
             if name not in handle:
