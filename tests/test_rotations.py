@@ -11,7 +11,6 @@ import statistics
 from pathlib import Path
 
 import h5py
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import scipy.stats
@@ -26,6 +25,7 @@ from laminae.experiments.rotations.bands import depth_bands
 from laminae.experiments.rotations.compare import plot_rotation_comparison
 from laminae.experiments.rotations.figures import band_histograms, plot_histograms, plot_laminar
 from laminae.experiments.rotations.outputs import METRICS, TABLE_COLUMNS, open_angles, read_rotation_table
+from laminae.plots.style import plt
 from laminae.registry import discover
 from laminae.stages.analysis import run_analysis
 from laminae.stages.extract import extract
