@@ -1,0 +1,57 @@
+"""Rotations of the residual stream: how far each block turns a token's vector, in which
+direction its attention and MLP adjustments point, and the angle between consecutive tokens.
+
+Per layer and token, in radians: the block rotation angle(resid_pre, resid_post); the angles of
+attn_out and of mlp_out to resid_pre; and the sequential angle(resid_post[t], resid_post[t+1])
+within each window, with the pairs that start at a window's first token reported apart
+(definitions: docs/EXPERIMENTS.md and `outputs`). The analysis streams (`analysis.RotationReducer`),
+so it may run during extraction (`rotations.during_extraction=true`). It reads the same sites as
+`adjustments`, so the two share one extraction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from laminae.experiment import Experiment, Figure, JobShape
+
+ANGLE_ARRAYS = 4            # per-token angle arrays in rotation_angles.h5 (float64 each)
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """At most one depth band per layer, when the config declares the model's depth."""
+    from laminae.experiments.rotations.bands import depth_bands
+
+    n_layers = cfg["model"]["n_layers"]
+    if n_layers is not None:
+        depth_bands(n_layers, cfg["rotations"]["plot"]["depth_bands"])
+
+
+def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, float]:
+    """Analysis: two streamed chunks (256 MB) plus one chunk's angles, and one layer of angles at
+    a time for the medians; runtime: every stored activation read once at 100 MB/s and the angles
+    written and read back twice. Figures: one layer of angles at a time (histograms per band)."""
+    layer_mb = shape.n_rows * 8 * 3 / 2**20                      # one layer of angles, mask, copy
+    angles_mb = ANGLE_ARRAYS * shape.n_layers * shape.n_rows * 8 / 2**20
+    if stage == "plot":
+        return {"mem_mb": 1024 + 4 * layer_mb, "runtime": 5 + angles_mb / 100 / 60}
+    stored_mb = shape.n_layers * shape.n_rows * shape.d_model * shape.n_sites * shape.bytes_per_value / 2**20
+    return {"mem_mb": 1024 + 2 * 256 + 4 * layer_mb, "runtime": 5 + (stored_mb + 3 * angles_mb) / 100 / 60}
+
+
+EXPERIMENT = Experiment(
+    name="rotations",
+    title="Rotations of the residual stream",
+    inputs="corpus",
+    sites=("attn_out", "mlp_out", "resid_pre", "resid_post"),
+    metrics=("rotations.tsv", "rotation_angles.h5"),
+    figures=(Figure("rotations_laminar", caption="captions/laminar.rst", label="laminar profile"),
+             Figure("rotations_hist", caption="captions/hist.rst", label="sequential angles by depth")),
+    reducer=".analysis:RotationReducer",
+    plot=".figures:plot",
+    compare=".compare:compare",
+    compare_caption="captions/compare.rst",
+    validate=validate,
+    resources=resources,
+    schema="schema.yaml",
+)
