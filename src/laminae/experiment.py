@@ -116,7 +116,7 @@ class Experiment:
     variants: tuple[Variant, ...] = ()   # outputs written only under some settings
     schema: str | Mapping[str, Any] = "schema.yaml"   # JSON schema of the config group (file or dict)
     config: str = "default.yaml"       # the group's defaults, when the project's conf/ has no <name>/
-    version: int = 1                   # bump when the analysis changes, so cached results are not reused
+    version: int = 1                   # bump when its code changes: cached analyses and figures are redone
     module: str = ""                   # set by the registry: the package the declaration lives in
     folder: Path = field(default=Path("."))  # set by the registry: the package's folder
 

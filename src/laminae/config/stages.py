@@ -147,7 +147,8 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
             analysis_cfg = {experiment.name: settings, "experiment_version": experiment.version}
             analysis = _stage(f"{experiment.name}.analysis", analysis_cfg, extraction,
                               extraction.dir / experiment.folder_name(variants), variants=variants)
-            plot_cfg = {"plot": {"dpi": cfg["plot"]["dpi"]}, experiment.name: {"plot": cfg[experiment.name].get("plot", {})}}
+            plot_cfg = {"plot": {"dpi": cfg["plot"]["dpi"]}, experiment.name: {"plot": cfg[experiment.name].get("plot", {})},
+                        "experiment_version": experiment.version}
             figures = _stage(f"{experiment.name}.plot", plot_cfg, analysis, analysis.dir, variants=variants)
             stages.update({analysis.name: analysis, figures.name: figures})
     return Run(config=cfg, overrides=tuple(overrides), stages=stages, experiments=enabled)
