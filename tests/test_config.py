@@ -19,8 +19,8 @@ def hashes(*overrides: str) -> dict[str, str]:
 
 
 def test_one_extraction_per_inputs_and_two_stages_per_experiment():
-    assert set(hashes()) == {"stimuli.extract", "corpus.extract", "qkv.analysis", "qkv.plot", "adjustments.analysis",
-                             "adjustments.plot"}
+    assert set(hashes()) == {"stimuli.extract", "corpus.extract",
+                             *(f"{e}.{k}" for e in ("qkv", *CORPUS_EXPERIMENTS) for k in ("analysis", "plot"))}
 
 
 def test_composition_is_deterministic():
@@ -34,24 +34,29 @@ def test_stable_hash_ignores_dict_order_but_not_values():
 
 
 # override -> the stages whose hash must change (all others must not)
+CORPUS_EXPERIMENTS = ("adjustments", "pathlength", "rotations")
 QKV_ALL = {"stimuli.extract", "qkv.analysis", "qkv.plot"}
-ADJ_ALL = {"corpus.extract", "adjustments.analysis", "adjustments.plot"}
+ADJ = {"adjustments.analysis", "adjustments.plot"}
+CORPUS_ALL = {"corpus.extract", *(f"{e}.{k}" for e in CORPUS_EXPERIMENTS for k in ("analysis", "plot"))}
+ALL_PLOTS = {f"{e}.plot" for e in ("qkv", *CORPUS_EXPERIMENTS)}
 CASES = {
-    "model=minilm-l6": QKV_ALL | ADJ_ALL,
-    "model.dtype=float16": QKV_ALL | ADJ_ALL,
+    "model=minilm-l6": QKV_ALL | CORPUS_ALL,
+    "model.dtype=float16": QKV_ALL | CORPUS_ALL,
     "template=mid_sentence": QKV_ALL,
     "stimuli=animals_tools_vehicles_colours": QKV_ALL,
     "extract.position=last": QKV_ALL,
     "qkv.components=[q,k]": {"qkv.analysis", "qkv.plot"},      # the extraction stores q, k, v whatever is analysed
-    "extract.storage_dtype=float16": QKV_ALL | ADJ_ALL,
-    "corpus.window_tokens=128": ADJ_ALL,
+    "extract.storage_dtype=float16": QKV_ALL | CORPUS_ALL,
+    "corpus.window_tokens=128": CORPUS_ALL,
     "qkv.n_permutations=99": {"qkv.analysis", "qkv.plot"},
     "qkv.zscore=true": {"qkv.analysis", "qkv.plot"},
-    "adjustments.exclude_first_token=true": {"adjustments.analysis", "adjustments.plot"},
-    "adjustments.during_extraction=true": ADJ_ALL,
+    "adjustments.exclude_first_token=true": ADJ,
+    "pathlength.n_bootstrap=10": {"pathlength.analysis", "pathlength.plot"},
+    # computed during extraction, adjustments adds its settings to the shared extraction
+    "adjustments.during_extraction=true": CORPUS_ALL,
     "qkv.plot.similarity_layers=[0]": {"qkv.plot"},
     "adjustments.plot.error_bar=sd": {"adjustments.plot"},
-    "plot.dpi=300": {"qkv.plot", "adjustments.plot"},
+    "plot.dpi=300": ALL_PLOTS,
     # execution and storage-layout settings change no stored value: no stage reruns
     "device=cpu": set(),
     "batch_size=1": set(),
@@ -70,10 +75,11 @@ def test_override_changes_exactly_the_dependent_stage_hashes(override, changed):
 # keys join its hash; everything else behaves as above
 DURING = "adjustments.during_extraction=true"
 CASES_DURING = {
-    "adjustments.exclude_first_token=true": ADJ_ALL,
+    "adjustments.exclude_first_token=true": CORPUS_ALL,   # the shared extraction computes it
     "adjustments.plot.error_bar=sd": {"adjustments.plot"},
-    "corpus.window_tokens=128": ADJ_ALL,
-    "extract.storage_dtype=float16": QKV_ALL | ADJ_ALL,
+    "pathlength.n_bootstrap=10": {"pathlength.analysis", "pathlength.plot"},
+    "corpus.window_tokens=128": CORPUS_ALL,
+    "extract.storage_dtype=float16": QKV_ALL | CORPUS_ALL,
     "template=mid_sentence": QKV_ALL,
     "batch_size=1": set(),
 }
@@ -86,14 +92,18 @@ def test_override_changes_exactly_the_dependent_stage_hashes_during_extraction(o
 
 
 def test_during_extraction_moves_the_analysis_settings_into_the_extraction():
-    (run,) = load_runs(BASE, project_root=ROOT)
+    only = "experiments=[adjustments]"
+    (run,) = load_runs([*BASE, only], project_root=ROOT)
     extraction = run.stages["corpus.extract"].config
     assert extraction["reductions"] == {} and extraction["sites"] == ["attn_out", "mlp_out", "resid_pre", "resid_post"]
-    (run,) = load_runs([*BASE, DURING], project_root=ROOT)
+    (run,) = load_runs([*BASE, only, DURING], project_root=ROOT)
     extraction = run.stages["corpus.extract"].config
     assert extraction["reductions"] == {"adjustments": {"version": 1, "settings": {"exclude_first_token": False,
                                                                                    "during_extraction": True}}}
     assert extraction["sites"] == []       # no other corpus experiment needs stored activations
+    # another corpus experiment that reads stored activations keeps them stored
+    (run,) = load_runs([*BASE, DURING], project_root=ROOT)
+    assert run.stages["corpus.extract"].config["sites"] == ["attn_out", "mlp_out", "resid_pre", "resid_post"]
 
 
 def test_corpus_content_enters_the_hash(tmp_path):

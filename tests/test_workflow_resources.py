@@ -81,6 +81,14 @@ def test_extraction_requests_grow_with_the_sites_it_captures(default_cfg):
     assert three["mem_mb"] < seven["mem_mb"] and three["runtime"] == seven["runtime"]
 
 
+def test_an_analysis_run_during_extraction_lengthens_the_extraction_job():
+    stored, during = plan_for("model=tiny-gpt2"), plan_for("model=tiny-gpt2", "adjustments.during_extraction=true")
+    extra = resources.stage_resources("analysis", EXPERIMENTS["adjustments"], during.runs[0].config,
+                                      during.input_bytes(stage_digest(during, "corpus.extract")))["runtime"]
+    assert (during.resources(stage_digest(during, "corpus.extract"))["runtime"]
+            == stored.resources(stage_digest(stored, "corpus.extract"))["runtime"] + extra)
+
+
 def test_plan_resources_dispatch_on_the_stage_and_read_the_corpus_size():
     plan = plan_for("model=tiny-gpt2")
     cfg = plan.runs[0].config

@@ -215,7 +215,11 @@ class WorkflowPlan:
         if stage.kind == "extract":
             readers = [e for e in self.run_of[digest].experiments.values() if e.inputs == stage.group]
             n_sites = len({site for e in readers for site in e.sites})
-            return resources.extraction_resources(cfg, stage.group, n_sites, self.input_bytes(digest))
+            request = resources.extraction_resources(cfg, stage.group, n_sites, self.input_bytes(digest))
+            for name in stage.config["reductions"]:  # these analyses run inside the extraction job
+                analysis = resources.stage_resources("analysis", self.experiments[name], cfg, self.input_bytes(digest))
+                request["runtime"] += analysis["runtime"]
+            return request
         experiment = self.experiments[stage.group]
         return resources.stage_resources(stage.kind, experiment, cfg, self.input_bytes(digest))
 

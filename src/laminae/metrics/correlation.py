@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from laminae.metrics.resampling import Seed, as_generator, bootstrap_counts, check_confidence, percentile_interval
-from laminae.metrics.rsa import _ranks_from_sorted_weights, _tie_groups, correlate
+from laminae.metrics.rsa import ranks_from_sorted_weights, tie_groups, correlate
 
 METHODS = ("pearson", "spearman")
 # Items x replicates per block of the bootstrap (float64 arrays of this many elements, a few
@@ -116,7 +116,7 @@ class _Resampler:
         self.aligned = {(a, b): inverse[a][self.order[b]] for a, b in pairs}
         self.ties = {}
         for k in self.used:
-            first, last = _tie_groups(x[k][self.order[k]])
+            first, last = tie_groups(x[k][self.order[k]])
             self.ties[k] = None if np.array_equal(first, last) else (first, last)   # None: no ties
 
     def replicates(self, counts: np.ndarray) -> np.ndarray:
@@ -149,7 +149,7 @@ class _Resampler:
                 r += (0.5 - mean)[:, None]
             else:
                 first, last = (np.broadcast_to(g, ws.shape) for g in self.ties[k])
-                r = _ranks_from_sorted_weights(ws, first, last) - mean[:, None]
+                r = ranks_from_sorted_weights(ws, first, last) - mean[:, None]
             weights[k], ranks[k] = ws, r                          # centred ranks, in k's sorted order
             norm2[k] = np.einsum("bn,bn->b", ws * r, r)
         return np.stack([np.einsum("bn,bn->b", weights[b] * ranks[b], np.take(ranks[a], self.aligned[a, b], axis=1))

@@ -80,8 +80,8 @@ def average_ranks(x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarra
     xs = np.take_along_axis(x, order, axis=-1)
     w = np.ones_like(x) if weights is None else np.broadcast_to(np.asarray(weights, np.float64), x.shape)
     ws = np.take_along_axis(w, order, axis=-1)
-    first, last = _tie_groups(xs)
-    ranks_sorted = _ranks_from_sorted_weights(ws, first, last)
+    first, last = tie_groups(xs)
+    ranks_sorted = ranks_from_sorted_weights(ws, first, last)
     ranks = np.empty_like(ranks_sorted)
     np.put_along_axis(ranks, order, ranks_sorted, axis=-1)
     return ranks
@@ -202,7 +202,7 @@ def _weighted_spearman(
     inverse = {k: np.argsort(order[k], axis=-1) for k in used}
     groups = {}
     for k in used:
-        first, last = _tie_groups(np.take_along_axis(x[k], order[k], axis=-1))
+        first, last = tie_groups(np.take_along_axis(x[k], order[k], axis=-1))
         groups[k] = None if np.array_equal(first, last) else (first, last)  # None: no ties
     out = np.empty((len(pairs), n_layers, n_boot))
     chunk = max(1, _CHUNK_ELEMENTS // max(1, len(used) * n_layers * m))
@@ -220,7 +220,7 @@ def _weighted_spearman(
                 ranks += (0.5 - mean)[:, None, None]
             else:
                 first, last = (np.broadcast_to(g, ws.shape) for g in groups[k])
-                ranks = _ranks_from_sorted_weights(ws, first, last) - mean[:, None, None]
+                ranks = ranks_from_sorted_weights(ws, first, last) - mean[:, None, None]
             norm2[k] = np.einsum("blm,blm->bl", ws * ranks, ranks)  # order-free: sorted is fine
             centred[k] = np.take_along_axis(ranks, np.broadcast_to(inverse[k], ranks.shape), axis=-1)
         wcol = w[:, :, None]  # (b, m, 1)
@@ -237,7 +237,7 @@ def _degenerate_to_nan(r: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.where(too_few, np.nan, r)
 
 
-def _tie_groups(xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def tie_groups(xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For values sorted along the last axis, the first and last sorted position of each
     entry's tie group: (..., m) -> two (..., m) integer arrays."""
     m = xs.shape[-1]
@@ -250,7 +250,7 @@ def _tie_groups(xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, last
 
 
-def _ranks_from_sorted_weights(ws: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+def ranks_from_sorted_weights(ws: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
     """Average ranks in sorted order: the weight below the tie group plus (group weight + 1) / 2.
 
     ws, first, last: (..., m) -> (..., m).
