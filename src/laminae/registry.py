@@ -87,42 +87,40 @@ def _from_entry(entry: str, root: Path) -> list[Experiment]:
 
 
 def _from_folder(folder: Path, root: Path) -> list[Experiment]:
-    """A folder that is an experiment package, or holds experiment packages."""
-    if (folder / "__init__.py").is_file() and _defines_experiment(folder / "__init__.py"):
-        return [_load_folder(folder, root)]
+    """A folder that is an experiment package (its `__init__.py` defines EXPERIMENT, or it has no
+    sub-packages), or a folder of experiment packages."""
     children = sorted(child for child in folder.iterdir() if (child / "__init__.py").is_file())
+    if (folder / "__init__.py").is_file():
+        module = _import_folder(folder, root)
+        if hasattr(module, "EXPERIMENT") or not children:
+            return [_checked(module, folder.name, root)]
     if not children:
         raise ConfigError("experiment_packages", f"a folder of experiment packages ({folder} holds no folder "
                                                  "with an __init__.py)", str(folder))
-    return [_load_folder(child, root) for child in children]
+    return [_checked(_import_folder(child, root), child.name, root) for child in children]
 
 
-def _defines_experiment(init: Path) -> bool:
-    return "EXPERIMENT" in init.read_text(encoding="utf-8")
-
-
-def _load_folder(folder: Path, root: Path) -> Experiment:
+def _import_folder(folder: Path, root: Path) -> ModuleType:
+    """Import the package in `folder` from its files, as `laminae_plugin_<folder name>`."""
     module_name = f"laminae_plugin_{folder.name}"
-    where = _relative(folder, root)
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and Path(loaded.__file__ or "").parent == folder:
+        return loaded
     try:
-        if module_name in sys.modules and Path(sys.modules[module_name].__file__ or "").parent == folder:
-            module = sys.modules[module_name]
-        else:
-            spec = importlib.util.spec_from_file_location(module_name, folder / "__init__.py",
-                                                          submodule_search_locations=[str(folder)])
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[module_name]
-                raise
+        spec = importlib.util.spec_from_file_location(module_name, folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
     except LaminaeError:
+        sys.modules.pop(module_name, None)
         raise
     except Exception as error:
-        raise ExperimentError(folder.name, where, f"importing it failed: {type(error).__name__}: {error}") from None
-    return _checked(module, folder.name, root)
+        sys.modules.pop(module_name, None)
+        raise ExperimentError(folder.name, _relative(folder, root),
+                              f"importing it failed: {type(error).__name__}: {error}") from None
+    return module
 
 
 def _from_module(name: str, root: Path) -> list[Experiment]:
@@ -130,7 +128,7 @@ def _from_module(name: str, root: Path) -> list[Experiment]:
         module = importlib.import_module(name)
     except ModuleNotFoundError as error:
         if error.name and name.startswith(error.name):
-                raise ConfigError("experiment_packages", "existing folders (relative to the project root) or importable "
+            raise ConfigError("experiment_packages", "existing folders (relative to the project root) or importable "
                                                      "module names", name) from None
         raise ExperimentError(name.rsplit(".", 1)[-1], name, f"importing it failed: {error}") from None
     except LaminaeError:
