@@ -33,13 +33,17 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from laminae.config import load_runs  # noqa: E402
-from laminae.stages.extract import ExtractionPlan, pad_right, plan_corpus, plan_stimuli, run_plan  # noqa: E402
+from laminae.config import Run, load_runs  # noqa: E402
+from laminae.experiment import Experiment, ReducerJob  # noqa: E402
+from laminae.inputs import ExtractionPlan, input_kind  # noqa: E402
 from laminae.models.adapters import get_adapter  # noqa: E402
 from laminae.models.loading import LoadedModel, ModelInfo, prepare_tokenizer  # noqa: E402
 from laminae.models.random_models import build_random_model  # noqa: E402
 from laminae.provenance import provenance_attrs, stage_config_record  # noqa: E402
-from laminae.store import ActivationWriter, layer_filename  # noqa: E402
+from laminae.registry import discover  # noqa: E402
+from laminae.stages.analysis import REDUCTIONS, upstream_attrs  # noqa: E402
+from laminae.stages.extract import STORAGE_DTYPES, pad_right, run_plan  # noqa: E402
+from laminae.store import ActivationWriter, RowTable, layer_filename  # noqa: E402
 
 try:  # laminae's HDF5 settings; absent before they existed (the benchmarks also run on older trees)
     from laminae.store import NO_CHUNK_CACHE  # noqa: E402
@@ -187,10 +191,21 @@ def rounds_and_models(args: argparse.Namespace) -> tuple[int, list[str]]:
 
 
 # -------------------------------------------------------------------------------- inputs
-def seeds_config(*overrides: str) -> dict[str, Any]:
-    """The composed default config (the seeds' stimuli, template and corpus) on tiny-gpt2."""
+def seeds_run(*overrides: str) -> Run:
+    """The composed default config (the seeds' stimuli, template and corpus, both experiments)
+    on tiny-gpt2, planned into stages as the Snakefile plans it."""
     (run,) = load_runs(["model=tiny-gpt2", *overrides], project_root=ROOT)
-    return run.config
+    return run
+
+
+def registry() -> dict[str, Experiment]:
+    """The experiments laminae knows (`laminae.registry.discover`, cached by it)."""
+    return discover(project_root=ROOT)
+
+
+def record(stage) -> dict[str, Any]:
+    """The stage record the Snakefile hands a job: {"stage", "hash", "config"}."""
+    return {"stage": stage.name, "hash": stage.hash, "config": stage.config}
 
 
 _TOKENIZER = None
@@ -212,12 +227,37 @@ def tokenizer():
     return _TOKENIZER
 
 
-def plans(cfg: dict[str, Any] | None = None, max_positions: int = 1024) -> dict[str, ExtractionPlan]:
-    """Both experiments' inputs exactly as the extraction stage plans them: `qkv` (34 prompts of
-    the default stimuli and template) and `adjustments` (the Nietzsche corpus, one window)."""
-    cfg = cfg or seeds_config()
-    tok = tokenizer()
-    return {"qkv": plan_stimuli(cfg, tok), "adjustments": plan_corpus(cfg, tok, max_positions, ROOT)}
+@dataclass(frozen=True)
+class Extraction:
+    """The extraction stage an experiment reads, as the pipeline runs it: the stage record
+    (`stimuli.extract` for `qkv`, `corpus.extract` for `adjustments`) and runtime settings of a
+    composed config, and its inputs planned exactly as `laminae.stages.extract.extract` plans
+    them."""
+
+    experiment: str
+    stage: dict[str, Any]      # {"stage", "hash", "config"}
+    runtime: dict[str, Any]    # batch_size, compression, chunk_rows, ...
+    plan: ExtractionPlan
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """The sites the stage stores (the union of what the experiments reading them declare)."""
+        return tuple(self.stage["config"]["sites"])
+
+
+def extraction(run: Run, experiment: str, max_positions: int = 1024) -> Extraction:
+    """`experiment`'s extraction stage in `run` (`run.extraction(experiment)`), with its plan."""
+    stage = run.extraction(experiment)
+    plan = input_kind(stage.config["inputs"]).plan(stage.config, tokenizer(), max_positions, ROOT)
+    return Extraction(experiment, record(stage), run.runtime, plan)
+
+
+def plans(run: Run | None = None, max_positions: int = 1024) -> dict[str, Extraction]:
+    """Both experiments' extractions exactly as the pipeline plans them: `qkv` (34 prompts of
+    the default stimuli and template; q, k, v stored) and `adjustments` (the Nietzsche corpus,
+    one window; attn_out, mlp_out, resid_pre, resid_post stored)."""
+    run = run or seeds_run()
+    return {experiment: extraction(run, experiment, max_positions) for experiment in EXPERIMENTS}
 
 
 def n_tokens(plan: ExtractionPlan) -> int:
@@ -261,29 +301,39 @@ def bare_forward(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int = BA
             loaded.model(input_ids=input_ids, attention_mask=attention_mask)
 
 
-def _stage_record() -> tuple[dict[str, Any], dict[str, Any]]:
-    """A realistic stage record (the seeds' adjustments extraction, hash 'bench') and runtime."""
-    (run,) = load_runs(["model=tiny-gpt2"], project_root=ROOT)
-    stage = run.stages["adjustments.extract"]
-    return {"stage": stage.name, "hash": "bench", "config": stage.config}, run.runtime
-
-
-_STAGE_RECORD = _stage_record()
-
-
-def laminae_extract(loaded: LoadedModel, plan: ExtractionPlan, out_dir: Path, batch_size: int = BATCH_SIZE,
-                    storage_dtype: str = "float32", compression: str | None = None, chunk_rows: int = 1024) -> None:
-    """laminae's extraction stage minus model loading: an `ActivationWriter` (36 layer files,
-    provenance attributes, atomic folder) fed by `run_plan` (hooks + row selection + HDF5
-    writes), then rows.tsv. `out_dir` must not exist; the caller removes it."""
-    stage, runtime = _STAGE_RECORD
-    attrs = {**provenance_attrs(stage, runtime), **loaded.info.as_attrs()}  # as laminae.stages.extract.extract
-    writer = ActivationWriter(out_dir, loaded.info.n_layers, plan.n_rows, attrs, storage_dtype=storage_dtype,
-                              compression=compression, chunk_rows=chunk_rows,
-                              config_text=stage_config_record(stage, runtime))
+def laminae_extract(loaded: LoadedModel, ex: Extraction, out_dir: Path) -> None:
+    """laminae's extraction stage minus model loading and planning: the body of
+    `laminae.stages.extract.extract` statement for statement, on `ex`'s stage record and runtime:
+    an `ActivationWriter` (one layer file per block, provenance attributes, atomic folder; none
+    when no site is stored) fed by `run_plan` (hooks + row selection + HDF5 writes, and the
+    reducers of the experiments the config runs during extraction), then the reducers' results
+    and rows.tsv. `out_dir` must not exist; the caller removes it. Keep it in step with
+    `extract()`: this copy is what the benchmarks time."""
+    stage, runtime, plan = ex.stage, ex.runtime, ex.plan
+    config = stage["config"]
+    stored = tuple(config["sites"])
+    reducing = {name: registry()[name] for name in config["reductions"]}
+    attrs = {**provenance_attrs(stage, runtime), **loaded.info.as_attrs()}
+    writer = ActivationWriter(out_dir, loaded.info.n_layers, plan.n_rows, attrs,
+                              storage_dtype=config["extract"]["storage_dtype"],
+                              compression=runtime["compression"], chunk_rows=runtime["chunk_rows"],
+                              config_text=stage_config_record(stage, runtime), store_layers=bool(stored))
     with writer:
-        run_plan(loaded, plan, writer, batch_size, getattr(torch, storage_dtype))
+        reducers = [(experiment.hook("reducer")(ReducerJob(
+            settings=config["reductions"][name]["settings"], rows=RowTable(plan.rows), n_layers=loaded.info.n_layers,
+            widths=loaded.adapter.site_widths(loaded.model.config), model_attrs=loaded.info.as_attrs(),
+            out_dir=_folder(writer.tmp_dir / REDUCTIONS / name), attrs=upstream_attrs(attrs))), experiment.sites)
+            for name, experiment in reducing.items()]
+        run_plan(loaded, plan, runtime["batch_size"], writer=writer, sites=stored, reducers=reducers,
+                 storage_dtype=STORAGE_DTYPES[config["extract"]["storage_dtype"]])
+        for reducer, _ in reducers:
+            reducer.finish()
         writer.set_rows(plan.rows, plan.columns)
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 class TransformerLensPath:
@@ -323,11 +373,11 @@ class TransformerLensPath:
         del self.bridge
         gc.collect()
 
-    def extract(self, plan: ExtractionPlan, out_dir: Path, batch_size: int = BATCH_SIZE,
+    def extract(self, plan: ExtractionPlan, sites: Sequence[str], out_dir: Path, batch_size: int = BATCH_SIZE,
                 chunk_rows: int = 1024) -> None:
         assert not plan.average, "the TransformerLens path implements one row per kept position"
         names = {f"blocks.{layer}.{self.HOOKS[site]}": (layer, site)
-                 for layer in range(self.n_layers) for site in plan.sites}
+                 for layer in range(self.n_layers) for site in sites}
         out_dir.mkdir(parents=True)
         # h5py with laminae's HDF5 settings (no chunk cache, same chunking): what differs is capture
         files = [h5py.File(out_dir / layer_filename(layer, self.n_layers), "w", **NO_CHUNK_CACHE)

@@ -13,6 +13,14 @@ in memory from a fixed seed; ~3.1 GB) and tiny-gpt2 (4 blocks, d_model 64). Inpu
 target token; `adjustments`: the Nietzsche corpus, one window of 346 tokens, attn_out, mlp_out,
 resid_pre, resid_post kept at every token), batch size 8 as in conf/config.yaml.
 
+The laminae path is the extraction stage (`stimuli.extract` for `qkv`, `corpus.extract` for
+`adjustments`) minus model loading and input planning: what `laminae.stages.extract.extract`
+runs, with the stage record and runtime settings of the composed config (`--batch-size`,
+`--storage-dtype`, `--compression` and `--chunk-rows` are passed to it as the config overrides
+`batch_size`, `extract.storage_dtype`, `extract.compression` and `extract.chunk_rows`), i.e.
+`run_plan` into an `ActivationWriter`. `--hooks-only` times `run_plan` with a writer that drops
+the batches.
+
 Each round runs every path once, in a rotated order; one warm-up round is dropped. Printed: the
 median wall time of each path over the rounds, and the median (and min-max) of the per-round
 ratios, wall and CPU time. Model building, the TransformerLens bridge's boot and deleting the
@@ -30,7 +38,7 @@ from pathlib import Path
 from _common import (BATCH_SIZE, Scratch, TransformerLensPath, bare_forward, build_model, laminae_extract,
                      max_relative_difference, median, n_params, n_tokens, paired_model_arguments, paired_ratios,
                      paired_rounds, plans, print_header, print_table, read_store, remove_tree, rounds_and_models,
-                     setup_torch, spread)
+                     seeds_run, setup_torch, spread)
 
 from laminae.stages.extract import run_plan
 
@@ -40,6 +48,13 @@ class _NullWriter:
 
     def write(self, start, batch):
         pass
+
+
+def stage_overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides that give the extraction stage this run's settings."""
+    overrides = [f"batch_size={args.batch_size}", f"extract.storage_dtype={args.storage_dtype}",
+                 f"extract.chunk_rows={args.chunk_rows}"]
+    return overrides + ([f"extract.compression={args.compression}"] if args.compression else [])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -57,7 +72,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     setup_torch()
     print_header("bench_extraction: laminae vs bare forward vs TransformerLens", " ".join(["bench_extraction.py", *sys.argv[1:]]))
-    inputs = plans()
+    inputs = plans(seeds_run(*stage_overrides(args)))
+    # the store checked against TransformerLens: float32, uncompressed
+    defaults = plans(seeds_run(f"batch_size={args.batch_size}"))
     scratch = Scratch()
     results, ratio_rows = [], []
     try:
@@ -67,7 +84,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"d_model {loaded.info.d_model}", flush=True)
             tl = None if args.no_tl else TransformerLensPath(loaded)
             for experiment in args.experiments:
-                plan = inputs[experiment]
+                ex = inputs[experiment]
+                plan, sites = ex.plan, ex.sites
                 last: list[Path] = []
 
                 def out() -> Path:
@@ -80,23 +98,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
                 variants = {
                     "bare": lambda: bare_forward(loaded, plan, args.batch_size),
-                    "laminae": lambda: laminae_extract(loaded, plan, out(), args.batch_size, args.storage_dtype,
-                                                       args.compression, args.chunk_rows),
+                    "laminae": lambda: laminae_extract(loaded, ex, out()),
                 }
                 if args.hooks_only:
-                    variants["hooks-only"] = lambda: run_plan(loaded, plan, _NullWriter(), args.batch_size)
+                    variants["hooks-only"] = lambda: run_plan(loaded, plan, args.batch_size, writer=_NullWriter(),
+                                                              sites=sites)
                 sized = scratch.fresh()
-                laminae_extract(loaded, plan, sized, args.batch_size, args.storage_dtype, args.compression,
-                                args.chunk_rows)
+                laminae_extract(loaded, ex, sized)
                 store_mb = sum(p.stat().st_size for p in sized.rglob("*") if p.is_file()) / 2**20
                 remove_tree(sized)
                 check = ""
                 if tl is not None:
-                    variants["transformer-lens"] = lambda: tl.extract(plan, out(), args.batch_size)
+                    variants["transformer-lens"] = lambda: tl.extract(plan, sites, out(), args.batch_size)
                     a, b = scratch.fresh(), scratch.fresh()
-                    laminae_extract(loaded, plan, a, args.batch_size)
-                    tl.extract(plan, b, args.batch_size)
-                    difference = max_relative_difference(read_store(a, plan.sites), read_store(b, plan.sites))
+                    laminae_extract(loaded, defaults[experiment], a)
+                    tl.extract(plan, sites, b, args.batch_size)
+                    difference = max_relative_difference(read_store(a, sites), read_store(b, sites))
                     remove_tree(a), remove_tree(b)
                     check = f"{difference:.1e}"
                     print(f"  {experiment}: TransformerLens vs laminae, max |diff| / max |value| = {check}", flush=True)

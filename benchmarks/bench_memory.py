@@ -1,13 +1,16 @@
-"""Peak memory of the adjustments extraction stage against corpus length (~2k, 8k, 32k tokens).
+"""Peak memory of the extraction stage of experiment adjustments (`corpus.extract`) against corpus
+length (~2k, 8k, 32k tokens).
 
     .venv/bin/python benchmarks/bench_memory.py                  # gpt2-small shape, batch 2 and 8, 1 run each (~15 min)
     .venv/bin/python benchmarks/bench_memory.py --quick          # tiny-gpt2, batch 8 (~1 min)
     .venv/bin/python benchmarks/bench_memory.py --model tiny-gpt2 --batch-sizes 8 --repeats 3
 
 Each measurement is one fresh Python process running laminae's real extraction stage
-(`laminae.stages.extract.extract`: model loading from disk, tokenisation, windows, rows.tsv, hooks, HDF5
-writes) on a corpus made by repeating data/corpora/nietzsche.txt, with 1024-token windows (the
-model's context) and the default sites (attn_out, mlp_out, resid_pre, resid_post). The peak is
+(`laminae.stages.extract.extract` on the `corpus.extract` stage of a config with
+`experiments=[adjustments]`: model loading from disk, tokenisation, windows, rows.tsv, hooks,
+HDF5 writes) on a corpus made by repeating data/corpora/nietzsche.txt, with 1024-token windows
+(the model's context) and the sites experiment adjustments reads (attn_out, mlp_out, resid_pre,
+resid_post). The peak is
 the child's `ru_maxrss` (peak resident set size). A `load-only` child (imports + model load,
 no extraction) gives the floor. `--tracemalloc` adds one child per length that reports the peak
 of Python-heap allocations (rows, token lists; not torch tensors).
@@ -81,12 +84,13 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from laminae.config import load_runs
-    from laminae.stages.extract import extract
     from laminae.models.loading import load_model
+    from laminae.registry import discover
+    from laminae.stages.extract import extract
 
     torch.set_num_threads(os.cpu_count() or 1)
     (run,) = load_runs(json.loads(args.overrides), project_root=ROOT)
-    stage = run.stages["adjustments.extract"]
+    stage = run.extraction("adjustments")  # corpus.extract
     record = {"stage": stage.name, "hash": stage.hash, "config": stage.config}
     start = time.perf_counter()
     rows = 0
@@ -94,7 +98,7 @@ def child(args: argparse.Namespace) -> None:
         load_model(stage.config["model"], "cpu", run.runtime["models_dir"], ROOT)
     else:
         out = Path(args.out)
-        extract(record, run.runtime, out, ROOT)
+        extract(record, run.runtime, out, ROOT, discover())
         rows = sum(1 for _ in open(out / "rows.tsv", encoding="utf-8")) - 1
     wall = time.perf_counter() - start
     result = {"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "wall_s": wall, "rows": rows}

@@ -5,17 +5,22 @@
     .venv/bin/python benchmarks/bench_metrics.py --models gpt2-large-shape --profile
     .venv/bin/python benchmarks/bench_metrics.py --models gpt2-large-shape --experiments qkv --overrides qkv.rsa_method=spearman
 
-Per model and experiment, each round times laminae's extraction (`run_plan` into an
-`ActivationWriter`: hooks + HDF5 writes, model already in memory) and the metrics stage on a
-store written by it (`run_qkv_metrics` with conf/qkv/default.yaml: 1000 label permutations and
-1000 bootstraps, 36 layers x 3 components; `run_adjustment_metrics` with
-conf/adjustments/default.yaml), in a rotated order. Printed: medians, and the median of the
-per-round ratio metrics / extraction (the goal: under 0.10). For experiment 2 a third path is
-timed: the extraction with `adjustments.during_extraction=true`, which computes the metrics from
-its own batches and stores only them (compared with extraction + metrics, and by bytes on disk).
-`--profile` adds a cProfile of one
-metrics run per experiment (where the time goes). Also printed: the fixed cost of a Snakemake job
-of each kind, i.e. a fresh interpreter importing what the stage's script imports.
+Per model and experiment, each round times laminae's extraction (the extraction stage the
+experiment reads, as `laminae.stages.extract.extract` runs it minus model loading: `run_plan`
+into an `ActivationWriter`, hooks + HDF5 writes, model already in memory) and the analysis
+stage on a store written by it (`laminae.stages.analysis.run_analysis`, with the stage record
+the Snakefile passes: `qkv.analysis` with conf/qkv/default.yaml, 1000 label permutations and
+1000 bootstraps, 36 layers x 3 components; `adjustments.analysis` with
+conf/adjustments/default.yaml, its reducer streaming the store), in a rotated order. Printed:
+medians, and the median of the per-round ratio metrics / extraction (the goal: under 0.10). For
+experiment 2 a third path is timed: the extraction stage of the config with
+`adjustments.during_extraction=true`, which feeds its own batches to the experiment's reducer
+and stores only its results (compared with extraction + metrics, and by bytes on disk; the
+analysis stage that then only copies those results into metrics/ is not timed). `--profile` adds
+a cProfile of one metrics run per experiment (where the time goes). Also printed: the fixed cost
+of a Snakemake job of each kind, i.e. a fresh interpreter importing what the stage's script
+imports (workflow/scripts/extract.py, and workflow/scripts/analysis.py with the experiment's
+analysis hook).
 """
 
 from __future__ import annotations
@@ -28,44 +33,24 @@ import subprocess
 import sys
 import time
 
-from _common import (Scratch, build_model, laminae_extract, median, n_tokens, paired_model_arguments, paired_ratios,
-                     paired_rounds, plans, print_header, print_table, remove_tree, rounds_and_models, seeds_config,
-                     setup_torch, spread)
+from _common import (Scratch, build_model, extraction, laminae_extract, median, n_tokens, paired_model_arguments,
+                     paired_ratios, paired_rounds, plans, print_header, print_table, record, registry, remove_tree,
+                     rounds_and_models, seeds_run, setup_torch, spread)
 
-from laminae.experiments.adjustments.analysis import run_adjustment_metrics
-from laminae.experiments.qkv.stage import run_qkv_metrics
+from laminae.stages.analysis import run_analysis
 
-IMPORTS = {
-    "extract job": "import torch, transformers; from laminae.stages.extract import extract",
-    "qkv metrics job": "from laminae.experiments.qkv.stage import run_qkv_metrics",
-    "adjustment metrics job": "from laminae.experiments.adjustments.analysis import run_adjustment_metrics",
+JOB = "from laminae.stages.runner import run_stage; "
+IMPORTS = {  # what workflow/scripts/extract.py and analysis.py import before any work
+    "extract job": JOB + "import torch, transformers; from laminae.stages.extract import extract",
+    **{f"{experiment} analysis job": JOB + "from laminae.stages.analysis import run_analysis; "
+       f"from laminae.registry import discover; discover()[{experiment!r}].hook({hook!r})"
+       for experiment, hook in (("qkv", "analyse"), ("adjustments", "reducer"))},
 }
 
 
-def analysis_stage(experiment: str, cfg: dict) -> dict:
-    """The stage record the Snakefile would pass, with the store's stage hash ('bench') upstream."""
-    name = f"{experiment}.analysis"
-    config = {experiment: cfg[experiment], "stage": name, "version": 1, "upstream": "bench"}
-    return {"stage": name, "hash": "bench00000", "config": config}
-
-
-def run_metrics(experiment: str, stage: dict, store, out) -> None:
-    if experiment == "qkv":
-        run_qkv_metrics(stage, store, out)
-    else:
-        run_adjustment_metrics(stage, store, out)
-
-
-def during_extraction(loaded, plan, cfg: dict, out) -> None:
-    """The extraction stage with `adjustments.during_extraction=true` (model already loaded)."""
-    from laminae.stages.extract import adjustments_during_extraction
-    from laminae.provenance import provenance_attrs
-
-    config = {"adjustments": {**cfg["adjustments"], "during_extraction": True}}
-    stage = {"stage": "adjustments.extract", "hash": "bench", "config": config}
-    runtime = {"batch_size": 8}
-    adjustments_during_extraction(loaded, plan, stage, runtime, {**provenance_attrs(stage, runtime),
-                                                                 **loaded.info.as_attrs()}, out)
+def run_metrics(experiment: str, stage: dict, store, out, runtime: dict) -> None:
+    """The analysis stage, as workflow/scripts/analysis.py runs it."""
+    run_analysis(registry()[experiment], stage, store, out, runtime)
 
 
 def folder_mb(folder) -> float:
@@ -92,18 +77,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     setup_torch()
     print_header("bench_metrics: metrics stages vs extraction", " ".join(["bench_metrics.py", *sys.argv[1:]]))
-    cfg = seeds_config(*args.overrides)
-    inputs = plans(cfg)
+    run = seeds_run(*args.overrides)
+    inputs = plans(run)
+    # experiment 2 with its reducer fed by the extraction: another corpus.extract stage (no sites
+    # stored, the analysis settings hashed in), the same inputs
+    during = extraction(seeds_run(*args.overrides, "adjustments.during_extraction=true"), "adjustments")
     scratch = Scratch()
     results, during_rows = [], []
     try:
         for shape in models:
             loaded = build_model(shape)
             for experiment in args.experiments:
-                plan = inputs[experiment]
-                stage = analysis_stage(experiment, cfg)
+                ex = inputs[experiment]
+                plan = ex.plan
+                stage = record(run.stages[f"{experiment}.analysis"])  # its upstream: ex's hash
                 store = scratch.fresh()
-                laminae_extract(loaded, plan, store)
+                laminae_extract(loaded, ex, store)
                 written = []
 
                 def fresh():
@@ -114,14 +103,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     while written:
                         remove_tree(written.pop())
 
-                variants = {"extraction": lambda: laminae_extract(loaded, plan, fresh()),
-                            "metrics": lambda: run_metrics(experiment, stage, store, fresh())}
+                variants = {"extraction": lambda: laminae_extract(loaded, ex, fresh()),
+                            "metrics": lambda: run_metrics(experiment, stage, store, fresh(), run.runtime)}
                 if experiment == "adjustments":
-                    variants["during extraction"] = lambda: during_extraction(loaded, plan, cfg, fresh())
+                    variants["during extraction"] = lambda: laminae_extract(loaded, during, fresh())
                 samples = paired_rounds(variants, repeats, label=f"{shape} {experiment}", cleanup=cleanup)
                 if experiment == "adjustments":
                     inline = fresh()
-                    during_extraction(loaded, plan, cfg, inline)
+                    laminae_extract(loaded, during, inline)
                     two = samples["extraction"], samples["metrics"]
                     sums = [a.wall + b.wall for a, b in zip(*two)]
                     during_rows.append({
@@ -142,7 +131,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     profile = cProfile.Profile()
                     out = fresh()
                     profile.enable()
-                    run_metrics(experiment, stage, store, out)
+                    run_metrics(experiment, stage, store, out, run.runtime)
                     profile.disable()
                     cleanup()
                     text = io.StringIO()
