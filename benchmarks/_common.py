@@ -34,16 +34,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from laminae.config import Run, load_runs  # noqa: E402
-from laminae.experiment import Experiment, ReducerJob  # noqa: E402
+from laminae.experiment import Experiment  # noqa: E402
 from laminae.inputs import ExtractionPlan, input_kind  # noqa: E402
 from laminae.models.adapters import get_adapter  # noqa: E402
 from laminae.models.loading import LoadedModel, ModelInfo, prepare_tokenizer  # noqa: E402
 from laminae.models.random_models import build_random_model  # noqa: E402
-from laminae.provenance import provenance_attrs, stage_config_record  # noqa: E402
 from laminae.registry import discover  # noqa: E402
-from laminae.stages.analysis import REDUCTIONS, upstream_attrs  # noqa: E402
-from laminae.stages.extract import STORAGE_DTYPES, pad_right, run_plan  # noqa: E402
-from laminae.store import ActivationWriter, RowTable, layer_filename  # noqa: E402
+from laminae.stages.extract import pad_right, write_extraction  # noqa: E402
+from laminae.store import layer_filename  # noqa: E402
 
 try:  # laminae's HDF5 settings; absent before they existed (the benchmarks also run on older trees)
     from laminae.store import NO_CHUNK_CACHE  # noqa: E402
@@ -302,38 +300,12 @@ def bare_forward(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int = BA
 
 
 def laminae_extract(loaded: LoadedModel, ex: Extraction, out_dir: Path) -> None:
-    """laminae's extraction stage minus model loading and planning: the body of
-    `laminae.stages.extract.extract` statement for statement, on `ex`'s stage record and runtime:
-    an `ActivationWriter` (one layer file per block, provenance attributes, atomic folder; none
-    when no site is stored) fed by `run_plan` (hooks + row selection + HDF5 writes, and the
+    """laminae's extraction stage minus model loading and planning
+    (`laminae.stages.extract.write_extraction`, which `extract()` calls), on `ex`'s stage record
+    and runtime: the store, fed by `run_plan` (hooks + row selection + HDF5 writes, and the
     reducers of the experiments the config runs during extraction), then the reducers' results
-    and rows.tsv. `out_dir` must not exist; the caller removes it. Keep it in step with
-    `extract()`: this copy is what the benchmarks time."""
-    stage, runtime, plan = ex.stage, ex.runtime, ex.plan
-    config = stage["config"]
-    stored = tuple(config["sites"])
-    reducing = {name: registry()[name] for name in config["reductions"]}
-    attrs = {**provenance_attrs(stage, runtime), **loaded.info.as_attrs()}
-    writer = ActivationWriter(out_dir, loaded.info.n_layers, plan.n_rows, attrs,
-                              storage_dtype=config["extract"]["storage_dtype"],
-                              compression=runtime["compression"], chunk_rows=runtime["chunk_rows"],
-                              config_text=stage_config_record(stage, runtime), store_layers=bool(stored))
-    with writer:
-        reducers = [(experiment.hook("reducer")(ReducerJob(
-            settings=config["reductions"][name]["settings"], rows=RowTable(plan.rows), n_layers=loaded.info.n_layers,
-            widths=loaded.adapter.site_widths(loaded.model.config), model_attrs=loaded.info.as_attrs(),
-            out_dir=_folder(writer.tmp_dir / REDUCTIONS / name), attrs=upstream_attrs(attrs))), experiment.sites)
-            for name, experiment in reducing.items()]
-        run_plan(loaded, plan, runtime["batch_size"], writer=writer, sites=stored, reducers=reducers,
-                 storage_dtype=STORAGE_DTYPES[config["extract"]["storage_dtype"]])
-        for reducer, _ in reducers:
-            reducer.finish()
-        writer.set_rows(plan.rows, plan.columns)
-
-
-def _folder(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    and rows.tsv. `out_dir` must not exist; the caller removes it."""
+    write_extraction(loaded, ex.plan, ex.stage, ex.runtime, out_dir, registry())
 
 
 class TransformerLensPath:

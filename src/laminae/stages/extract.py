@@ -51,6 +51,17 @@ def extract(stage: dict[str, Any], runtime: dict[str, Any], out_dir: Path, proje
     files = open_model(config["model"], runtime["models_dir"], project_root)
     plan = input_kind(config["inputs"]).plan(config, files.tokenizer, files.dims.max_positions, project_root)
     loaded = load_model(config["model"], runtime["device"], runtime["models_dir"], project_root, files=files)
+    write_extraction(loaded, plan, stage, runtime, out_dir, registry)
+    log.info("wrote %s", out_dir)
+
+
+def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, stage: dict[str, Any], runtime: dict[str, Any],
+                     out_dir: Path, registry: Mapping[str, Experiment]) -> None:
+    """The extraction with the model loaded and the inputs planned: an ActivationWriter (one
+    layer file per block, provenance attributes, atomic folder; no layer file when no site is
+    stored) fed by `run_plan`, the reducers of the experiments computed during extraction, their
+    results, and rows.tsv."""
+    config = stage["config"]
     stored = tuple(config["sites"])
     reducing = {name: registry[name] for name in config["reductions"]}
     log.info("model %s (%s, %d layers, d_model %d) on %s; %d inputs -> %d rows; stored sites %s%s",
@@ -73,7 +84,11 @@ def extract(stage: dict[str, Any], runtime: dict[str, Any], out_dir: Path, proje
         for reducer, _ in reducers:
             reducer.finish()
         writer.set_rows(plan.rows, plan.columns)
-    log.info("wrote %s", out_dir)
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def run_plan(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int, *, writer: ActivationWriter | None = None,
