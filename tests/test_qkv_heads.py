@@ -351,3 +351,21 @@ def test_no_resamples_give_nan_and_an_unmarked_figure(tmp_path):
     _, axes = plot_heads(table, context)
     assert not any(grid.any() for grid in axes["significant"].values())
     assert "no permutation test" in " ".join(t.get_text() for t in axes["legend"].get_texts())
+
+
+def test_ratio_cells_without_a_log_scale_place():
+    """between <= 0: grey (not interpretable); ratio <= 0 with between > 0 (within < 0): the
+    scale's lowest colour, not grey, and the colour bar extends below."""
+    ratio = np.array([[1.2, 0.9, -0.5, 3.0]])
+    between = np.array([[0.3, 0.3, 0.2, -0.1]])
+    grids = {("selectivity", "q"): {"value": ratio, "q_value": np.full((1, 4), np.nan)},
+             ("between_mean", "q"): {"value": between}}
+    table = HeadsTable(n_layers=1, grids=grids)
+    _, axes = plot_heads(table, stages()[2])
+    image = axes["selectivity"]["q"].images[0]
+    shown = np.ma.getdata(image.get_array()).astype(float)
+    assert np.isnan(shown[0, 3]), "between-mean <= 0 must be grey"
+    assert shown[0, 2] < image.norm.vmin and image.norm(shown[0, 2]) < 0   # drawn in the under colour
+    assert axes["colorbars"]["selectivity"].extend in ("min", "both")
+    legend = " ".join(t.get_text() for t in axes["legend"].get_texts())
+    assert "between-category mean ≤ 0" in legend

@@ -121,8 +121,8 @@ def plot_heads(table: HeadsTable | str | Path, context: Mapping[str, Any],
         ratios = [max(heads[n], 0.3 * n_query) for n in names]
         panel_axes = subfig.subplots(1, len(names), width_ratios=ratios, sharey=True, squeeze=False)[0]
         for index, (ax, name) in enumerate(zip(panel_axes, names)):
-            image = ax.imshow(grids[(metric, name)], cmap=cmap, norm=norm, origin="lower", aspect="auto",
-                              interpolation="nearest")
+            image = ax.imshow(_drawable(grids[(metric, name)], norm), cmap=cmap, norm=norm, origin="lower",
+                              aspect="auto", interpolation="nearest")
             axes[metric][name] = ax
             _head_axes(ax, name, heads[name], table.n_layers, group, first=index == 0)
             if metric == "selectivity":
@@ -173,6 +173,15 @@ def _interpretable(table: HeadsTable, component: str, form: str) -> np.ndarray:
     return value
 
 
+def _drawable(grid: np.ndarray, norm: Normalize) -> np.ndarray:
+    """A ratio <= 0 (within-mean <= 0 < between-mean: as anti-selective as it gets) cannot sit
+    on a log scale; draw it below the scale's minimum, in the colour bar's lower end colour."""
+    if not isinstance(norm, LogNorm):
+        return grid
+    with np.errstate(invalid="ignore"):
+        return np.where(grid <= 0, 0.5 * norm.vmin, grid)
+
+
 def _selectivity_norm(grids: Sequence[np.ndarray], form: str) -> tuple[Normalize, str]:
     """One scale for every selectivity panel, symmetric about no selectivity: in log for the
     ratio (1/r .. r), linear for the difference (-d .. d); limits at a high percentile of the
@@ -180,8 +189,7 @@ def _selectivity_norm(grids: Sequence[np.ndarray], form: str) -> tuple[Normalize
     which side some heads lie beyond."""
     finite = np.concatenate([g[np.isfinite(g)].ravel() for g in grids]) if grids else np.array([])
     if form == "ratio":
-        finite = finite[finite > 0]
-        limit = _robust_limit(np.abs(np.log(finite)), minimum=math.log(1.05))
+        limit = _robust_limit(np.abs(np.log(finite[finite > 0])), minimum=math.log(1.05))
         norm: Normalize = LogNorm(vmin=math.exp(-limit), vmax=math.exp(limit))
     else:
         limit = _robust_limit(np.abs(finite), minimum=1e-3)
