@@ -7,6 +7,7 @@ import math
 import h5py
 import numpy as np
 import pytest
+import scipy.stats
 
 from laminae.experiments.qkv.analysis import (
     TABLE_COLUMNS,
@@ -86,6 +87,22 @@ def test_table_layout_and_metric_semantics():
         for r in rows:
             assert r.ci_low < r.value < r.ci_high and math.isnan(r.p_value)
     np.testing.assert_array_equal(res.profile("rsa", "q-k"), [r.value for r in rows_of(res, "rsa", "q-k")])
+
+
+def test_q_values_are_bh_over_each_metric_family():
+    """q_value: Benjamini-Hochberg (scipy) over every component x layer of one metric; no q
+    without a p. Weak signal, so that the p-values differ and the correction matters."""
+    acts, labels, _ = make_inputs(n_layers=5, seed=3)
+    weak = {c: a + 2.5 * np.random.default_rng(9).normal(size=a.shape) for c, a in acts.items()}
+    res = analyse_qkv(weak, labels, CATEGORIES, n_permutations=99, n_bootstrap=0)
+    for metric in ["selectivity"] + [f"selectivity:{c}" for c in CATEGORIES]:
+        p = np.stack([res.profile(metric, c, "p_value") for c in "qkv"])   # (3, n_layers): one family
+        q = np.stack([res.profile(metric, c, "q_value") for c in "qkv"])
+        np.testing.assert_allclose(q.ravel(), scipy.stats.false_discovery_control(p.ravel(), method="bh"), rtol=1e-12)
+        assert not np.array_equal(q, p), "the correction changed nothing: the test would not see a wrong family"
+    for row in res.rows:
+        if math.isnan(row.p_value):
+            assert math.isnan(row.q_value), row
 
 
 def test_difference_form_and_options_reach_the_metrics():

@@ -8,6 +8,7 @@ import math
 import h5py
 import numpy as np
 import pytest
+import scipy.stats
 import yaml
 
 from laminae.errors import ConfigError, InputFileError
@@ -167,7 +168,8 @@ def test_laminar_panels(metrics):
     assert [t.get_text() for t in rsa_labels][:3] == ["Q–K", "Q–V", "K–V"]
     legend = [t.get_text() for t in axes["legend"].get_texts()]
     assert {"Q", "K", "V"} <= set(legend)
-    assert any("p < 0.05" in text for text in legend) and "no selectivity (= 1)" in legend
+    assert any("q < 0.05" in text and "Benjamini-Hochberg" in text for text in legend)
+    assert "no selectivity (= 1)" in legend
     assert [ax.get_title() for ax in axes["category"]] == CATEGORY_ORDER
     # The no-selectivity line sits at 1 for the ratio form and 0 for the difference form.
     assert any(np.allclose(line.get_ydata(), 1.0) for line in axes["selectivity"].get_lines())
@@ -187,9 +189,13 @@ def test_significance_markers_match_table(metrics):
     for line in axes["selectivity"].get_lines():
         if line.get_linestyle() == "None" and line.get_marker() == "o":
             marked[line.get_color()] = set(np.asarray(line.get_xdata()).tolist())
-    for component, colour in (("q", "#0072B2"), ("k", "#E69F00"), ("v", "#009E73")):
-        p = table.get("selectivity", component, "p_value")
-        assert marked[colour] == set(np.flatnonzero(p < 0.05).tolist()), component
+    # Markers follow the q-values, recomputed here with scipy over the figure's family (every
+    # component at every layer), not the stored column.
+    p = np.stack([table.get("selectivity", c, "p_value") for c in ("q", "k", "v")])
+    q = scipy.stats.false_discovery_control(p.ravel(), method="bh").reshape(p.shape)
+    assert ((p < 0.05) != (q < 0.05)).any(), "p and q mark the same layers here: the test could not tell them apart"
+    for k, (component, colour) in enumerate((("q", "#0072B2"), ("k", "#E69F00"), ("v", "#009E73"))):
+        assert marked[colour] == set(np.flatnonzero(q[k] < 0.05).tolist()), component
     assert N_LAYERS // 2 not in marked["#009E73"], "V has no category signal in its middle layer"
 
 

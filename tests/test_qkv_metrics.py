@@ -331,3 +331,45 @@ def test_bootstrap_zero_gives_nan_ci():
 def test_bootstrap_counts():
     idx = np.array([[0, 0, 2], [1, 2, 1]])
     np.testing.assert_array_equal(bootstrap_counts(idx, 3), [[2, 0, 1], [0, 2, 1]])
+
+
+# ----------------------------------------------------------------------------- BH q-values
+def naive_bh(p: list[float]) -> list[float]:
+    """The definition, literally: q_(i) = min over j >= i of m p_(j) / j, capped at 1, NaN skipped."""
+    finite = [(value, index) for index, value in enumerate(p) if not np.isnan(value)]
+    ordered = sorted(finite)
+    m = len(ordered)
+    out = [float("nan")] * len(p)
+    for i, (_, index) in enumerate(ordered, start=1):
+        out[index] = min(1.0, min(m * ordered[j - 1][0] / j for j in range(i, m + 1)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bh_q_values_match_the_definition_and_scipy(seed):
+    from laminae.metrics.multiple_testing import bh_q_values
+
+    rng = np.random.default_rng(seed)
+    # Permutation-like p-values: many ties (multiples of 1/200), some tiny, some NaN, a 2-D family.
+    p = rng.integers(1, 201, size=(6, 7)) / 200.0
+    p[rng.random(p.shape) < 0.3] = 1 / 200
+    p[rng.random(p.shape) < 0.15] = np.nan
+    q = bh_q_values(p)
+    assert q.shape == p.shape
+    np.testing.assert_array_equal(np.isnan(q), np.isnan(p))
+    np.testing.assert_allclose(q.ravel(), naive_bh(p.ravel().tolist()), rtol=1e-12)
+    finite = ~np.isnan(p)
+    np.testing.assert_allclose(q[finite], scipy.stats.false_discovery_control(p[finite], method="bh"), rtol=1e-12)
+    assert (q[finite] >= p[finite]).all() and (q[finite] <= 1).all()
+
+
+def test_bh_q_values_edge_cases():
+    from laminae.metrics.multiple_testing import bh_q_values
+
+    assert bh_q_values([]).shape == (0,)
+    assert np.isnan(bh_q_values([np.nan, np.nan])).all()
+    assert bh_q_values(0.03).tolist() == 0.03            # a family of one is its own p-value
+    np.testing.assert_allclose(bh_q_values([0.9, 0.8, 0.95]), [0.95, 0.95, 0.95])
+    for bad in ([0.5, 1.2], [-0.1], [np.inf]):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            bh_q_values(bad)

@@ -3,16 +3,24 @@
 Per layer, the cosine-similarity matrices of Q, K and V over category words in a template;
 their category selectivity with a label-permutation null, and the RSA between them with
 bootstrap CIs (definitions: docs/EXPERIMENTS.md). `analysis` computes, `figures` draws,
-`compare` overlays the runs of a sweep.
+`compare` overlays the runs of a sweep. With `qkv.resolution: heads` the same per attention head
+(`heads` computes, `heads_figure` draws), written as the variant `heads` (folder `qkv+heads/`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from laminae.experiment import Experiment, Figure, JobShape
+from laminae.experiment import Experiment, Figure, JobShape, Variant
 
 CPU_FLOP_PER_S = 1e9   # pessimistic NumPy throughput on one busy core
+RANK_S = 5e-8          # Spearman bootstrap, per matrix x replicate x word pair (17 ns measured, x3)
+MIN_HEAD_DIM = 32      # the narrowest heads of the supported pretrained models (all-MiniLM-L6-v2)
+
+
+def heads_enabled(settings: dict[str, Any]) -> bool:
+    """The `heads` variant's condition: `qkv.resolution: heads` (settings without the key: layers)."""
+    return settings.get("resolution", "layers") == "heads"
 
 
 def validate(cfg: dict[str, Any]) -> None:
@@ -29,12 +37,24 @@ def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, flo
     """Memory: Q/K/V as read and in float64, the similarity matrices (components x layers x
     words^2), the permutation null (components x layers x permutations x categories), the
     bootstrap pair weights (bootstraps x word pairs); runtime from the matrix products of the
-    permutation test and the bootstrap at CPU_FLOP_PER_S. Figures hold the matrices, 3 copies."""
+    permutation test and the bootstrap at CPU_FLOP_PER_S (the Spearman bootstrap's ranking at
+    RANK_S per element). Figures hold the matrices, 3 copies.
+
+    With `resolution: heads` the same again with every (layer, head) as a layer (K and V counted
+    with as many heads as Q, an upper bound under grouped-query attention): the null's
+    intermediate arrays (4 per category, 6 more per test) dominate the memory. Measured on random
+    data of GPT-2 Large's shape (36 layers x 20 heads x 64 dimensions, 34 words, 1000 permutations
+    and bootstraps, one thread on a busy machine): the per-head analysis peaks at about 375 MiB
+    and takes 2-3 s (Pearson) or 35-41 s (Spearman); this estimate, with 40 heads assumed
+    (`n_heads`), says 2.0 GB and 0.5 min (Pearson) or 4 min (Spearman) beyond the fixed 5."""
     qkv = cfg["qkv"]
     components, words, layers = len(qkv["components"]), shape.n_rows, shape.n_layers
+    heads = n_heads(cfg) if heads_enabled(qkv) else 0
     if stage == "plot":
         held_mb = components * layers * words * words * 8 / 2**20
-        return {"mem_mb": 1024 + 3 * held_mb, "runtime": 5 + 3 * held_mb / 100 / 60}
+        table_mb = components * layers * heads * 2000 / 2**20   # qkv_heads.tsv rows as Python objects
+        # the per-head figure: 2-3 s measured for 36 layers x 20 heads; 1 s per head asked
+        return {"mem_mb": 1024 + 3 * held_mb + table_mb, "runtime": 5 + 3 * held_mb / 100 / 60 + heads / 60}
     categories, pairs = len(cfg["stimuli"]["categories"]), words * (words - 1) // 2
     permutations, bootstraps = qkv["n_permutations"] + 1, qkv["n_bootstrap"]
     floats = (components * layers * words * shape.d_model * 2              # activations, float64 copy
@@ -43,7 +63,28 @@ def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, flo
               + 3 * bootstraps * pairs                                     # bootstrap pair weights
               + 3 * components * layers * bootstraps)                      # replicates
     flop = 2 * components * layers * pairs * (permutations * categories + 3 * bootstraps)
-    return {"mem_mb": 1024 + floats * 8 / 2**20, "runtime": 5 + flop / CPU_FLOP_PER_S / 60}
+    if heads:
+        tests = components * layers * heads
+        floats += (2 * components * layers * words * shape.d_model         # heads split off, float64
+                   + 3 * tests * words * words                             # per-head similarities
+                   + tests * permutations * (4 * categories + 6)           # per-head permutation null
+                   + 3 * tests * bootstraps)                               # per-head replicates
+    seconds = flop * (1 + heads) / CPU_FLOP_PER_S
+    if qkv["rsa_method"] == "spearman":   # weighted ranks per replicate: not matrix products
+        seconds += RANK_S * (components + 2) * layers * (1 + heads) * bootstraps * pairs
+    return {"mem_mb": 1024 + floats * 8 / 2**20, "runtime": 5 + seconds / 60}
+
+
+def n_heads(cfg: dict[str, Any]) -> int:
+    """Attention heads per layer, for job sizes: a random model's architecture config says;
+    otherwise d_model / MIN_HEAD_DIM, an upper bound (GPT-2 Large: 40 for its 20 heads)."""
+    random_init = cfg["model"].get("random_init") or {}
+    architecture = random_init.get("config") or {}
+    declared = architecture.get("num_attention_heads") or architecture.get("n_head")
+    if declared:
+        return int(declared)
+    d_model = cfg["model"].get("d_model") or 1600
+    return max(1, int(d_model) // MIN_HEAD_DIM)
 
 
 EXPERIMENT = Experiment(
@@ -60,5 +101,8 @@ EXPERIMENT = Experiment(
     compare_caption="captions/compare.rst",
     validate=validate,
     resources=resources,
+    variants=(Variant("heads", when=heads_enabled, metrics=("qkv_heads.tsv",),
+                      figures=(Figure("qkv_heads", caption="captions/heads.rst", label="per head"),)),),
     schema="schema.yaml",
+    version=2,   # 2: q_value column (Benjamini-Hochberg) in qkv_laminar.tsv
 )

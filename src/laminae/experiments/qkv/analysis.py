@@ -1,6 +1,7 @@
 """Experiment 1: laminar profile of category selectivity and RSA in Q, K, V.
 
-The `analyse` hook reads the store and writes the two metrics files:
+The `analyse` hook reads the store and writes the two metrics files (and, with
+`resolution: heads`, the per-head table of `heads`: job.out_dir / "qkv_heads.tsv"):
 
     >>> analyse(job)     # -> job.out_dir / "qkv_laminar.tsv", job.out_dir / "similarity.h5"
 
@@ -17,7 +18,7 @@ The tidy table has one row per number, columns `TABLE_COLUMNS`, NaN where not ap
 (an empty cell in the TSV). Rows come per component c (in the given order), per metric, per
 layer (0-based):
 
-    metric                  value                               ci_low, ci_high          p_value
+    metric                  value                               ci_low, ci_high          p_value, q_value
     selectivity             index (ratio or difference form)    -                        permutation test
     selectivity_null        mean of the permutation null        the null's central band  -
     within_mean             mean over categories of within_c    -                        -
@@ -28,6 +29,10 @@ layer (0-based):
 and for each pair of components a < b in the given order (component "q-k", "q-v", "k-v"):
 
     rsa                     correlation of upper triangles      bootstrap percentile CI  -
+
+`q_value` is the Benjamini-Hochberg q-value of `p_value` within its family (`layer_q_values`):
+one family per metric, holding every component at every layer: `selectivity` (n_components x
+n_layers tests), and each `selectivity:<category>` likewise.
 
 The permutation test and the bootstrap draw from independent streams spawned from `seed`
 (`numpy.random.SeedSequence(seed).spawn(2)`), so changing one count leaves the other's draws
@@ -51,13 +56,17 @@ import numpy as np
 
 from laminae.errors import InputFileError
 from laminae.experiment import AnalysisJob
+from laminae.metrics.multiple_testing import bh_q_values
 from laminae.metrics.rsa import RsaBootstrap, rsa, rsa_bootstrap
 from laminae.metrics.selectivity import Selectivity, SelectivityTest, check_labels, selectivity_permutation_test
 from laminae.metrics.similarity import cosine_similarity
+from laminae.experiments.qkv.heads import analyse_qkv_heads, layout_from_store, resolution, write_heads_table
+from laminae.experiments.qkv.seeds import resampling_seeds
+from laminae.experiments.qkv.tables import format_table, read_table
 from laminae.provenance import atomic_file
 
 log = logging.getLogger(__name__)
-TABLE_COLUMNS = ("layer", "component", "metric", "value", "ci_low", "ci_high", "p_value")
+TABLE_COLUMNS = ("layer", "component", "metric", "value", "ci_low", "ci_high", "p_value", "q_value")
 TABLE_FILENAME = "qkv_laminar.tsv"
 SIMILARITY_FILENAME = "similarity.h5"
 # HDF5 dataset names besides the per-component similarity matrices.
@@ -66,25 +75,30 @@ _RESERVED_NAMES = ("labels", "words", "categories")
 
 def analyse(job: AnalysisJob) -> None:
     """The analysis hook: Q, K, V (the components in `settings["components"]`) from the store,
-    analysed with the experiment's settings, written as the tidy table and the matrices."""
+    analysed with the experiment's settings, written as the tidy table and the matrices; with
+    `resolution: heads`, also per attention head (`qkv_heads.tsv`, see `heads`)."""
     settings, store = job.settings, job.store
+    per_head = resolution(settings) == "heads"   # a bad qkv.resolution fails before any work
     for column in ("word", "category"):
         if store.rows and column not in store.rows[0]:
             raise InputFileError(store.rows.source, f"has no {column!r} column; the qkv analysis needs a "
                                                     "stimuli extraction (word, category per row)")
+    layout = layout_from_store(store, settings["components"]) if per_head else None
     categories, labels = category_labels(store.column("category"))
     activations = {component: store.read(component) for component in settings["components"]}
     log.info("analysing %s over %d layers, %d words in %d categories (%s), %d permutations, %d bootstraps",
              "/".join(activations), store.n_layers, store.n_rows, len(categories), ", ".join(categories),
              settings["n_permutations"], settings["n_bootstrap"])
-    results = analyse_qkv(
-        activations, labels, categories,
-        selectivity=settings["selectivity"], rsa_method=settings["rsa_method"],
-        n_permutations=settings["n_permutations"], n_bootstrap=settings["n_bootstrap"],
-        confidence=settings["confidence"], zscore=settings["zscore"], seed=settings["seed"],
-        words=store.column("word"),
-    )
+    options = dict(selectivity=settings["selectivity"], rsa_method=settings["rsa_method"],
+                   n_permutations=settings["n_permutations"], n_bootstrap=settings["n_bootstrap"],
+                   confidence=settings["confidence"], zscore=settings["zscore"], seed=settings["seed"])
+    results = analyse_qkv(activations, labels, categories, words=store.column("word"), **options)
     write_qkv_tables(results, job.out_dir, attrs=job.attrs)
+    if layout is not None:
+        log.info("per head: %d query heads, %d key/value heads of %d dimensions", layout.n_heads,
+                 layout.n_kv_heads, layout.head_dim)
+        heads = analyse_qkv_heads(activations, labels, categories, layout, **options)
+        write_heads_table(heads.rows, job.out_dir)
 
 
 def category_labels(categories: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -108,6 +122,7 @@ class QkvRow(NamedTuple):
     ci_low: float = math.nan
     ci_high: float = math.nan
     p_value: float = math.nan
+    q_value: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -185,7 +200,7 @@ def analyse_qkv(
 
     # Widths may differ (GQA), so the cosines are per component; everything after is batched.
     sims = np.stack([cosine_similarity(a, zscore=zscore) for a in arrays])  # (K, n_layers, n, n)
-    perm_seed, boot_seed = np.random.SeedSequence(seed).spawn(2)
+    perm_seed, boot_seed = resampling_seeds(seed)
     test = selectivity_permutation_test(
         sims,
         labels,
@@ -271,29 +286,12 @@ def write_qkv_tables(results: QkvResults, metrics_dir: str | os.PathLike, attrs:
 
 def format_qkv_table(rows: Sequence[QkvRow]) -> str:
     """The TSV text: a header of `TABLE_COLUMNS`, floats as `repr` (round-trip exact), NaN empty."""
-    lines = ["\t".join(TABLE_COLUMNS)]
-    for row in rows:
-        lines.append("\t".join([str(int(row.layer)), row.component, row.metric] + [_cell(v) for v in row[3:]]))
-    return "\n".join(lines) + "\n"
+    return format_table(TABLE_COLUMNS, rows, n_int=1, n_text=2)
 
 
 def read_qkv_table(path: str | os.PathLike) -> list[QkvRow]:
     """Read a `qkv_laminar.tsv` back into rows (empty cells become NaN)."""
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
-    if not lines or tuple(lines[0].split("\t")) != TABLE_COLUMNS:
-        raise ValueError(f"{path}: header is not {TABLE_COLUMNS}")
-    rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t")
-        if len(fields) != len(TABLE_COLUMNS):
-            raise ValueError(f"{path}: line {number} has {len(fields)} fields, expected {len(TABLE_COLUMNS)}")
-        layer, component, metric, *numbers = fields
-        try:
-            rows.append(QkvRow(int(layer), component, metric, *(float(x) if x else math.nan for x in numbers)))
-        except ValueError as error:
-            raise ValueError(f"{path}: line {number}: {error}") from None
-    return rows
+    return [QkvRow(*row) for row in read_table(path, TABLE_COLUMNS, n_int=1, n_text=2)]
 
 
 def _component_test(test: SelectivityTest, k: int) -> SelectivityTest:
@@ -320,6 +318,19 @@ def _component_test(test: SelectivityTest, k: int) -> SelectivityTest:
     )
 
 
+def layer_q_values(tests: Mapping[str, SelectivityTest]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """BH q-values of the table's families: `selectivity` over every component and layer, and
+    each category's `selectivity:<category>` likewise.
+
+    Returns ({component: (n_layers,)}, {component: (n_layers, C)}), shaped like the p-values."""
+    components = list(tests)
+    overall = bh_q_values(np.stack([tests[c].p_value for c in components]))  # (K, n_layers): one family
+    per_category = np.stack([tests[c].p_value_per_category for c in components])  # (K, n_layers, C)
+    per_category_q = np.stack([bh_q_values(per_category[..., j]) for j in range(per_category.shape[-1])], axis=-1)
+    return ({c: overall[k] for k, c in enumerate(components)},
+            {c: per_category_q[k] for k, c in enumerate(components)})
+
+
 def _table_rows(
     tests: Mapping[str, SelectivityTest],
     categories: tuple[str, ...],
@@ -329,21 +340,24 @@ def _table_rows(
     n_layers: int,
 ) -> list[QkvRow]:
     rows: list[QkvRow] = []
+    q_overall, q_per_category = layer_q_values(tests)
 
-    def add(component: str, metric: str, value, ci_low=None, ci_high=None, p_value=None) -> None:
+    def add(component: str, metric: str, value, ci_low=None, ci_high=None, p_value=None, q_value=None) -> None:
         nan = np.full(n_layers, np.nan)
-        columns = [np.asarray(a, dtype=np.float64) if a is not None else nan for a in (value, ci_low, ci_high, p_value)]
+        columns = [np.asarray(a, dtype=np.float64) if a is not None else nan
+                   for a in (value, ci_low, ci_high, p_value, q_value)]
         for layer in range(n_layers):
             rows.append(QkvRow(layer, component, metric, *(float(col[layer]) for col in columns)))
 
     for c, t in tests.items():
         obs = t.observed
-        add(c, "selectivity", obs.index, p_value=t.p_value)
+        add(c, "selectivity", obs.index, p_value=t.p_value, q_value=q_overall[c])
         add(c, "selectivity_null", t.null_mean, t.null_low, t.null_high)
         add(c, "within_mean", obs.within_mean)
         add(c, "between_mean", obs.between_mean)
         for j, cat in enumerate(categories):
-            add(c, f"selectivity:{cat}", obs.index_per_category[:, j], p_value=t.p_value_per_category[:, j])
+            add(c, f"selectivity:{cat}", obs.index_per_category[:, j], p_value=t.p_value_per_category[:, j],
+                q_value=q_per_category[c][:, j])
         for j, cat in enumerate(categories):
             add(c, f"within_mean:{cat}", obs.within_mean_per_category[:, j])
     for p, name in enumerate(pair_names):
@@ -362,11 +376,6 @@ def _check_names(components: tuple[str, ...], categories: tuple[str, ...]) -> No
             raise ValueError(f"category name {name!r} must be non-empty, without tabs or newlines")
     if len(set(categories)) != len(categories):
         raise ValueError(f"category names must be unique, got {list(categories)}")
-
-
-def _cell(value: float) -> str:
-    value = float(value)
-    return "" if math.isnan(value) else repr(value)
 
 
 def _attr_value(value: Any) -> Any:

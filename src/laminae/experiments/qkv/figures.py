@@ -1,11 +1,14 @@
 """Experiment-1 figures, drawn from the metrics outputs only (never the activations):
 
     >>> plot(job)      # -> figures/qkv_laminar.png|pdf, figures/qkv_similarity.png|pdf
+    >>>                #    (and figures/qkv_heads.png|pdf with qkv.resolution=heads: heads_figure)
 
 - `plot_laminar`: three panels over layers: (a) RSA of each component pair with its bootstrap
   CI band; (b) selectivity of each component with its permutation-null band, the
-  no-selectivity line and markers where p < 0.05; (c) per-category selectivity as small
-  multiples, one panel per category, one line per component (colour means component throughout).
+  no-selectivity line and markers where the Benjamini-Hochberg q-value is < 0.05 (the family:
+  every component at every layer); (c) per-category selectivity as small multiples, one panel
+  per category, one line per component (colour means component throughout), markers by q within
+  that category's family.
 - `plot_similarity`: the cosine-similarity matrices, one row per component and one column per
   layer of `plot.qkv.similarity_layers`, words sorted by category with the blocks outlined,
   one diverging colour scale centred on 0 shared by every panel.
@@ -28,6 +31,7 @@ import numpy as np
 
 from laminae.experiment import FigureJob
 from laminae.experiments.qkv.analysis import SIMILARITY_FILENAME, TABLE_FILENAME, read_qkv_table
+from laminae.experiments.qkv.heads import HEADS_FILENAME, resolution
 from laminae.config.validate import resolve_layer
 from laminae.errors import InputFileError
 from laminae.plots.style import COMPONENT_COLOURS, DIVERGING_CMAP, NEUTRAL, OKABE_ITO, run_title
@@ -42,7 +46,7 @@ log = logging.getLogger(__name__)
 LAMINAR_FIGURE = "qkv_laminar"
 SIMILARITY_FIGURE = "qkv_similarity"
 LAYERS_KEY = "qkv.plot.similarity_layers"
-ALPHA = 0.05                      # significance level of the markers
+ALPHA = 0.05                      # false discovery rate of the markers (q-values)
 BAND_ALPHA = 0.18                 # shading of CI / null bands
 NULL_LINE = {"ratio": 1.0, "difference": 0.0}
 UNSTABLE_COLOUR = "#D55E00"       # hatching of layers where the ratio form is not interpretable
@@ -71,7 +75,7 @@ class LaminarTable:
         columns: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         for row in rows:
             entry = columns.setdefault((row.metric, row.component), {
-                name: np.full(n_layers, np.nan) for name in ("value", "ci_low", "ci_high", "p_value")})
+                name: np.full(n_layers, np.nan) for name in ("value", "ci_low", "ci_high", "p_value", "q_value")})
             for name in entry:
                 entry[name][row.layer] = getattr(row, name)
         return cls(n_layers=n_layers, columns=columns)
@@ -191,9 +195,10 @@ def _panel_label(ax: plt.Axes, letter: str, y: float = 1.02) -> None:
             ha="right", va="bottom")
 
 
-def _significant(p: np.ndarray) -> np.ndarray:
+def _significant(q: np.ndarray) -> np.ndarray:
+    """Where the q-value (Benjamini-Hochberg) is below ALPHA; NaN (no test) never is."""
     with np.errstate(invalid="ignore"):
-        return np.isfinite(p) & (p < ALPHA)
+        return np.isfinite(q) & (q < ALPHA)
 
 
 # ----------------------------------------------------------------------------- laminar figure
@@ -308,7 +313,7 @@ def plot_laminar(table: LaminarTable | str | Path, context: Mapping[str, Any],
             labels.append(f"permutation null, central {_percent(confidence)}, per component")
         handles.append(Line2D([], [], linestyle="none", marker="o", markersize=4.5, color="black",
                               markeredgecolor="white"))
-        labels.append(f"p < {ALPHA:g} (uncorrected)")
+        labels.append(f"q < {ALPHA:g} (Benjamini-Hochberg)")
     if unstable:
         handles.append(Patch(facecolor="none", edgecolor=UNSTABLE_COLOUR, hatch="////", linewidth=0, alpha=0.6))
         labels.append("between-mean ≤ 0: ratio not interpretable")
@@ -407,11 +412,11 @@ def _row_major(handles: list, labels: list[str], ncol: int) -> tuple[list, list[
 
 def _profile(ax: plt.Axes, layers: np.ndarray, table: LaminarTable, metric: str, component: str, index: int,
              linewidth: float, markersize: float) -> None:
-    """One component's values across layers, with a marker on each layer where p < ALPHA."""
+    """One component's values across layers, with a marker on each layer where q < ALPHA."""
     colour = _colour(component, index)
-    value, p = table.get(metric, component), table.get(metric, component, "p_value")
+    value, q = table.get(metric, component), table.get(metric, component, "q_value")
     ax.plot(layers, value, color=colour, linewidth=linewidth, label=display_name(component), zorder=3)
-    sig = _significant(p)
+    sig = _significant(q)
     ax.plot(layers[sig], value[sig], linestyle="none", marker="o", markersize=markersize, color=colour,
             markeredgecolor="white", markeredgewidth=0.5, zorder=4)
 
@@ -563,8 +568,9 @@ def _category_axis(ax: plt.Axes, side: str, starts: np.ndarray, stops: np.ndarra
 
 # ----------------------------------------------------------------------------------- the hook
 def plot(job: FigureJob) -> None:
-    """Draw and save both figures. Everything is read and validated before the first one is
-    drawn (a bad `qkv.plot.similarity_layers` raises ConfigError naming it)."""
+    """Draw and save the figures. Everything is read and validated before the first one is
+    drawn (a bad `qkv.plot.similarity_layers` raises ConfigError naming it); with
+    `qkv.resolution: heads` the per-head figure too (`heads_figure`)."""
     table_path, similarity_path = job.metrics_dir / TABLE_FILENAME, job.metrics_dir / SIMILARITY_FILENAME
     layer_spec = job.plot["similarity_layers"]
     table = LaminarTable.read(table_path)
@@ -573,6 +579,18 @@ def plot(job: FigureJob) -> None:
     if similarity.n_layers != table.n_layers:
         raise InputFileError(similarity_path, f"has {similarity.n_layers} layers but {table_path} has "
                                               f"{table.n_layers}; the metrics folder mixes runs, rerun qkv_analysis")
+    heads = None
+    if resolution(job.settings) == "heads":
+        # Imported here: heads_figure builds on this module's helpers.
+        from laminae.experiments.qkv.heads_figure import HEADS_FIGURE, HeadsTable, plot_heads
+
+        heads_path = job.metrics_dir / HEADS_FILENAME
+        heads = HeadsTable.read(heads_path)
+        if heads.n_layers != table.n_layers:
+            raise InputFileError(heads_path, f"has {heads.n_layers} layers but {table_path} has {table.n_layers}; "
+                                             "the metrics folder mixes runs, rerun qkv_analysis")
     settings = _analysis_settings(job.context, similarity.attrs)
     job.save(plot_laminar(table, job.context, settings)[0], LAMINAR_FIGURE)
     job.save(plot_similarity(similarity, layer_spec, job.context, settings)[0], SIMILARITY_FIGURE)
+    if heads is not None:
+        job.save(plot_heads(heads, job.context, settings)[0], HEADS_FIGURE)
