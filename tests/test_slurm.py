@@ -41,7 +41,7 @@ from workflow_helpers import FAST, PROJECT_ROOT, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-OVERRIDES = ["model=tiny-gpt2", *FAST]
+OVERRIDES = ["model=tiny-gpt2", "experiments=[qkv,adjustments]", *FAST]   # one experiment per inputs kind
 SLURM_LOCAL = PROJECT_ROOT.parent / "shared" / "tools" / "slurm-local"
 STATE = Path(os.environ.get("SLURM_LOCAL_STATE", "/tmp/slurm-local"))
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
