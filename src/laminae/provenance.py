@@ -51,10 +51,14 @@ def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
-def stage_config_record(stage: dict[str, Any], runtime: dict[str, Any] | None = None) -> str:
-    """The `config.yaml` written beside a stage's outputs."""
+def stage_config_record(stage: dict[str, Any], runtime: dict[str, Any] | None = None,
+                        model: dict[str, Any] | None = None) -> str:
+    """The `config.yaml` written beside a stage's outputs; `model`: what the extraction loaded
+    (`ModelInfo.to_dict()`: revision, shape, and for GGUF files their sha256 and quantization)."""
     record = {"stage": stage["stage"], "hash": stage["hash"], "config": stage["config"],
               "runtime": runtime or {}, "versions": package_versions()}
+    if model is not None:
+        record["loaded_model"] = model
     return dump_yaml(record)
 
 

@@ -85,10 +85,14 @@ class WorkflowPlan:
                 groups.setdefault(run.stages[f"{experiment.name}.analysis"].hash, []).append(run)
         if len(groups) < 2:
             return None
+        from laminae.models.locate import weights_note
+
         runs = []
         for analysis_hash, members in groups.items():
             shared = [o for o in members[0].overrides if all(o in m.overrides for m in members)]
-            runs.append({"label": " ".join(shared) or "default", "analysis": analysis_hash,
+            weights = weights_note(members[0].config["model"], self.root)  # quantized GGUF: say so
+            runs.append({"label": (" ".join(shared) or "default") + (f" ({weights})" if weights else ""),
+                         "analysis": analysis_hash,
                          "settings": analysis_settings(members[0].config, experiment)})
         first = self.run_of[runs[0]["analysis"]].config
         config = {"stage": f"{experiment.name}.compare", "experiment": experiment.name, "runs": runs,
@@ -166,13 +170,18 @@ class WorkflowPlan:
         return {"stage": comparison.config["stage"], "hash": digest, "config": comparison.config}
 
     def context(self, digest: str) -> dict[str, Any]:
-        """Labels for titles and captions: model, inputs and the analysis settings."""
+        """Labels for titles and captions: model, inputs and the analysis settings. A model whose
+        weights were stored quantized (a GGUF file) is named with how, e.g. "smollm2-135m (4-bit
+        quantized weights (Q4_1), dequantized)", read from the file's header (pure Python)."""
         from laminae.inputs import input_kind
+        from laminae.models.locate import weights_note
 
         stage = self.stages[digest]
         cfg = self.run_of[digest].config
         experiment = self.experiments[stage.group]
-        return {"model": cfg["model"]["name"], "random_weights": cfg["model"]["random_init"] is not None,
+        weights = weights_note(cfg["model"], self.root)
+        return {"model": cfg["model"]["name"] + (f" ({weights})" if weights else ""), "weights": weights,
+                "random_weights": cfg["model"]["random_init"] is not None,
                 "experiment": experiment.name, **input_kind(experiment.inputs).describe(cfg),
                 "analysis": analysis_settings(cfg, experiment)}
 

@@ -72,7 +72,8 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, stage: dict[str,
     writer = ActivationWriter(out_dir, loaded.info.n_layers, plan.n_rows, attrs,
                               storage_dtype=config["extract"]["storage_dtype"],
                               compression=runtime["compression"], chunk_rows=runtime["chunk_rows"],
-                              config_text=stage_config_record(stage, runtime), store_layers=bool(stored))
+                              config_text=stage_config_record(stage, runtime, model=loaded.info.to_dict()),
+                              store_layers=bool(stored))
     with writer:
         reducers = [(experiment.hook("reducer")(ReducerJob(
             settings=config["reductions"][name]["settings"], rows=RowTable(plan.rows), n_layers=loaded.info.n_layers,
