@@ -221,13 +221,15 @@ def test_a_moved_project_schedules_nothing(tmp_path):
         source = PROJECT_ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, first / name)
     overrides = [*TINY, "experiments=[adjustments]"]
-    snakemake_in(first, overrides, "--cores", "2")
+    (run,) = load_runs(overrides, project_root=PROJECT_ROOT)
+    target = str(run.extraction("adjustments").output_dir)   # the corpus extraction: what an absolute input reran
+    snakemake_in(first, overrides, "--cores", "2", target)
     moved = tmp_path / "moved"
     first.rename(moved)
-    assert scheduled_rules(snakemake_in(moved, overrides, "-n")) == {}
+    assert scheduled_rules(snakemake_in(moved, overrides, "-n", target)) == {}
     copied = Path(shutil.copytree(moved, tmp_path / "copied", symlinks=True))   # copytree keeps mtimes
-    assert scheduled_rules(snakemake_in(copied, overrides, "-n")) == {}
-    with h5py.File(next((copied / "results").rglob("adjustment_cosine.h5"))) as handle:
+    assert scheduled_rules(snakemake_in(copied, overrides, "-n", target)) == {}
+    with h5py.File(copied / target / "layer_00.h5") as handle:
         assert str(tmp_path) not in handle.attrs["config_yaml"]
 
 
