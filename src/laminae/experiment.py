@@ -251,3 +251,8 @@ class JobShape:
     n_rows: int                     # stored rows: words (stimuli) or tokens (corpus)
     bytes_per_value: int            # of the stored activations (extract.storage_dtype)
     n_sites: int                    # the experiment's sites
+
+    @property
+    def stored_mb(self) -> float:
+        """MiB of stored activations the analysis reads: layers x rows x width x sites."""
+        return self.n_layers * self.n_rows * self.d_model * self.n_sites * self.bytes_per_value / 2**20

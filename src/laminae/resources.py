@@ -75,9 +75,8 @@ def stage_resources(stage: str, experiment: Experiment, cfg: dict[str, Any], inp
     if experiment.resources is not None:
         estimate = experiment.hook("resources")(stage, size, cfg)
     elif stage == "analysis":
-        stored_mb = size.n_layers * size.n_rows * size.d_model * size.n_sites * size.bytes_per_value / MB
-        held_mb = 2 * STREAM_CHUNK_MB if experiment.streams else stored_mb * 8 / size.bytes_per_value
-        estimate = {"mem_mb": BASE_MB + held_mb, "runtime": 5 + stored_mb / READ_MB_PER_S / 60}
+        held_mb = 2 * STREAM_CHUNK_MB if experiment.streams else size.stored_mb * 8 / size.bytes_per_value
+        estimate = {"mem_mb": BASE_MB + held_mb, "runtime": 5 + size.stored_mb / READ_MB_PER_S / 60}
     else:
         estimate = {"mem_mb": BASE_MB, "runtime": 5}
     return request(estimate["mem_mb"], estimate["runtime"], ANALYSIS_FLOOR if stage == "analysis" else PLOT_FLOOR)

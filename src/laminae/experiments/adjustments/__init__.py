@@ -20,8 +20,7 @@ def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, flo
     kept_mb = shape.n_layers * shape.n_rows * 9 / 2**20
     if stage == "plot":
         return {"mem_mb": 1024 + 3 * kept_mb, "runtime": 5 + 3 * kept_mb / 100 / 60}
-    stored_mb = shape.n_layers * shape.n_rows * shape.d_model * shape.n_sites * shape.bytes_per_value / 2**20
-    return {"mem_mb": 1024 + 2 * 256 + 3 * kept_mb, "runtime": 5 + stored_mb / 100 / 60}
+    return {"mem_mb": 1024 + 2 * 256 + 3 * kept_mb, "runtime": 5 + shape.stored_mb / 100 / 60}
 
 
 EXPERIMENT = Experiment(

@@ -31,10 +31,9 @@ def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, flo
     n_bootstrap x tokens). Figures read only the table."""
     if stage == "plot":
         return {"mem_mb": 1024, "runtime": 5}
-    stored_mb = shape.n_layers * shape.n_rows * shape.d_model * shape.n_sites * shape.bytes_per_value / 2**20
     finish_mb = shape.n_rows * BYTES_PER_TOKEN_FINISH / 2**20 + BLOCKS_MB
     bootstrap_s = 2 * shape.n_layers * cfg["pathlength"]["n_bootstrap"] * shape.n_rows * BOOTSTRAP_S_PER_TOKEN_RESAMPLE
-    return {"mem_mb": 1024 + max(2 * 256, finish_mb), "runtime": 5 + stored_mb / 100 / 60 + bootstrap_s / 60}
+    return {"mem_mb": 1024 + max(2 * 256, finish_mb), "runtime": 5 + shape.stored_mb / 100 / 60 + bootstrap_s / 60}
 
 
 EXPERIMENT = Experiment(

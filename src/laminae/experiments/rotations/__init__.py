@@ -35,8 +35,7 @@ def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, flo
     angles_mb = ANGLE_ARRAYS * shape.n_layers * shape.n_rows * 8 / 2**20
     if stage == "plot":
         return {"mem_mb": 1024 + 4 * layer_mb, "runtime": 5 + angles_mb / 100 / 60}
-    stored_mb = shape.n_layers * shape.n_rows * shape.d_model * shape.n_sites * shape.bytes_per_value / 2**20
-    return {"mem_mb": 1024 + 2 * 256 + 4 * layer_mb, "runtime": 5 + (stored_mb + 3 * angles_mb) / 100 / 60}
+    return {"mem_mb": 1024 + 2 * 256 + 4 * layer_mb, "runtime": 5 + (shape.stored_mb + 3 * angles_mb) / 100 / 60}
 
 
 EXPERIMENT = Experiment(
