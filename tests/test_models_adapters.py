@@ -1,5 +1,7 @@
-"""The adapter table: family detection, shapes from configs, and the llama-/bert-like types
-that `family: auto` accepts (tiny random models from configs, so no weights are needed)."""
+"""The adapter table: family detection, shapes from configs, the llama-/bert-like types that
+`family: auto` accepts (tiny random models from configs, so no weights are needed), and the
+fused q/k/v layouts. The other families' sites are checked against TransformerLens in
+tests/test_families.py."""
 
 from __future__ import annotations
 
@@ -11,11 +13,15 @@ from laminae.capture import SITES, SiteCapture
 from laminae.errors import ConfigError
 from laminae.models.adapters import (
     ADAPTERS,
+    FAMILIES,
     MODEL_TYPE_FAMILY,
     get_adapter,
     model_dims,
     resolve_family,
+    split_fused_qkv,
 )
+from laminae.config.validate import core_schema
+from tiny_families import FAMILY, tiny_config
 
 # head_dim is explicit: gemma's and qwen3's defaults (256, 128) are not hidden_size / heads
 SMALL_LLAMA = dict(vocab_size=100, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
@@ -31,7 +37,9 @@ BERT_LIKE = {"bert": tf.BertConfig, "roberta": tf.RobertaConfig,
 
 
 def test_every_mapped_type_is_tested() -> None:
-    assert set(MODEL_TYPE_FAMILY) == {"gpt2", *LLAMA_LIKE, *BERT_LIKE}
+    assert set(MODEL_TYPE_FAMILY) == {"gpt2", *LLAMA_LIKE, *BERT_LIKE, *FAMILY.values()}
+    assert set(FAMILIES) == set(ADAPTERS) == set(MODEL_TYPE_FAMILY.values())
+    assert core_schema()["properties"]["model"]["properties"]["family"]["enum"] == ["auto", *FAMILIES]
 
 
 def _tiny(config_cls: type, kwargs: dict) -> torch.nn.Module:
@@ -121,3 +129,34 @@ def test_module_paths() -> None:
     assert ADAPTERS["gpt2"].module_path("resid_pre") is None
     with pytest.raises(ValueError):
         ADAPTERS["gpt2"].module_path("logits")
+
+
+def test_fused_layouts() -> None:
+    """`concat`: [q | k | v]; `grouped`: per key/value group, its queries, its key, its value."""
+    fused = torch.arange(2 * 16.0).view(2, 16)          # (rows, fused width), head_dim 2
+    q, k, v = split_fused_qkv(fused, "concat", n_heads=4, n_kv_heads=2, head_dim=2)
+    assert (q.tolist()[0], k.tolist()[0], v.tolist()[0]) == (list(range(8)), [8, 9, 10, 11], [12, 13, 14, 15])
+    q, k, v = split_fused_qkv(fused, "grouped", n_heads=4, n_kv_heads=2, head_dim=2)
+    # group 0: q heads 0, 1 = 0..3, k = 4 5, v = 6 7; group 1: q heads 2, 3 = 8..11, k = 12 13, v = 14 15
+    assert q.tolist()[0] == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert (k.tolist()[0], v.tolist()[0]) == ([4, 5, 12, 13], [6, 7, 14, 15])
+    with pytest.raises(ValueError):
+        split_fused_qkv(fused, "grouped", n_heads=4, n_kv_heads=4, head_dim=2)   # width 24 expected
+    with pytest.raises(ValueError):
+        split_fused_qkv(fused, "interleaved", n_heads=4, n_kv_heads=2, head_dim=2)
+
+
+@pytest.mark.parametrize("name, layout, kv_heads", [("falcon", "concat", 1), ("falcon_new", "grouped", 2),
+                                                    ("falcon_rw", "grouped", 4), ("gpt_neox", "grouped", 4),
+                                                    ("phi3", "concat", 2)])
+def test_fused_layout_per_checkpoint(name: str, layout: str, kv_heads: int) -> None:
+    config = tiny_config(name)
+    adapter = get_adapter("auto", config)
+    assert adapter.fused_qkv and adapter.layout(config) == layout
+    assert model_dims(config, adapter.family).n_kv_heads == kv_heads
+
+
+def test_residual_sum_per_checkpoint() -> None:
+    for name in FAMILY:
+        config = tiny_config(name)
+        assert get_adapter("auto", config).residual_sum_holds(config) == (name != "opt_post_ln")

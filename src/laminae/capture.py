@@ -13,9 +13,12 @@ builds them): each real token then sits at the position it has alone, and causal
 `position_ids`. Left padding without `position_ids` silently shifts GPT-2's learned positions.
 
 The selector runs inside the hook, on the module's full output, so a (batch, seq, 3 * d_model)
-fused projection is reduced to (rows, 3 * d_model) before anything is kept. It must index only
-the leading (batch, seq) dimensions with index tensors already on the model's device, so that a
-hook never waits for the GPU. Kept tensors are detached and stay on the model's device, in its
+fused projection is reduced to (rows, 3 * d_model) before anything is kept; the adapter then
+splits it by the family's layout (`Adapter.split_qkv`). A module whose output the block later
+modifies in place (Falcon's MLP) is copied before it is kept, and one that sees the tokens
+flattened to (batch * seq, width) (OPT's MLP) is given back its (batch, seq) shape. It must index only
+the leading (batch, seq) dimensions with index tensors on the model's device (copied once to
+each other device of a model dispatched over several), so that a hook never waits for the GPU. Kept tensors are detached and stay on the model's device, in its
 compute dtype; several forward passes before one `pop()` are concatenated on the row dimension.
 
 With `reuse_buffers=True` (what the extraction uses), kept rows are copied into one buffer per
@@ -97,6 +100,7 @@ class SiteCapture:
         self._buffers: dict[str, torch.Tensor] = {}
         self._filled: dict[str, list[int]] = {site: [0 for _ in self.layers] for site in self.sites}
         self._handles: list[RemovableHandle] = []
+        self._shapes: dict[int, tuple[int, ...]] = {}  # layer slot -> (batch, seq) of its input
 
     # -- context manager ------------------------------------------------------------------
 
@@ -162,10 +166,13 @@ class SiteCapture:
             raise ValueError("reuse_buffers needs a selector that returns (rows, width)")
         buffer, start = self._buffers.get(site), self._filled[site][slot]
         stop = start + rows.shape[0]
-        usable = (buffer is not None and buffer.dtype == rows.dtype and buffer.device == rows.device
+        # One buffer per site, on the device of the first rows it got: with a model dispatched
+        # over several devices, the rows of blocks elsewhere are copied into it.
+        usable = (buffer is not None and buffer.dtype == rows.dtype
                   and (torch.is_inference_mode_enabled() or not buffer.is_inference()))
         if not usable or stop > buffer.shape[1]:
-            grown = torch.empty((len(self.layers), stop, rows.shape[1]), dtype=rows.dtype, device=rows.device)
+            device = buffer.device if usable else rows.device
+            grown = torch.empty((len(self.layers), stop, rows.shape[1]), dtype=rows.dtype, device=device)
             if usable:
                 for other, n in enumerate(self._filled[site]):
                     grown[other, :n] = buffer[other, :n]
@@ -180,9 +187,11 @@ class SiteCapture:
         sites = [site for site in self.sites if site not in ("resid_pre", "resid_post")]
         fused = [site for site in QKV if site in sites] if adapter.fused_qkv else []
         if fused:
-            sizes = [self.widths[site] for site in QKV]
             module = adapter.module(block, "q")
-            self._handles.append(module.register_forward_hook(self._fused_hook(slot, fused, sizes)))
+            self._handles.append(module.register_forward_hook(self._fused_hook(slot, fused)))
+        if any(site in adapter.flat_sites for site in sites):
+            # the (batch, seq) of this block's input, to unflatten (batch * seq, width) outputs
+            self._handles.append(block.register_forward_pre_hook(self._shape_hook(slot), with_kwargs=True))
         for site in sites:
             if site in fused:
                 continue
@@ -194,20 +203,30 @@ class SiteCapture:
         if "resid_post" in self.sites:
             self._handles.append(block.register_forward_hook(self._output_hook(slot, "resid_post")))
 
-    def _keep(self, site: str, slot: int, act: torch.Tensor) -> None:
+    def _keep(self, site: str, slot: int, act: torch.Tensor, copy: bool = False) -> None:
+        """Select rows of `act` and keep them; `copy`: the module's output will be modified in
+        place after the hook, so what is kept must not share its storage."""
         select = self.select
         if select is not None:
             act = select(act)
         if self.reuse_buffers:
-            self._append(site, slot, act.detach())
+            self._append(site, slot, act.detach())  # copies into the buffer now
         else:
-            self._chunks[site][slot].append(_owned(act.detach()))
+            act = act.detach()
+            self._chunks[site][slot].append(act.clone() if copy else _owned(act))
 
     def _output_hook(self, slot: int, site: str) -> Callable[..., None]:
+        flat = site in self.adapter.flat_sites
+        copy = site in self.adapter.copy_sites
+
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             # Blocks return a tensor in transformers 5 (GPT2Block, LlamaDecoderLayer, BertLayer)
-            # and a tuple in 4.x; sublayer projections always return a tensor.
-            self._keep(site, slot, output[0] if isinstance(output, tuple) else output)
+            # and a tuple in 4.x and some families (GPTNeoBlock, FalconDecoderLayer); sublayer
+            # projections always return a tensor.
+            act = output[0] if isinstance(output, tuple) else output
+            if flat:  # (batch * seq, width) -> (batch, seq, width)
+                act = act.view(*self._shapes[slot], act.shape[-1])
+            self._keep(site, slot, act, copy=copy)
 
         return hook
 
@@ -217,24 +236,31 @@ class SiteCapture:
 
         return hook
 
-    def _fused_hook(self, slot: int, sites: list[str], sizes: list[int]) -> Callable[..., None]:
+    def _shape_hook(self, slot: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            self._shapes[slot] = tuple((args[0] if args else kwargs["hidden_states"]).shape[:-1])
+
+        return hook
+
+    def _fused_hook(self, slot: int, sites: list[str]) -> Callable[..., None]:
         chunks = [self._chunks[site][slot] for site in sites]
         positions = [QKV.index(site) for site in sites]
         subset = len(sites) < len(QKV)
+        split, config = self.adapter.split_qkv, self.model.config
 
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-            act = output.detach()  # (batch, seq, q + k + v)
+            act = output.detach()  # (batch, seq, q + k + v) in the family's fused layout
             if self.reuse_buffers:
-                parts = (act if self.select is None else self.select(act)).split(sizes, dim=-1)
+                parts = split(act if self.select is None else self.select(act), config)
                 for site, position in zip(sites, positions):
                     self._append(site, slot, parts[position])
                 return
             if self.select is not None:
                 act = _owned(self.select(act))  # (rows, q + k + v): select before split, once
-            parts = act.split(sizes, dim=-1)
+            parts = split(act, config)
             for kept, position in zip(chunks, positions):
-                # With all three kept the views share storage exactly; with a subset, copy so
-                # the unused part of the fused tensor is freed.
+                # With all three kept the parts share storage exactly (or are copies already);
+                # with a subset, copy so the unused part of the fused tensor is freed.
                 kept.append(parts[position].clone() if subset else parts[position])
 
         return hook
@@ -260,7 +286,9 @@ def select_rows(batch_idx: torch.Tensor, pos_idx: torch.Tensor) -> Selector:
     """
     # index_select on the flattened (batch * seq) rows: one kernel, ~6x faster than act[b, p]
     # on CPU. The flat index depends only on seq, which is a shape (no sync), so it is cached.
-    flat_by_seq: dict[int, torch.Tensor] = {}
+    # A model dispatched over several devices hands the hooks outputs on each block's device:
+    # the flat index is cached per device too (copied there once, on first use).
+    flat_by_seq: dict[tuple[int, torch.device], torch.Tensor] = {}
     n_rows = batch_idx.numel()
     full_seq = _full_batch_seq(batch_idx, pos_idx)
 
@@ -270,9 +298,9 @@ def select_rows(batch_idx: torch.Tensor, pos_idx: torch.Tensor) -> Selector:
             # every position of every sequence, in order (e.g. unpadded corpus windows): the
             # rows are the output itself, a view; copying them would only cost time and memory
             return act.reshape(-1, act.shape[-1])
-        flat = flat_by_seq.get(seq)
+        flat = flat_by_seq.get((seq, act.device))
         if flat is None:
-            flat = flat_by_seq[seq] = batch_idx * seq + pos_idx
+            flat = flat_by_seq[(seq, act.device)] = (batch_idx * seq + pos_idx).to(act.device)
         return act.reshape(-1, act.shape[-1]).index_select(0, flat)  # (rows, width)
 
     return select

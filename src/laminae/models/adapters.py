@@ -1,9 +1,21 @@
 """Where the captured sites live inside each architecture family (the site table of
 docs/ARCHITECTURE.md, as attribute paths).
 
-Paths are relative to the *base* model (`AutoModel`: `GPT2Model`, `BertModel`, `LlamaModel`),
-then to one block of its block list. A model with a head (`GPT2LMHeadModel`) works too: the
-table is applied to its `base_model`.
+Paths are relative to the *base* model (`AutoModel`: `GPT2Model`, `BertModel`, `LlamaModel`,
+`GPTNeoXModel`, ...), then to one block of its block list. A model with a head
+(`GPT2LMHeadModel`) works too: the table is applied to its `base_model`.
+
+Every family's sites mean the same thing:
+
+- `q`, `k`, `v`: the projections' outputs before rotary embeddings and before any q/k norm,
+  flattened head-major (head h is columns `h*head_dim : (h+1)*head_dim`); K and V are narrower
+  under grouped- or multi-query attention. A fused projection is split by its real layout
+  (`split_qkv`): `concat` is [all q | all k | all v] (GPT-2, Phi-3, Falcon-7B's multi-query),
+  `grouped` is, per key/value group, that group's queries then its key then its value (GPT-NeoX
+  with one head per group; Falcon's `new_decoder_architecture`).
+- `attn_out`, `mlp_out`: exactly what each sublayer adds to the residual stream; after the
+  sublayer's output norm where a family has one (Gemma 2/3, OLMo 2).
+- `resid_pre`, `resid_post`: the block's input and output.
 
     >>> from transformers import GPT2Config, GPT2Model
     >>> model = GPT2Model(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100))
@@ -18,6 +30,7 @@ table is applied to its `base_model`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +38,16 @@ from laminae.errors import ConfigError
 from laminae.sites import SITES
 
 if TYPE_CHECKING:  # torch only for annotations: the preflight reads MODEL_TYPE_FAMILY without it
+    import torch
     from torch import nn
 
-FAMILIES = ("gpt2", "bert", "llama")
-
+FAMILIES = ("gpt2", "bert", "llama", "gpt_neox", "opt", "gptj", "gpt_neo", "phi", "phi3", "gemma2",
+            "gemma3_text", "olmo2", "falcon")
+QKV_LAYOUTS = ("concat", "grouped")
 
 #: `config.model_type` -> family, for `family: auto`. Only types whose module layout and
 #: residual structure match the family's row of the site table (checked in tests with tiny
-#: random configs); e.g. olmo2 (post-sublayer norms) and phi3 (fused qkv_proj) do not.
+#: random models against TransformerLens or a manual computation).
 MODEL_TYPE_FAMILY = {
     "gpt2": "gpt2",
     "bert": "bert",
@@ -45,6 +60,7 @@ MODEL_TYPE_FAMILY = {
     "qwen2": "llama",
     "qwen3": "llama",  # q/k captured at q_proj/k_proj, i.e. before its per-head q_norm/k_norm
     "gemma": "llama",
+    **{family: family for family in FAMILIES[3:]},
 }
 
 
@@ -55,7 +71,7 @@ class ModelDims:
     n_layers: int
     d_model: int
     n_heads: int
-    n_kv_heads: int  # == n_heads except with grouped-query attention
+    n_kv_heads: int  # == n_heads except with grouped- or multi-query attention
     head_dim: int
     max_positions: int | None  # longest input the position scheme allows (None: unknown)
 
@@ -65,8 +81,13 @@ class Adapter:
     """One family's row of the site table.
 
     `blocks_path` is an attribute path on the base model; the other paths are inside a block.
-    With `fused_qkv`, `q`, `k` and `v` name the same module, whose output is split on the last
-    dimension in the widths given by `site_widths` (GPT-2's `c_attn`: d_model each).
+    With `fused_qkv`, `q`, `k` and `v` name the same module, whose output `split_qkv` cuts into
+    q, k and v by `qkv_layout` (a layout name, or a function of the HF config for families
+    whose checkpoints differ, like Falcon). `pre_norm` (or a function of the config) says
+    whether `resid_post == resid_pre + attn_out + mlp_out` holds. `flat_sites` are sites whose
+    module sees the tokens flattened to (batch * seq, width) (OPT's MLP); the capture restores
+    (batch, seq, width). `copy_sites` are sites whose module output the block later modifies
+    in place (Falcon adds the attention output into the MLP's); the capture copies them first.
     """
 
     family: str
@@ -77,7 +98,10 @@ class Adapter:
     attn_out: str
     mlp_out: str
     fused_qkv: bool = False
-    pre_norm: bool = True  # resid_post == resid_pre + attn_out + mlp_out holds
+    qkv_layout: str | Callable[[Any], str] = "concat"
+    pre_norm: bool | Callable[[Any], bool] = True
+    flat_sites: tuple[str, ...] = ()
+    copy_sites: tuple[str, ...] = ()
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The block list of `model` (a base model or a model with a head)."""
@@ -99,12 +123,68 @@ class Adapter:
         return block if path is None else block.get_submodule(path)
 
     def site_widths(self, config: Any) -> dict[str, int]:
-        """Width of each site's vectors. With GQA, k and v are narrower than q."""
+        """Width of each site's vectors. With GQA / MQA, k and v are narrower than q."""
         dims = model_dims(config, self.family)
         widths = dict.fromkeys(SITES, dims.d_model)
         widths["q"] = dims.n_heads * dims.head_dim
         widths["k"] = widths["v"] = dims.n_kv_heads * dims.head_dim
         return widths
+
+    def layout(self, config: Any) -> str:
+        """The fused q/k/v layout of a model with this `config` (see the module docstring)."""
+        return self.qkv_layout(config) if callable(self.qkv_layout) else self.qkv_layout
+
+    def residual_sum_holds(self, config: Any) -> bool:
+        """True when `resid_post = resid_pre + attn_out + mlp_out` (pre-norm blocks, parallel
+        or sequential); False for post-LayerNorm blocks (BERT, OPT-350m)."""
+        return self.pre_norm(config) if callable(self.pre_norm) else self.pre_norm
+
+    def split_qkv(self, fused: torch.Tensor, config: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(..., fused width) -> q (..., n_heads * head_dim), k and v (..., n_kv_heads * head_dim),
+        head-major, by this family's layout. `concat` gives views; `grouped` copies.
+
+            >>> import torch
+            >>> from transformers import GPTNeoXConfig
+            >>> cfg = GPTNeoXConfig(hidden_size=4, num_attention_heads=2)    # head_dim 2
+            >>> q, k, v = ADAPTERS["gpt_neox"].split_qkv(torch.arange(12.), cfg)
+            >>> q.tolist(), k.tolist(), v.tolist()     # per head [q, k, v]
+            ([0.0, 1.0, 6.0, 7.0], [2.0, 3.0, 8.0, 9.0], [4.0, 5.0, 10.0, 11.0])
+        """
+        dims = model_dims(config, self.family)
+        return split_fused_qkv(fused, self.layout(config), dims.n_heads, dims.n_kv_heads, dims.head_dim)
+
+
+def split_fused_qkv(fused: torch.Tensor, layout: str, n_heads: int, n_kv_heads: int,
+                    head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a fused q/k/v projection output on its last dimension (see `Adapter.split_qkv`)."""
+    q_width, kv_width = n_heads * head_dim, n_kv_heads * head_dim
+    if fused.shape[-1] != q_width + 2 * kv_width:
+        raise ValueError(f"fused q/k/v width {fused.shape[-1]} != {q_width} + 2 * {kv_width}")
+    if layout == "concat":
+        q, k, v = fused.split([q_width, kv_width, kv_width], dim=-1)
+        return q, k, v
+    if layout == "grouped":
+        group = n_heads // n_kv_heads
+        per_group = fused.unflatten(-1, (n_kv_heads, group + 2, head_dim))
+        return (per_group[..., :group, :].flatten(-3), per_group[..., group, :].flatten(-2),
+                per_group[..., group + 1, :].flatten(-2))
+    raise ValueError(f"unknown q/k/v layout {layout!r}; expected one of {', '.join(QKV_LAYOUTS)}")
+
+
+def _falcon_layout(config: Any) -> str:
+    """Falcon-40B/180B (`new_decoder_architecture`): per KV group [q_1 .. q_g, k, v]; Falcon-7B
+    (`multi_query`): [all q | k | v]; the rest (falcon-rw): per head [q, k, v]."""
+    if getattr(config, "new_decoder_architecture", False):
+        return "grouped"
+    return "concat" if getattr(config, "multi_query", False) else "grouped"
+
+
+def _post_norm_sublayers(family: str) -> Adapter:
+    """Gemma 2/3 and OLMo 2: Llama-like projections, but each sublayer's output is normalised
+    before it is added to the residual stream, so attn_out / mlp_out are those norms' outputs."""
+    return Adapter(family=family, blocks_path="layers", q="self_attn.q_proj", k="self_attn.k_proj",
+                   v="self_attn.v_proj", attn_out="post_attention_layernorm",
+                   mlp_out="post_feedforward_layernorm")
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -136,6 +216,80 @@ ADAPTERS: dict[str, Adapter] = {
         v="self_attn.v_proj",
         attn_out="self_attn.o_proj",
         mlp_out="mlp.down_proj",
+    ),
+    "gpt_neox": Adapter(  # parallel residual (Pythia) or sequential, by use_parallel_residual
+        family="gpt_neox",
+        blocks_path="layers",
+        q="attention.query_key_value",
+        k="attention.query_key_value",
+        v="attention.query_key_value",
+        attn_out="attention.dense",
+        mlp_out="mlp.dense_4h_to_h",
+        fused_qkv=True,
+        qkv_layout="grouped",  # per head [q, k, v]
+    ),
+    "opt": Adapter(
+        family="opt",
+        blocks_path="decoder.layers",
+        q="self_attn.q_proj",  # before OPT's query scaling
+        k="self_attn.k_proj",
+        v="self_attn.v_proj",
+        attn_out="self_attn.out_proj",
+        mlp_out="fc2",
+        pre_norm=lambda config: bool(config.do_layer_norm_before),  # False for OPT-350m
+        flat_sites=("mlp_out",),
+    ),
+    "gptj": Adapter(  # parallel: attention and MLP both read ln_1(resid_pre)
+        family="gptj",
+        blocks_path="h",
+        q="attn.q_proj",
+        k="attn.k_proj",
+        v="attn.v_proj",
+        attn_out="attn.out_proj",
+        mlp_out="mlp.fc_out",
+    ),
+    "gpt_neo": Adapter(  # global and local (sliding-window) attention layers alternate
+        family="gpt_neo",
+        blocks_path="h",
+        q="attn.attention.q_proj",
+        k="attn.attention.k_proj",
+        v="attn.attention.v_proj",
+        attn_out="attn.attention.out_proj",
+        mlp_out="mlp.c_proj",
+    ),
+    "phi": Adapter(  # parallel; q/k before the optional qk_layernorm and partial rotary
+        family="phi",
+        blocks_path="layers",
+        q="self_attn.q_proj",
+        k="self_attn.k_proj",
+        v="self_attn.v_proj",
+        attn_out="self_attn.dense",
+        mlp_out="mlp.fc2",
+    ),
+    "phi3": Adapter(
+        family="phi3",
+        blocks_path="layers",
+        q="self_attn.qkv_proj",
+        k="self_attn.qkv_proj",
+        v="self_attn.qkv_proj",
+        attn_out="self_attn.o_proj",
+        mlp_out="mlp.down_proj",
+        fused_qkv=True,  # [q | k | v], k and v narrower with grouped-query attention
+    ),
+    "gemma2": _post_norm_sublayers("gemma2"),
+    "gemma3_text": _post_norm_sublayers("gemma3_text"),  # q/k before q_norm / k_norm
+    "olmo2": _post_norm_sublayers("olmo2"),  # q/k before q_norm / k_norm
+    "falcon": Adapter(
+        family="falcon",
+        blocks_path="h",
+        q="self_attention.query_key_value",
+        k="self_attention.query_key_value",
+        v="self_attention.query_key_value",
+        attn_out="self_attention.dense",
+        mlp_out="mlp",  # the block adds the attention output into it in place: copied first
+        fused_qkv=True,
+        qkv_layout=_falcon_layout,
+        copy_sites=("mlp_out",),
     ),
 }
 
@@ -187,23 +341,23 @@ def model_dims(config: Any, family: str) -> ModelDims:
         >>> model_dims(cfg, "llama")
         ModelDims(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, max_positions=128)
     """
+    if family not in FAMILIES:
+        raise ConfigError("model.family", f"one of {', '.join(FAMILIES)} or auto", family)
     if family == "gpt2":
         n_layers, d_model, n_heads = config.n_layer, config.n_embd, config.n_head
         n_kv_heads, max_positions = n_heads, config.n_positions
         head_dim = d_model // n_heads
-    elif family == "bert":
-        n_layers, d_model = config.num_hidden_layers, config.hidden_size
-        n_heads = n_kv_heads = config.num_attention_heads
-        head_dim = d_model // n_heads
-        max_positions = config.max_position_embeddings
-    elif family == "llama":
+    else:
+        # every other family's config answers these names (directly or through attribute_map)
         n_layers, d_model = config.num_hidden_layers, config.hidden_size
         n_heads = config.num_attention_heads
-        n_kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
+        if family == "falcon":
+            n_kv_heads = (config.num_kv_heads if config.new_decoder_architecture
+                          else 1 if config.multi_query else n_heads)
+        else:
+            n_kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
         head_dim = getattr(config, "head_dim", None) or d_model // n_heads
         max_positions = getattr(config, "max_position_embeddings", None)
-    else:
-        raise ConfigError("model.family", f"one of {', '.join(FAMILIES)} or auto", family)
     return ModelDims(
         n_layers=int(n_layers),
         d_model=int(d_model),

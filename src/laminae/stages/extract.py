@@ -175,4 +175,4 @@ def row_selector(keep: Sequence[Sequence[int]], average: bool, device: torch.dev
     weights = torch.zeros(len(keep), len(position_index), device=device)  # (rows, n_kept)
     weights[batch_index, torch.arange(len(position_index), device=device)] = torch.tensor(
         [1.0 / len(positions) for positions in keep for _ in positions], device=device)
-    return lambda act: weights.to(act.dtype) @ gather(act)
+    return lambda act: weights.to(device=act.device, dtype=act.dtype) @ gather(act)  # any block's device
