@@ -245,13 +245,16 @@ class WorkflowPlan:
         return self._input_sizes[stage.hash]
 
     def wants_gpu(self, digest: str) -> int:
-        """Extraction asks for a GPU unless the run pins device=cpu (auto uses one if present)."""
-        return 0 if self.run_of[digest].config["device"] == "cpu" else 1
+        """GPUs an extraction asks for: `model.gpus` (1 unless `model.device_map` spreads the
+        blocks over several), none when the run pins device=cpu (auto uses one if present)."""
+        config = self.run_of[digest].config
+        return 0 if config["device"] == "cpu" else int(config["model"]["gpus"])
 
     def preflight(self, local: bool = True) -> None:
         """Before any job: every model whose activations are still missing must be reachable,
-        and, when jobs run on this machine (`local`), `device=cuda` needs CUDA here (cluster
-        jobs check it on their node). Imports torch only when a check needs it."""
+        and, when jobs run on this machine (`local`), `device=cuda` needs CUDA here and the
+        configured devices must hold the weights (cluster jobs check both on their node).
+        Imports torch only when a check needs it."""
         checked = set()
         for digest, stage in self.stages.items():
             if stage.kind != "extract" or stage.output_dir.exists():
@@ -263,9 +266,13 @@ class WorkflowPlan:
                 resolve_device(config["device"])
                 checked.add("device")
             model = config["model"]
-            key = (model["pretrained"], model["revision"])
+            key = (model["pretrained"], model["revision"], model["dtype"], model["device_map"], model["gpus"],
+                   config["device"])
             if model["random_init"] is None and key not in checked:
-                from laminae.models.locate import check_model_reachable
+                from laminae.models.locate import locate_model
+                from laminae.models.memory import check_weights_fit
 
-                check_model_reachable(model, self.root)
+                location = locate_model(model, project_root=self.root)  # or a one-line failure
+                if local:
+                    check_weights_fit(model, config["device"], location)
                 checked.add(key)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from laminae.config.compose import compose_config, expand_sweep, experiment_packages
 from laminae.config.keys import get_key, select_keys, stable_hash
+from laminae.config.model_source import resolve_model_keys
 from laminae.config.stages import RUNTIME_KEYS, Run, Stage, analysis_settings, plan_run
 from laminae.config.validate import resolve_layer, validate_config
 from laminae.errors import ConfigError
@@ -41,6 +42,8 @@ def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_
         run_overrides = (*overrides, *combination)
         registry = discover(experiment_packages(run_overrides, config_dir), root)
         cfg = compose_config(run_overrides, config_dir, registry)
+        if isinstance(cfg.get("model"), dict):  # model=auto, or a preset pointed at another checkpoint
+            cfg["model"] = resolve_model_keys(cfg["model"], run_overrides, config_dir, root)
         validate_config(cfg, root, registry)
         runs.append(plan_run(cfg, root, registry, combination))
     if len({run.config["results_dir"] for run in runs}) > 1:

@@ -42,7 +42,8 @@ from laminae.sites import SITES
 # reused (an experiment bumps its own `version` for its analysis).
 STAGE_VERSIONS = {"extract": 1, "analysis": 1, "plot": 1}
 # Keys that change how a stage runs or lays out bytes, never a stored value: recorded, not hashed.
-RUNTIME_KEYS = ("device", "batch_size", "models_dir", "extract.compression", "extract.chunk_rows")
+RUNTIME_KEYS = ("device", "batch_size", "models_dir", "extract.compression", "extract.chunk_rows",
+                "model.device_map", "model.gpus")
 OUTPUT_FOLDERS = {"extract": "activations", "analysis": "metrics", "plot": "figures"}
 
 
@@ -131,6 +132,9 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
         readers = [e for e in enabled.values() if e.inputs == kind]
         inputs = input_kind(kind)
         extract_cfg = select_keys(cfg, ("model", "extract.storage_dtype", *inputs.CONFIG_KEYS))
+        for key in RUNTIME_KEYS:  # where the blocks run (model.device_map, model.gpus) is not hashed
+            if key.startswith("model."):
+                extract_cfg["model"].pop(key.split(".", 1)[1], None)
         digest = inputs.content_digest(cfg, project_root)
         if digest is not None:
             extract_cfg["files_digest"] = digest

@@ -51,8 +51,9 @@ def validate_config(cfg: dict[str, Any], project_root: str | Path, registry: Map
     """Raise ConfigError for the first problem in `cfg`; paths are relative to `project_root`."""
     from laminae.inputs import input_kind
 
+    if isinstance(cfg.get("model"), dict):
+        _check_model(cfg["model"])  # first: model=auto without model.pretrained has no name either
     _check_schema(cfg, registry)
-    _check_model(cfg["model"])
     enabled = [registry[name] for name in cfg["experiments"]]
     for kind in dict.fromkeys(experiment.inputs for experiment in enabled):
         input_kind(kind).validate(cfg, project_root)
@@ -116,8 +117,11 @@ def _article(schema: dict[str, Any]) -> str:
 
 
 def _check_model(model: dict[str, Any]) -> None:
-    if model["random_init"] is None and model["pretrained"] is None:
+    if model.get("random_init") is None and model.get("pretrained") is None:
         raise ConfigError("model.pretrained", "a Hugging Face hub id or a local directory (or model.random_init)",
                           has_value=False)
-    if model["random_init"] is not None and model["pretrained"] is not None:
+    if model.get("random_init") is not None and model.get("pretrained") is not None:
         raise ConfigError("model.pretrained", "null when model.random_init builds the weights", model["pretrained"])
+    if model.get("device_map") is None and isinstance(model.get("gpus"), int) and model["gpus"] > 1:
+        raise ConfigError("model.gpus", "1 unless model.device_map spreads the blocks over several GPUs "
+                          "(model.device_map=auto)", model["gpus"])

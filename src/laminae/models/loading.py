@@ -35,6 +35,7 @@ from laminae.errors import ConfigError, ModelUnavailableError
 from laminae.models.adapters import Adapter, ModelDims, get_adapter, model_dims
 from laminae.models.gguf import GGUFSource, ensure_dequantized, gguf_source, read_config, read_tokenizer
 from laminae.models.locate import PKG_SCHEME, is_gguf, locate_model, package_version
+from laminae.models.placement import dispatch_kwargs, input_device
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -189,11 +190,16 @@ def load_model(
         config = AutoConfig.from_pretrained(location)
 
     # sdpa (the default) is kept: batched == unbatched holds with right padding (tests).
+    # model.device_map: accelerate spreads the blocks over devices (laminae.models.placement).
+    dispatch = dispatch_kwargs(model_cfg, torch_device)
     model = AutoModel.from_pretrained(location, revision=files.revision, config=config,
-                                      dtype=DTYPES[dtype_name])
+                                      dtype=DTYPES[dtype_name], **dispatch)
     model.config.use_cache = False
     model.requires_grad_(False)
-    model.eval().to(torch_device)
+    model.eval()
+    if not dispatch:
+        model.to(torch_device)
+    torch_device = input_device(model, torch_device)
 
     info = ModelInfo(
         # random models: "random:<folder>", portable across machines (the folder is content-keyed)

@@ -32,6 +32,7 @@ from laminae.capture import SiteCapture, select_rows
 from laminae.experiment import Experiment, Reducer, ReducerJob
 from laminae.inputs import ExtractionPlan, input_kind
 from laminae.models.loading import LoadedModel, load_model, open_model, resolve_device
+from laminae.models.placement import placement_summary
 from laminae.provenance import provenance_attrs, stage_config_record
 from laminae.sites import SITES
 from laminae.stages.analysis import REDUCTIONS, upstream_attrs
@@ -50,7 +51,9 @@ def extract(stage: dict[str, Any], runtime: dict[str, Any], out_dir: Path, proje
     # config and tokenizer first (seconds): bad inputs fail before the weights load
     files = open_model(config["model"], runtime["models_dir"], project_root)
     plan = input_kind(config["inputs"]).plan(config, files.tokenizer, files.dims.max_positions, project_root)
-    loaded = load_model(config["model"], runtime["device"], runtime["models_dir"], project_root, files=files)
+    # where the blocks run is a runtime setting, not hashed (model.device_map, model.gpus)
+    model_cfg = {**config["model"], "device_map": runtime.get("device_map"), "gpus": runtime.get("gpus") or 1}
+    loaded = load_model(model_cfg, runtime["device"], runtime["models_dir"], project_root, files=files)
     write_extraction(loaded, plan, stage, runtime, out_dir, registry)
     log.info("wrote %s", out_dir)
 
@@ -64,9 +67,11 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, stage: dict[str,
     config = stage["config"]
     stored = tuple(config["sites"])
     reducing = {name: registry[name] for name in config["reductions"]}
+    spread = placement_summary(loaded.model)
     log.info("model %s (%s, %d layers, d_model %d) on %s; %d inputs -> %d rows; stored sites %s%s",
              loaded.info.model_id, loaded.info.family, loaded.info.n_layers, loaded.info.d_model,
-             loaded.info.device, len(plan.sequences), plan.n_rows, ",".join(stored) or "none",
+             f"{loaded.info.device} (modules: {spread})" if spread else loaded.info.device,
+             len(plan.sequences), plan.n_rows, ",".join(stored) or "none",
              f"; computed during extraction: {', '.join(reducing)}" if reducing else "")
     attrs = {**provenance_attrs(stage, runtime), **loaded.info.as_attrs()}
     writer = ActivationWriter(out_dir, loaded.info.n_layers, plan.n_rows, attrs,
