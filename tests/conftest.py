@@ -47,3 +47,20 @@ def tiny_llama(models_dir: Path) -> LoadedModel:
 def minilm(models_dir: Path) -> LoadedModel:
     """conf/model/minilm-l6.yaml: real all-MiniLM-L6-v2 weights (BERT, 6 layers, d_model 384)."""
     return _load("minilm-l6", models_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
+    """name -> folder of the tiny random checkpoint `name` of tests/tiny_families.py (every
+    family laminae has an adapter for), built on first use, once per session."""
+    from tiny_families import build_tiny
+
+    root = tmp_path_factory.mktemp("families")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = build_tiny(name, root / name)
+        return built[name]
+
+    return get

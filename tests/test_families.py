@@ -29,6 +29,8 @@ from laminae.sites import SITES
 from laminae.stages.extract import iter_batches
 from tiny_families import CONFIGS, FAMILY, WINDOW, build_tiny
 
+# `tiny_dir` (conftest.py): name -> the folder of that tiny checkpoint, built once per session
+
 #: relative to the largest |value| of the site: float32 round-off over a 2-layer forward
 #: (seen: at most 1.2e-6; sdpa here, eager attention in TransformerLens)
 RTOL = 1e-5
@@ -50,20 +52,6 @@ STIMULI = {"stimuli": {"categories": {"animals": ["dog", "elephant"], "tools": [
 def model_cfg(folder: Path, **overrides: Any) -> dict[str, Any]:
     return {"name": folder.name, "pretrained": str(folder), "revision": None, "dtype": "float32",
             "family": "auto", "random_init": None, "n_layers": None, "d_model": None, **overrides}
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
-    """name -> folder of tiny checkpoint `name`, built on first use."""
-    root = tmp_path_factory.mktemp("families")
-    built: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in built:
-            built[name] = build_tiny(name, root / name)
-        return built[name]
-
-    return get
 
 
 @pytest.fixture(scope="module")

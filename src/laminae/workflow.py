@@ -220,7 +220,7 @@ class WorkflowPlan:
         from laminae import resources
 
         stage = self.stages[digest]
-        cfg = self.run_of[digest].config
+        cfg = self._with_checkpoint_shape(self.run_of[digest].config)
         if stage.kind == "extract":
             readers = [e for e in self.run_of[digest].experiments.values() if e.inputs == stage.group]
             n_sites = len({site for e in readers for site in e.sites})
@@ -231,6 +231,23 @@ class WorkflowPlan:
             return request
         experiment = self.experiments[stage.group]
         return resources.stage_resources(stage.kind, experiment, cfg, self.input_bytes(digest))
+
+    def _with_checkpoint_shape(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """`cfg` with the model's undeclared n_layers / d_model / n_params read from its local
+        checkpoint folder (model=auto, a preset pointed elsewhere), for job sizes; unchanged
+        for hub ids and random models (resources then falls back to generous defaults)."""
+        from laminae.models.checkpoint import checkpoint_facts
+
+        model = cfg["model"]
+        keys = ("n_layers", "d_model", "n_params")
+        pretrained = model["pretrained"]
+        if all(model[key] is not None for key in keys) or not pretrained or pretrained.startswith("pkg://"):
+            return cfg
+        folder = self.root / Path(pretrained).expanduser()
+        if not folder.is_dir():
+            return cfg
+        facts = checkpoint_facts(str(folder))
+        return {**cfg, "model": {**model, **{key: model[key] or getattr(facts, key) for key in keys}}}
 
     def input_bytes(self, digest: str) -> int:
         """Size of the input files a stage reads, directly or through its extraction (0 for stimuli)."""
