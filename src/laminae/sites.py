@@ -1,6 +1,7 @@
 """The sites a capture can store per layer (what each means per family: docs/ARCHITECTURE.md).
 
-    q, k, v      the query/key/value projections' outputs (before rotary embeddings), head-major
+    q, k, v      the query/key/value projections' outputs (before rotary embeddings and any q/k
+                 norm), head-major; k and v narrower under grouped- or multi-query attention
     attn_out     what the attention sublayer adds to the residual stream
     mlp_out      what the MLP sublayer adds to the residual stream
     resid_pre    the residual stream entering the block
