@@ -7,7 +7,8 @@
 # The config is composed with Hydra (conf/), validated, and split into per-stage configs whose
 # hashes name the output folders (see docs/ARCHITECTURE.md). Composition is deterministic, so
 # every cluster job that re-parses this file derives the same stages. The rules are generic:
-# one extraction per set of inputs, and one analysis, figure and compare rule per experiment.
+# one extraction per set of inputs, and one analysis, figure, claims and compare rule per
+# experiment; a sweep adds the claims matrix.
 import sys
 from pathlib import Path
 
@@ -41,10 +42,12 @@ wildcard_constraints:
     ah=r"[0-9a-f]{10}",
     ph=r"[0-9a-f]{10}",
     ch=r"[0-9a-f]{10}",
+    kh=r"[0-9a-f]{10}",
 
 
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/experiments.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:

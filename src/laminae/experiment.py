@@ -43,6 +43,11 @@ the declared files were written.
 - `resources(stage, JobShape, cfg) -> {"mem_mb", "runtime"}`: how the analysis ("analysis") and
   figure ("plot") jobs scale, from the run's config (optional; the default: every stored value
   read once).
+- `measure(MeasureJob) -> {name: Series | Sample}`: the experiment's headline measurements read
+  back from its metrics (optional): per-layer series with their uncertainty, and per-value
+  samples of a distribution (`laminae.series`). Declare their names in `measures`. The claims
+  of its config group (`<name>.claims`, checked by `laminae.claims`) are evaluated on them in a
+  stage of their own, and other features (sweep heatmaps) read them the same way.
 """
 
 from __future__ import annotations
@@ -97,6 +102,27 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Measure:
+    """One measurement an experiment's `measure` hook returns, declared so that claims naming it
+    are checked before anything runs:
+
+        Measure("rsa:q-k", "RSA between Q and K per layer, 95% bootstrap CI")
+        Measure("cosine_tokens", "every included token x layer cosine", kind="sample")
+
+    `kind` "layers": a `laminae.series.Series` (one value per layer, optionally an interval and
+    p/q-values); "sample": a `laminae.series.Sample` (values pooled over tokens and layers, each
+    with its layer and resampling unit, optionally a group mask). A run may lack a declared
+    measure (e.g. a component left out by the config): claims on it are then not applicable."""
+
+    name: str       # [a-z][a-z0-9_]* with optional ':'-separated qualifiers, e.g. "pearson_mlp_hs:all"
+    what: str       # one line: what it is and what its interval is
+    kind: str = "layers"
+
+
+MEASURE_KINDS = ("layers", "sample")
+
+
+@dataclass(frozen=True)
 class Experiment:
     """The declaration of one experiment (see the module docstring)."""
 
@@ -114,6 +140,8 @@ class Experiment:
     validate: Hook | None = None
     resources: Hook | None = None
     variants: tuple[Variant, ...] = ()   # outputs written only under some settings
+    measure: Hook | None = None        # metrics -> {name: Series | Sample} (laminae.series); claims use it
+    measures: tuple[Measure, ...] = ()   # what `measure` returns, by name (claims are checked against it)
     schema: str | Mapping[str, Any] = "schema.yaml"   # JSON schema of the config group (file or dict)
     config: str = "default.yaml"       # the group's defaults, when the project's conf/ has no <name>/
     version: int = 1                   # bump when its code changes: cached analyses and figures are redone
@@ -225,11 +253,27 @@ class FigureJob:
     metrics_dir: Path
     out_dir: Path
     context: Mapping[str, Any]      # model, random_weights, inputs (stimuli/template/corpus), analysis
+    # reported results of the experiment's claims, to draw as reference bands
+    # (`laminae.plots.references.draw_references(ax, job.references, n_layers, series=...)`)
+    references: Sequence[Mapping[str, Any]] = ()
 
     def save(self, fig: "MplFigure", name: str) -> list[Path]:
         from laminae.plots.style import save_figure
 
         return save_figure(fig, self.out_dir / f"{name}.png", dpi=self.dpi)
+
+
+@dataclass(frozen=True)
+class MeasureJob:
+    """What `measure` gets: the metrics folder and the settings that made it.
+
+        >>> table = read_tsv(job.metrics_dir / "norms.tsv")
+        >>> return {"norm": Series(values, low=values - 1.96 * sem, high=values + 1.96 * sem,
+        ...                        interval="95% normal interval (mean +- 1.96 SEM)")}
+    """
+
+    metrics_dir: Path
+    settings: Mapping[str, Any]     # the experiment's analysis settings (as the metrics were made)
 
 
 @dataclass(frozen=True)

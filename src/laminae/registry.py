@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from laminae.errors import ConfigError, LaminaeError
-from laminae.experiment import INPUT_KINDS, Experiment, Figure, Variant
+from laminae.experiment import INPUT_KINDS, MEASURE_KINDS, Experiment, Figure, Measure, Variant
 from laminae.sites import SITES
 
 BUILTIN_PACKAGE = "laminae.experiments"
@@ -44,7 +44,8 @@ FILE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 RESERVED_NAMES = frozenset({"model", "stimuli", "template", "corpus", "extract", "plot", "experiments",
                             "experiment_packages", "device", "batch_size", "results_dir", "models_dir",
                             "sweeps", "hydra"})
-HOOKS = ("plot", "analyse", "reducer", "compare", "validate", "resources")
+HOOKS = ("plot", "analyse", "reducer", "compare", "validate", "resources", "measure")
+MEASURE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(:[a-z0-9][a-z0-9_.-]*)*$")
 
 
 class ExperimentError(LaminaeError):
@@ -216,9 +217,33 @@ def check_declaration(experiment: Experiment, where: str, package_name: str | No
             spec = None
         if spec is None:
             fail(f"hook {hook} = {target!r}: no module {module_name!r}")
+    _check_measures(experiment, fail)
     if not isinstance(experiment.version, int) or experiment.version < 1:
         fail(f"version must be an integer >= 1; got {experiment.version!r}")
     load_schema(experiment, where)
+
+
+def _check_measures(experiment: Experiment, fail) -> None:
+    """`measures` is a tuple of distinct Measure(name, what, kind), declared exactly when the
+    `measure` hook is."""
+    measures = experiment.measures
+    if isinstance(measures, (str, bytes)) or not isinstance(measures, (tuple, list)):
+        fail(f"measures must be a tuple of Measure(name, what, kind); got {measures!r}")
+    if (experiment.measure is None) != (not measures):
+        fail("declare measures together with the measure hook (its names), or neither")
+    for measure in measures:
+        if not isinstance(measure, Measure):
+            fail(f"measures must hold Measure(name, what, kind); got {measure!r}")
+        if not isinstance(measure.name, str) or not MEASURE_PATTERN.match(measure.name):
+            fail(f"measure name {measure.name!r} must be lower case letters, digits and _, with optional "
+                 "':'-separated qualifiers (e.g. 'rsa:q-k')")
+        if measure.kind not in MEASURE_KINDS:
+            fail(f"measure {measure.name!r}: kind must be one of {', '.join(MEASURE_KINDS)}; got {measure.kind!r}")
+        if not isinstance(measure.what, str) or not measure.what.strip():
+            fail(f"measure {measure.name!r}: what must say what it is (a non-empty string)")
+    names = [measure.name for measure in measures]
+    if len(set(names)) != len(names):
+        fail("measure names must be distinct")
 
 
 def _check_figures(experiment: Experiment, figures, fail) -> None:

@@ -10,6 +10,7 @@ made for:
     >>> plan.targets()[:1]
     ['results/tiny-gpt2/stimuli/space_furniture_fruit.next_word-f1b84d50bc/qkv/analysis-.../metrics/qkv_laminar.tsv']
     >>> plan.stage_record(digest)      # {"stage": "qkv.analysis", "hash": ..., "config": {...}}
+    >>> plan.claims_matrix.files       # a sweep whose runs judge claims: results/sweeps/claims-<h>/...
 
 Nothing here imports torch: parsing the Snakefile stays fast (a no-op rerun takes seconds).
 """
@@ -52,6 +53,20 @@ class Comparison:
         return [str(self.dir / f"compare_{self.experiment}.{ext}") for ext in FIGURE_FORMATS] + [str(self.dir / "sweep.yaml")]
 
 
+@dataclass(frozen=True)
+class ClaimsMatrix:
+    """A sweep's claims matrix (runs x claims): `<results>/sweeps/claims-<hash>/`."""
+
+    hash: str
+    config: dict[str, Any]       # runs [{label, claims: {experiment: claims stage hash}}], dpi
+    tables: list[str]            # each run's claims.tsv per experiment, in `config["runs"]` order
+    dir: Path
+
+    @property
+    def files(self) -> list[str]:
+        return [str(self.dir / f"claims_matrix.{ext}") for ext in (*FIGURE_FORMATS, "tsv")] + [str(self.dir / "sweep.yaml")]
+
+
 @dataclass
 class WorkflowPlan:
     runs: list[Run]
@@ -60,6 +75,7 @@ class WorkflowPlan:
     run_of: dict[str, Run] = field(default_factory=dict)
     experiments: dict[str, Experiment] = field(default_factory=dict)   # enabled in some run, in order
     comparisons: dict[str, Comparison] = field(default_factory=dict)
+    claims_matrix: ClaimsMatrix | None = None
     _input_sizes: dict[str, int] = field(default_factory=dict, repr=False)  # extraction hash -> bytes
 
     def __post_init__(self) -> None:
@@ -73,6 +89,21 @@ class WorkflowPlan:
                 comparison = self._comparison(experiment)
                 if comparison is not None:
                     self.comparisons[comparison.hash] = comparison
+            self.claims_matrix = self._claims_matrix()
+
+    def _claims_matrix(self) -> ClaimsMatrix | None:
+        """Every run's verdicts side by side, when some run of the sweep judges claims and the
+        runs' claims stages differ (a sweep over another experiment's setting has nothing to show)."""
+        runs, tables = [], []
+        for run in self.runs:
+            judged = {stage.group: stage for stage in run.stages.values() if stage.kind == "claims"}
+            runs.append({"label": run.label, "claims": {name: stage.hash for name, stage in judged.items()}})
+            tables += [str(stage.output_dir / "claims.tsv") for stage in judged.values()]
+        if not tables or all(run["claims"] == runs[0]["claims"] for run in runs):
+            return None
+        config = {"stage": "claims.matrix", "runs": runs, "dpi": self.runs[0].config["plot"]["dpi"]}
+        digest = stable_hash(config)
+        return ClaimsMatrix(digest, config, tables, Path(self.results_dir) / "sweeps" / f"claims-{digest}")
 
     def _comparison(self, experiment: Experiment) -> Comparison | None:
         """Runs whose analyses differ, each labelled by the sweep values it does not share with
@@ -130,6 +161,11 @@ class WorkflowPlan:
         pairs = {(stage.group, stage.variants): None for stage in self.stages.values() if stage.kind == "analysis"}
         return [(self.experiments[name], variants) for name, variants in pairs]
 
+    def judges_claims(self, experiment: Experiment, variants: tuple[str, ...] = ()) -> bool:
+        """Whether some run judges the experiment's claims (with these variants): its claims rule."""
+        return any(stage.kind == "claims" and stage.group == experiment.name and stage.variants == variants
+                   for stage in self.stages.values())
+
     def inject_into(self, config: dict[str, Any]) -> None:
         """Put the project root, each extraction's runtime settings and where the experiments
         live into the workflow config, where `laminae.stages.runner` finds them (see there for
@@ -149,6 +185,10 @@ class WorkflowPlan:
         experiment = self.experiments[stage.group]
         if stage.kind == "analysis":
             names = list(experiment.metrics_for(stage.variants))
+        elif stage.kind == "claims":
+            from laminae.claims import CLAIMS_FILES
+
+            names = list(CLAIMS_FILES)
         else:
             names = [f"{figure.name}.{ext}" for figure in experiment.figures_for(stage.variants) for ext in FIGURE_FORMATS]
         return [str(stage.output_dir / name) for name in (*names, "config.yaml")]
@@ -163,7 +203,14 @@ class WorkflowPlan:
                     seen.update(dict.fromkeys(self.stage_files(stage)))
         for comparison in self.comparisons.values():
             seen.update(dict.fromkeys(comparison.files))
+        if self.claims_matrix is not None:
+            seen.update(dict.fromkeys(self.claims_matrix.files))
         return list(seen)
+
+    def claims_matrix_record(self) -> dict[str, Any]:
+        matrix = self.claims_matrix
+        assert matrix is not None
+        return {"stage": matrix.config["stage"], "hash": matrix.hash, "config": matrix.config}
 
     def comparison_record(self, digest: str) -> dict[str, Any]:
         comparison = self.comparisons[digest]
@@ -230,7 +277,9 @@ class WorkflowPlan:
                 request["runtime"] += analysis["runtime"]
             return request
         experiment = self.experiments[stage.group]
-        return resources.stage_resources(stage.kind, experiment, cfg, self.input_bytes(digest))
+        # a claims job reads back what the figures read (the metrics), and does less with it
+        kind = "plot" if stage.kind == "claims" else stage.kind
+        return resources.stage_resources(kind, experiment, cfg, self.input_bytes(digest))
 
     def _with_checkpoint_shape(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """`cfg` with the model's undeclared n_layers / d_model / n_params read from its local

@@ -1,8 +1,10 @@
 # One analysis, figure and compare rule per enabled experiment, all from the experiment's
 # declaration (laminae.experiment.Experiment): its metrics files, its figures with their report
-# captions, its comparison of a sweep's runs. Rule names: <experiment>_analysis,
-# <experiment>_figures, <experiment>_compare; a run whose settings enable a variant of the
-# experiment (extra outputs, e.g. per-head tables) gets <experiment>_analysis_<variant>, ...
+# captions, its comparison of a sweep's runs; and, for an experiment whose config group holds
+# claims (<experiment>.claims), one more that judges them on its metrics. Rule names are
+# <experiment>_analysis, <experiment>_figures, <experiment>_claims, <experiment>_compare; a run
+# whose settings enable a variant of the experiment (extra outputs, e.g. per-head tables) gets
+# <experiment>_analysis_<variant>, ...
 import os
 
 
@@ -70,6 +72,37 @@ for _experiment, _variants in PLAN.rule_variants():
             "../../envs/laminae.yaml"
         script:
             "../scripts/figures.py"
+
+    if PLAN.judges_claims(_experiment, _variants):
+        _claims = f"{_analysis}/claims-{{kh}}"
+
+        rule:
+            """Metrics -> the verdicts of the experiment's claims (laminae.stages.claims)."""
+            name:
+                f"{_name}_claims{_suffix}"
+            input:
+                metrics=[f"{_analysis}/metrics/{file}" for file in (*_metrics, "config.yaml")],
+            output:
+                table=f"{_claims}/claims/claims.tsv",
+                summary=f"{_claims}/claims/summary.txt",
+                png=report(f"{_claims}/claims/claims.png", caption="../report/claims.rst",
+                           category=_experiment.title, subcategory="{model}",
+                           labels={"model": "{model}", "inputs": "{label}", "figure": "claims", "run": "{kh}"}),
+                pdf=f"{_claims}/claims/claims.pdf",
+                config=f"{_claims}/claims/config.yaml",
+            log:
+                f"{_claims}/claims.log",
+            params:
+                experiment=_name,
+                stage=lambda w: PLAN.stage_record(w.kh),
+                context=lambda w: PLAN.context(w.kh),
+            resources:
+                mem_mb=lambda w: PLAN.resources(w.kh)["mem_mb"],
+                runtime=lambda w: PLAN.resources(w.kh)["runtime"],
+            conda:
+                "../../envs/laminae.yaml"
+            script:
+                "../scripts/claims.py"
 
     if _experiment.compare is not None and _experiment.name not in _compare_rules:
         _compare_rules.add(_experiment.name)

@@ -23,6 +23,7 @@ Layout (one folder per stage, nested under its upstream):
                                     .../qkv/analysis-<h>/metrics/       the experiment's metrics files
                                     .../qkv+heads/analysis-<h>/...      (a run whose settings enable variant heads)
                                     .../qkv/analysis-<h>/plot-<h>/figures/
+                                    .../qkv/analysis-<h>/claims-<h>/claims/   claims.tsv, claims.png|pdf
     results/<model>/corpus/<corpus>-<h>/activations/
                                     .../adjustments/analysis-<h>/...   (and every other corpus experiment)
 """
@@ -40,11 +41,14 @@ from laminae.sites import SITES
 
 # Bump a stage's version when the core's computation changes, so cached outputs are not
 # reused (an experiment bumps its own `version` for its analysis).
-STAGE_VERSIONS = {"extract": 1, "analysis": 1, "plot": 1}
+STAGE_VERSIONS = {"extract": 1, "analysis": 1, "plot": 1, "claims": 1}
 # Keys that change how a stage runs or lays out bytes, never a stored value: recorded, not hashed.
 RUNTIME_KEYS = ("device", "batch_size", "models_dir", "extract.compression", "extract.chunk_rows",
                 "model.device_map", "model.gpus")
-OUTPUT_FOLDERS = {"extract": "activations", "analysis": "metrics", "plot": "figures"}
+OUTPUT_FOLDERS = {"extract": "activations", "analysis": "metrics", "plot": "figures", "claims": "claims"}
+#: Keys of an experiment's config group that its analysis does not read: figure settings, and
+#: the claims judged on its results (each has a stage of its own).
+NOT_ANALYSED = ("plot", "claims")
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class Stage:
     """One cached step: its hashed config and where its outputs live.
 
     `name` is `<inputs kind>.extract` for an extraction (`corpus.extract`) and
-    `<experiment>.analysis` / `<experiment>.plot` for the rest."""
+    `<experiment>.analysis` / `<experiment>.plot` / `<experiment>.claims` for the rest."""
 
     name: str
     config: dict[str, Any]         # the hashed keys, plus "stage", "version" and "upstream"
@@ -103,8 +107,8 @@ class Run:
 
 
 def analysis_settings(cfg: Mapping[str, Any], experiment: Experiment) -> dict[str, Any]:
-    """The experiment's config group without its `plot` keys: what its analysis hashes."""
-    return {key: value for key, value in cfg[experiment.name].items() if key != "plot"}
+    """The experiment's config group without its `plot` keys and `claims`: what its analysis hashes."""
+    return {key: value for key, value in cfg[experiment.name].items() if key not in NOT_ANALYSED}
 
 
 def during_extraction(cfg: Mapping[str, Any], experiment: Experiment) -> bool:
@@ -122,7 +126,11 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
              overrides: tuple[str, ...] = ()) -> Run:
     """Stage configs, hashes and folders for every experiment in `cfg["experiments"]`.
 
-    `cfg` must be validated already (see `validate_config`)."""
+    `cfg` must be validated already (see `validate_config`). An experiment with claims
+    (`<name>.claims`, judged by its `measure` hook) gets a claims stage after its analysis, and
+    its figure stage hashes the claims' reference marks it draws."""
+    from laminae.claims import references
+    from laminae.claims.config import claims_of
     from laminae.inputs import input_kind
 
     results = Path(cfg["results_dir"]) / cfg["model"]["name"]
@@ -153,8 +161,16 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
                               extraction.dir / experiment.folder_name(variants), variants=variants)
             plot_cfg = {"plot": {"dpi": cfg["plot"]["dpi"]}, experiment.name: {"plot": cfg[experiment.name].get("plot", {})},
                         "experiment_version": experiment.version}
+            claims = claims_of(cfg, experiment) if experiment.measure is not None else []
+            if references(claims):
+                plot_cfg["references"] = references(claims)
             figures = _stage(f"{experiment.name}.plot", plot_cfg, analysis, analysis.dir, variants=variants)
             stages.update({analysis.name: analysis, figures.name: figures})
+            if claims:
+                claims_cfg = {"plot": {"dpi": cfg["plot"]["dpi"]}, experiment.name: {"claims": claims},
+                              "experiment_version": experiment.version}
+                judged = _stage(f"{experiment.name}.claims", claims_cfg, analysis, analysis.dir, variants=variants)
+                stages[judged.name] = judged
     return Run(config=cfg, overrides=tuple(overrides), stages=stages, experiments=enabled)
 
 

@@ -5,10 +5,12 @@
     >>> validate_config(cfg, ".", registry)
     ConfigError: config key 'qkv.n_permutations': expected an integer >= 0, got -5
 
-Three layers: the JSON schema (the core's `schema.yaml` with each experiment's own schema under
-its name: types, ranges, allowed values, unknown keys); the checks of each input kind that an
-enabled experiment reads (a template with exactly one `{word}`, an existing non-empty corpus);
-and each enabled experiment's own `validate` hook (plot layers inside the model, ...).
+Four layers: the JSON schema (the core's `schema.yaml` with each experiment's own schema under
+its name: types, ranges, allowed values, unknown keys); the claims of each enabled experiment
+(`<name>.claims`: each against its predicate kind's schema, and naming measurements the
+experiment declares; `laminae.claims.config`); the checks of each input kind that an enabled
+experiment reads (a template with exactly one `{word}`, an existing non-empty corpus); and each
+enabled experiment's own `validate` hook (plot layers inside the model, ...).
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ def core_schema() -> dict[str, Any]:
 
 def config_schema(registry: Mapping[str, Experiment]) -> dict[str, Any]:
     """The core schema, with each experiment's schema as the property of its name (a reducer
-    experiment's group also takes `during_extraction`) and `experiments` limited to the names."""
+    experiment's group also takes `during_extraction`, every group `claims`) and `experiments`
+    limited to the names."""
+    from laminae.claims.config import CLAIMS_SCHEMA
     from laminae.registry import load_schema
 
     schema = copy.deepcopy(core_schema())
@@ -42,6 +46,7 @@ def config_schema(registry: Mapping[str, Experiment]) -> dict[str, Any]:
         group = load_schema(experiment)
         if experiment.streams:
             group.setdefault("properties", {})["during_extraction"] = {"type": "boolean"}
+        group.setdefault("properties", {})["claims"] = CLAIMS_SCHEMA
         schema["properties"][name] = group
         schema["required"].append(name)
     return schema
@@ -49,12 +54,15 @@ def config_schema(registry: Mapping[str, Experiment]) -> dict[str, Any]:
 
 def validate_config(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[str, Experiment]) -> None:
     """Raise ConfigError for the first problem in `cfg`; paths are relative to `project_root`."""
+    from laminae.claims.config import check_claims
     from laminae.inputs import input_kind
 
     if isinstance(cfg.get("model"), dict):
         _check_model(cfg["model"])  # first: model=auto without model.pretrained has no name either
     _check_schema(cfg, registry)
     enabled = [registry[name] for name in cfg["experiments"]]
+    for experiment in enabled:
+        check_claims(cfg, experiment)
     for kind in dict.fromkeys(experiment.inputs for experiment in enabled):
         input_kind(kind).validate(cfg, project_root)
     for experiment in enabled:
@@ -75,24 +83,33 @@ def resolve_layer(index: int | str, n_layers: int, key: str) -> int:
 
 
 def _check_schema(cfg: dict[str, Any], registry: Mapping[str, Experiment]) -> None:
+    check_against_schema(cfg, config_schema(registry))
+
+
+def check_against_schema(instance: Any, schema: Mapping[str, Any], prefix: str = "") -> None:
+    """Raise ConfigError for the first violation of `schema` by `instance`, naming the key as
+    `<prefix>.<path>` (the path inside `instance`)."""
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(config_schema(registry))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(cfg))
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     if error is None:
         return
     # anyOf failures: report the sub-error on the deepest path, which names the real key
     while error.context:
         error = max(error.context, key=lambda e: len(e.absolute_path))
-    key = ".".join(str(part) for part in error.absolute_path) or "<root>"
+    key = ".".join([*([prefix] if prefix else []), *(str(part) for part in error.absolute_path)]) or "<root>"
     kind, rule = error.validator, error.validator_value
     if kind == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))
         name = f"{key}.{unknown[0]}" if key != "<root>" else unknown[0]
         raise ConfigError(name, f"a known key (allowed here: {', '.join(allowed)})", has_value=False)
+    if kind == "required":
+        missing = [name for name in rule if name not in error.instance]
+        name = f"{key}.{missing[0]}" if key != "<root>" else missing[0]
+        raise ConfigError(name, "a value (the key is required here)", has_value=False)
     expectations = {
-        "required": lambda: f"the key(s) {rule}",
         "enum": lambda: f"one of {rule}",
         "type": lambda: _TYPE_NAMES.get(str(rule), f"a value of type {rule}"),
         "minimum": lambda: f"{_article(error.schema)} >= {rule}",
@@ -103,6 +120,8 @@ def _check_schema(cfg: dict[str, Any], registry: Mapping[str, Experiment]) -> No
         "uniqueItems": lambda: "a list without repeated items",
         "minLength": lambda: "a non-empty string",
         "pattern": lambda: error.schema.get("description", f"a string matching {rule}"),
+        "const": lambda: f"{rule!r}",
+        "maxItems": lambda: f"a list of at most {rule} item(s)",
     }
     expected = expectations.get(kind, lambda: error.message)()
     raise ConfigError(key, expected, error.instance)

@@ -5,7 +5,8 @@
 The experiment's `plot` hook reads the metrics folder and saves each declared figure with
 `job.save(fig, name)`; the folder appears complete or not at all (a bad plot setting raises
 before anything is written under the final name), and a declared figure the hook did not save
-is reported as a broken declaration.
+is reported as a broken declaration. `stage["config"]["references"]`, when the experiment's claims
+carry any, are handed to the hook as `job.references` (drawn with laminae.plots.references).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def run_figures(experiment: Experiment, stage: dict[str, Any], context: Mapping[
     logging.getLogger("fontTools").setLevel(logging.WARNING)   # PDF font subsetting logs pages at INFO
     with atomic_dir(figures_dir) as tmp:
         job = FigureJob(settings=context.get("analysis", {}), plot=config[experiment.name]["plot"],
-                        dpi=int(config["plot"]["dpi"]), metrics_dir=Path(metrics_dir), out_dir=tmp, context=context)
+                        dpi=int(config["plot"]["dpi"]), metrics_dir=Path(metrics_dir), out_dir=tmp, context=context,
+                        references=tuple(config.get("references", ())))
         experiment.hook("plot")(job)
         figures = experiment.figures_for(experiment.active_variants(job.settings))
         expected = [f"{figure.name}.{ext}" for figure in figures for ext in FORMATS]
