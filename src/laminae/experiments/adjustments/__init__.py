@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from laminae.experiment import Experiment, Figure, JobShape
+from laminae.experiment import Experiment, Figure, JobShape, Measure
 
 
 def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, float]:
@@ -22,6 +22,16 @@ def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, flo
         return {"mem_mb": 1024 + 3 * kept_mb, "runtime": 5 + 3 * kept_mb / 100 / 60}
     return {"mem_mb": 1024 + 2 * 256 + 3 * kept_mb, "runtime": 5 + shape.stored_mb / 100 / 60}
 
+
+#: What `measures.measure` returns (claims name these; docs/EXPERIMENTS.md, "Claims").
+MEASURES = (
+    Measure("cosine", "mean cos(attn_out, mlp_out) per layer, with mean +- 1.96 SEM"),
+    Measure("cosine_median", "median cos(attn_out, mlp_out) per layer"),
+    Measure("norm_attn_out", "mean |attn_out| per layer, with mean +- 1.96 SEM"),
+    Measure("norm_mlp_out", "mean |mlp_out| per layer, with mean +- 1.96 SEM"),
+    Measure("cosine_tokens", "every included token x layer cosine (the histogram), tokens as resampling units",
+            kind="sample"),
+)
 
 EXPERIMENT = Experiment(
     name="adjustments",
@@ -37,5 +47,7 @@ EXPERIMENT = Experiment(
     compare=".compare:compare",
     compare_caption="captions/compare.rst",
     resources=resources,
+    measure=".measures:measure",
+    measures=MEASURES,
     schema="schema.yaml",
 )

@@ -15,7 +15,7 @@ Each function returns (figure, axes) without saving; the `plot` hook saves them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from laminae.experiment import FigureJob
 from laminae.experiments.adjustments.analysis import (COSINE, COSINE_FILENAME, COSINE_MEDIAN, RESIDUAL_SITES,
                                                       TABLE_FILENAME, LayerStats, norm_metric, read_adjustment_table,
                                                       read_cosines)
+from laminae.plots.references import draw_references, merge_legend
 from laminae.plots.style import COMPONENT_COLOURS, NEUTRAL, OKABE_ITO, run_title
 
 import matplotlib.pyplot as plt  # noqa: E402  (after style, which selects the Agg backend)
@@ -64,9 +65,10 @@ def _subtitle(*parts: str) -> str:
     return "; ".join(part for part in parts if part)
 
 
-def plot_laminar(table: Mapping[str, LayerStats], context: Mapping[str, Any], error_bar: str = "sem"
-                 ) -> tuple[plt.Figure, plt.Axes]:
-    """Mean cosine per layer with SEM (or SD) error bars; see module docstring."""
+def plot_laminar(table: Mapping[str, LayerStats], context: Mapping[str, Any], error_bar: str = "sem",
+                 references: Sequence[Mapping[str, Any]] = ()) -> tuple[plt.Figure, plt.Axes]:
+    """Mean cosine per layer with SEM (or SD) error bars; see module docstring. `references`:
+    reported ranges of the claims on `cosine`, drawn as light hatched bands."""
     if error_bar not in ERROR_BARS:
         raise ConfigError("adjustments.plot.error_bar", "sem or sd", error_bar)
     if COSINE not in table:
@@ -87,7 +89,8 @@ def plot_laminar(table: Mapping[str, LayerStats], context: Mapping[str, Any], er
     ax.set_ylabel(f"{COSINE_LABEL}\nmean \u00b1 {ERROR_BARS[error_bar]} over tokens")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(-0.5, max(layers.size - 0.5, 0.5))
-    ax.legend(loc="best", fontsize=8)
+    drawn = draw_references(ax, references, layers.size, ("cosine",))
+    ax.legend(*merge_legend(ax, drawn), loc="best", fontsize=8)
     ax.set_title(_subtitle(_n_note(cos.n, layers.size), _first_token_note(context)), fontsize=8.5)
     fig.suptitle(run_title(context, "Attention vs MLP adjustments: cosine per layer"))
     return fig, ax
@@ -160,6 +163,6 @@ def plot(job: FigureJob) -> None:
     if COSINE not in table:
         raise InputFileError(table_path, "has no 'cosine' rows; rerun adjustments_analysis")
     cosine, included, _ = read_cosines(job.metrics_dir / COSINE_FILENAME)
-    job.save(plot_laminar(table, job.context, error_bar)[0], LAMINAR_FIGURE)
+    job.save(plot_laminar(table, job.context, error_bar, job.references)[0], LAMINAR_FIGURE)
     job.save(plot_histogram(cosine, included, job.context, bins)[0], HIST_FIGURE)
     job.save(plot_norms(table, job.context)[0], NORMS_FIGURE)

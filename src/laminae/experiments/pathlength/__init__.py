@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from laminae.experiment import Experiment, Figure, JobShape
+from laminae.experiment import Experiment, Figure, JobShape, Measure
 
 # Cost of the bootstrap (laminae.metrics.correlation, Pearson and Spearman of two pairs of three
 # variables), seconds per token and resample on one core: measured 0.2e-6 at 1e5 tokens and
@@ -36,6 +36,17 @@ def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, flo
     return {"mem_mb": 1024 + max(2 * 256, finish_mb), "runtime": 5 + shape.stored_mb / 100 / 60 + bootstrap_s / 60}
 
 
+#: What `measures.measure` returns, `<metric>:<tokens>` (claims name these; docs/EXPERIMENTS.md, "Claims").
+MEASURES = tuple(
+    Measure(f"{metric}:{tokens}", f"{what} per layer over {'all tokens' if tokens == 'all' else 'tokens but the first'}"
+                                  f", with {interval}")
+    for tokens in ("all", "without_first")
+    for metrics, what, interval in (
+        (("pearson_attn_hs", "spearman_attn_hs", "pearson_mlp_hs", "spearman_mlp_hs"), "correlation",
+         "its bootstrap CI"),
+        (("pl_attn", "pl_mlp", "pl_hs", "cumulative", "displacement", "straightness"), "mean", "mean +- 1.96 SEM"))
+    for metric in metrics)
+
 EXPERIMENT = Experiment(
     name="pathlength",
     title="Experiment 3: path length",
@@ -49,5 +60,7 @@ EXPERIMENT = Experiment(
     compare=".compare:compare",
     compare_caption="captions/compare.rst",
     resources=resources,
+    measure=".measures:measure",
+    measures=MEASURES,
     schema="schema.yaml",
 )

@@ -24,6 +24,7 @@ import numpy as np
 
 from laminae.errors import ConfigError
 from laminae.experiment import FigureJob
+from laminae.plots.references import draw_references
 from laminae.plots.style import COMPONENT_COLOURS, NEUTRAL, OKABE_ITO, run_title
 
 from .analysis import TOKENS_FILENAME
@@ -86,9 +87,11 @@ def _token_legend_handles() -> list[Line2D]:
                    markeredgecolor=NEUTRAL, label=TOKEN_LABELS[t]) for t in TOKEN_SETS]
 
 
-def plot_correlations(table: PathLengthTable, context: Mapping[str, Any], family: str = ""
-                      ) -> tuple[plt.Figure, np.ndarray]:
-    """Per layer: Pearson and Spearman of PL_attn (left) and PL_mlp (right) with PL_hs."""
+def plot_correlations(table: PathLengthTable, context: Mapping[str, Any], family: str = "",
+                      references: Sequence[Mapping[str, Any]] = ()) -> tuple[plt.Figure, np.ndarray]:
+    """Per layer: Pearson and Spearman of PL_attn (left) and PL_mlp (right) with PL_hs.
+    `references`: reported values of the claims on `<correlation>:<tokens>`, drawn as dashed grey
+    lines, each labelled with the token set it was reported for."""
     layers = np.arange(table.n_layers)
     settings = context.get("analysis") or {}
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.3), sharey=True, squeeze=False)
@@ -107,14 +110,36 @@ def plot_correlations(table: PathLengthTable, context: Mapping[str, Any], family
                 _line(ax, layers, value, low, high, METHOD_COLOURS[method], tokens)
         ax.set_title(f"{SUBLAYER_LABELS[sublayer]} vs PL_hs\n{_n_note(table, f'pearson_{sublayer}_hs')}", fontsize=8.5)
         _layer_axis(ax, table.n_layers)
+    for ax, sublayer in zip(axes, ("attn", "mlp")):
+        extent += [np.array([r["low"], r["high"]], dtype=float) for r in references
+                   if r["series"].split(":")[0] in (f"pearson_{sublayer}_hs", f"spearman_{sublayer}_hs")
+                   and r["low"] is not None and r["high"] is not None]
     values = np.concatenate(extent)
     low, high = np.nanmin(values), np.nanmax(values)
     pad = 0.06 * max(high - low, 0.1)
     axes[0].set_ylim(max(low - pad, -1.05), min(high + pad, 1.05))
+    drawn: dict[str, Any] = {}
+    for ax, sublayer in zip(axes, ("attn", "mlp")):
+        names = [f"{metric}:{tokens}" for metric, (_, which) in CORRELATIONS.items() if which == sublayer
+                 for tokens in TOKEN_SETS]
+        for handle, label in draw_references(ax, references, table.n_layers, names):
+            drawn.setdefault(label, handle)
+        for reference in references:
+            if reference["series"] in names and reference["low"] == reference["high"]:
+                metric, tokens = reference["series"].split(":")
+                method = CORRELATIONS[metric][0].capitalize()
+                ax.annotate(f"{reference['low']:g} reported ({method}, {TOKEN_LABELS[tokens]})", xy=(0.0, reference["low"]),
+                            xycoords=("axes fraction", "data"), xytext=(3, 2), textcoords="offset points",
+                            fontsize=7, color="#6f6f6f", va="bottom")
     axes[0].set_ylabel("correlation over tokens (r)")
     method_handles = [Line2D([], [], color=colour, linewidth=2.0, label=method.capitalize())
                       for method, colour in METHOD_COLOURS.items()]
-    fig.legend(handles=[*method_handles, *_token_legend_handles()], loc="outside lower center", ncol=4, fontsize=8)
+    reference_handles = []
+    for label, handle in drawn.items():
+        handle.set_label(label)
+        reference_handles.append(handle)
+    fig.legend(handles=[*method_handles, *_token_legend_handles(), *reference_handles], loc="outside lower center",
+               ncol=4, fontsize=8)
     notes = []
     if bands:
         notes.append(f"bands: {settings.get('confidence', 0.95):.0%} percentile bootstrap CI over tokens "
@@ -194,5 +219,5 @@ def plot(job: FigureJob) -> None:
     log_lengths = check_log_lengths(job.plot.get("log_lengths", "auto"))
     table = PathLengthTable.read(job.metrics_dir / TABLE_FILENAME)
     family = stored_model(job.metrics_dir)["family"]
-    job.save(plot_correlations(table, job.context, family)[0], CORRELATIONS_FIGURE)
+    job.save(plot_correlations(table, job.context, family, job.references)[0], CORRELATIONS_FIGURE)
     job.save(plot_cumulative(table, job.context, log_lengths, family)[0], CUMULATIVE_FIGURE)

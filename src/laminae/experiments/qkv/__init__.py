@@ -3,7 +3,8 @@
 Per layer, the cosine-similarity matrices of Q, K and V over category words in a template;
 their category selectivity with a label-permutation null, and the RSA between them with
 bootstrap CIs (definitions: docs/EXPERIMENTS.md). `analysis` computes, `figures` draws,
-`compare` overlays the runs of a sweep. With `qkv.resolution: heads` the same per attention head
+`compare` overlays the runs of a sweep, `measures` reads the headline series back for the claims
+of seed 000 (`qkv.claims`). With `qkv.resolution: heads` the same per attention head
 (`heads` computes, `heads_figure` draws), written as the variant `heads` (folder `qkv+heads/`).
 """
 
@@ -11,11 +12,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from laminae.experiment import Experiment, Figure, JobShape, Variant
+from laminae.experiment import Experiment, Figure, JobShape, Measure, Variant
 
 CPU_FLOP_PER_S = 1e9   # pessimistic NumPy throughput on one busy core
 RANK_S = 5e-8          # Spearman bootstrap, per matrix x replicate x word pair (17 ns measured, x3)
 MIN_HEAD_DIM = 32      # the narrowest heads of the supported pretrained models (all-MiniLM-L6-v2)
+#: What `measures.measure` returns (claims name these; docs/EXPERIMENTS.md, "Claims").
+MEASURES = (
+    *(Measure(f"rsa:{pair}", f"RSA between {pair.upper().replace('-', ' and ')} per layer, with its bootstrap CI")
+      for pair in ("q-k", "q-v", "k-v")),
+    *(Measure(f"selectivity:{c}", f"category selectivity of {c.upper()} per layer, with permutation p and q")
+      for c in "qkv"),
+    *(Measure(f"selectivity_null:{c}", f"mean of {c.upper()}'s permutation null per layer, with its central band")
+      for c in "qkv"),
+)
 
 
 def heads_enabled(settings: dict[str, Any]) -> bool:
@@ -101,6 +111,8 @@ EXPERIMENT = Experiment(
     compare_caption="captions/compare.rst",
     validate=validate,
     resources=resources,
+    measure=".measures:measure",
+    measures=MEASURES,
     variants=(Variant("heads", when=heads_enabled, metrics=("qkv_heads.tsv",),
                       figures=(Figure("qkv_heads", caption="captions/heads.rst", label="per head"),)),),
     schema="schema.yaml",

@@ -34,6 +34,8 @@ from laminae.experiments.qkv.analysis import SIMILARITY_FILENAME, TABLE_FILENAME
 from laminae.experiments.qkv.heads import HEADS_FILENAME, resolution
 from laminae.config.validate import resolve_layer
 from laminae.errors import InputFileError
+from laminae.experiments.qkv.measures import canonical_pair
+from laminae.plots.references import draw_references
 from laminae.plots.style import COMPONENT_COLOURS, DIVERGING_CMAP, NEUTRAL, OKABE_ITO, run_title
 
 import matplotlib.pyplot as plt  # noqa: E402  (after style, which selects the Agg backend)
@@ -203,10 +205,12 @@ def _significant(q: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- laminar figure
 def plot_laminar(table: LaminarTable | str | Path, context: Mapping[str, Any],
-                 settings: Mapping[str, Any] | None = None) -> tuple[plt.Figure, dict[str, Any]]:
+                 settings: Mapping[str, Any] | None = None, references: Sequence[Mapping[str, Any]] = ()
+                 ) -> tuple[plt.Figure, dict[str, Any]]:
     """The laminar profile figure. `settings`: the analysis settings (`selectivity` form,
     `rsa_method`, `n_permutations`, `n_bootstrap`, `confidence`, `zscore`), by default
-    `context["analysis"]`. Returns (figure, {"rsa": ax, "selectivity": ax, "category": [axes],
+    `context["analysis"]`; `references`: reported ranges of the claims on `rsa:<pair>`, drawn
+    as light hatched bands in (a) (laminae.plots.references). Returns (figure, {"rsa": ax, "selectivity": ax, "category": [axes],
     "legend": the figure legend shared by (b) and (c)})."""
     table = table if isinstance(table, LaminarTable) else LaminarTable.read(table)
     settings = dict(settings if settings is not None else context.get("analysis") or {})
@@ -243,10 +247,15 @@ def plot_laminar(table: LaminarTable | str | Path, context: Mapping[str, Any],
     if has_ci:
         handles.append(Patch(facecolor=NEUTRAL, alpha=0.35, linewidth=0))
         labels.append(f"{_percent(confidence)} bootstrap CI (words resampled)")
+    drawn = draw_references(ax_rsa, references, table.n_layers, [f"rsa:{canonical_pair(p)}" for p in pairs])
     if pairs:
+        _rsa_limits(ax_rsa)
         ax_rsa.legend(handles, labels, loc="lower left", ncol=len(handles), fontsize=8, handlelength=1.6,
                       columnspacing=1.2)
-        _rsa_limits(ax_rsa)
+        if drawn:   # a second legend: the reference is not one of this run's curves
+            ax_rsa.add_artist(ax_rsa.get_legend())
+            ax_rsa.legend([h for h, _ in drawn], [label for _, label in drawn], loc="lower right", fontsize=7.5,
+                          handlelength=1.6, bbox_to_anchor=(1.0, 0.12))
     else:
         ax_rsa.text(0.5, 0.5, "one component only: no RSA pairs", transform=ax_rsa.transAxes, ha="center",
                     color=NEUTRAL)
@@ -590,7 +599,7 @@ def plot(job: FigureJob) -> None:
             raise InputFileError(heads_path, f"has {heads.n_layers} layers but {table_path} has {table.n_layers}; "
                                              "the metrics folder mixes runs, rerun qkv_analysis")
     settings = _analysis_settings(job.context, similarity.attrs)
-    job.save(plot_laminar(table, job.context, settings)[0], LAMINAR_FIGURE)
+    job.save(plot_laminar(table, job.context, settings, job.references)[0], LAMINAR_FIGURE)
     job.save(plot_similarity(similarity, layer_spec, job.context, settings)[0], SIMILARITY_FIGURE)
     if heads is not None:
         job.save(plot_heads(heads, job.context, settings)[0], HEADS_FIGURE)

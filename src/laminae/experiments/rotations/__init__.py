@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from laminae.experiment import Experiment, Figure, JobShape
+from laminae.experiment import Experiment, Figure, JobShape, Measure
 
 ANGLE_ARRAYS = 4            # per-token angle arrays in rotation_angles.h5 (float64 each)
 
@@ -38,6 +38,14 @@ def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, flo
     return {"mem_mb": 1024 + 2 * 256 + 4 * layer_mb, "runtime": 5 + (shape.stored_mb + 3 * angles_mb) / 100 / 60}
 
 
+#: What `measures.measure` returns (claims name these; docs/EXPERIMENTS.md, "Claims").
+MEASURES = (
+    *(Measure(metric, f"mean {metric.replace('_', ' ')} angle per layer (radians), with mean +- 1.96 SEM")
+      for metric in ("block_rotation", "attn_angle", "mlp_angle", "sequential_first", "sequential_rest")),
+    Measure("sequential_angles", "every sequential angle per pair and layer (the histograms), first-token pairs as "
+                                 "a group, pairs as resampling units", kind="sample"),
+)
+
 EXPERIMENT = Experiment(
     name="rotations",
     title="Rotations of the residual stream",
@@ -52,5 +60,7 @@ EXPERIMENT = Experiment(
     compare_caption="captions/compare.rst",
     validate=validate,
     resources=resources,
+    measure=".measures:measure",
+    measures=MEASURES,
     schema="schema.yaml",
 )
