@@ -18,9 +18,10 @@ def hashes(*overrides: str) -> dict[str, str]:
     return {name: stage.hash for name, stage in run.stages.items()}
 
 
-def test_one_extraction_per_inputs_and_two_stages_per_experiment():
+def test_one_extraction_per_inputs_and_three_stages_per_experiment():
+    """analysis, plot, and claims (every built-in experiment has claims by default)."""
     assert set(hashes()) == {"stimuli.extract", "corpus.extract",
-                             *(f"{e}.{k}" for e in ("qkv", *CORPUS_EXPERIMENTS) for k in ("analysis", "plot"))}
+                             *(f"{e}.{k}" for e in ("qkv", *CORPUS_EXPERIMENTS) for k in ("analysis", "plot", "claims"))}
 
 
 def test_composition_is_deterministic():
@@ -33,25 +34,32 @@ def test_stable_hash_ignores_dict_order_but_not_values():
     assert stable_hash([1, 2]) != stable_hash([2, 1])
 
 
-# override -> the stages whose hash must change (all others must not)
+# override -> the stages whose hash must change (all others must not). An analysis change
+# reruns the experiment's figures and claims; the claims stage draws its table at plot.dpi.
 CORPUS_EXPERIMENTS = ("adjustments", "pathlength", "rotations")
-QKV_ALL = {"stimuli.extract", "qkv.analysis", "qkv.plot"}
-ADJ = {"adjustments.analysis", "adjustments.plot"}
-CORPUS_ALL = {"corpus.extract", *(f"{e}.{k}" for e in CORPUS_EXPERIMENTS for k in ("analysis", "plot"))}
-ALL_PLOTS = {f"{e}.plot" for e in ("qkv", *CORPUS_EXPERIMENTS)}
+DOWNSTREAM = ("analysis", "plot", "claims")
+QKV = {f"qkv.{k}" for k in DOWNSTREAM}
+QKV_ALL = {"stimuli.extract", *QKV}
+ADJ = {f"adjustments.{k}" for k in DOWNSTREAM}
+PATHLENGTH = {f"pathlength.{k}" for k in DOWNSTREAM}
+CORPUS_ALL = {"corpus.extract", *(f"{e}.{k}" for e in CORPUS_EXPERIMENTS for k in DOWNSTREAM)}
+ALL_PLOTS = {f"{e}.{k}" for e in ("qkv", *CORPUS_EXPERIMENTS) for k in ("plot", "claims")}
 CASES = {
     "model=minilm-l6": QKV_ALL | CORPUS_ALL,
     "model.dtype=float16": QKV_ALL | CORPUS_ALL,
     "template=mid_sentence": QKV_ALL,
     "stimuli=animals_tools_vehicles_colours": QKV_ALL,
     "extract.position=last": QKV_ALL,
-    "qkv.components=[q,k]": {"qkv.analysis", "qkv.plot"},      # the extraction stores q, k, v whatever is analysed
+    "qkv.components=[q,k]": QKV,      # the extraction stores q, k, v whatever is analysed
     "extract.storage_dtype=float16": QKV_ALL | CORPUS_ALL,
     "corpus.window_tokens=128": CORPUS_ALL,
-    "qkv.n_permutations=99": {"qkv.analysis", "qkv.plot"},
-    "qkv.zscore=true": {"qkv.analysis", "qkv.plot"},
+    "qkv.n_permutations=99": QKV,
+    "qkv.zscore=true": QKV,
     "adjustments.exclude_first_token=true": ADJ,
-    "pathlength.n_bootstrap=10": {"pathlength.analysis", "pathlength.plot"},
+    "pathlength.n_bootstrap=10": PATHLENGTH,
+    # claims: their own stage, and the figures that draw a claim's reported range
+    "adjustments.claims.0.tolerance=0.1": {"adjustments.claims", "adjustments.plot"},
+    "rotations.claims.0.support=0.8": {"rotations.claims"},
     # computed during extraction, adjustments adds its settings to the shared extraction
     "adjustments.during_extraction=true": CORPUS_ALL,
     "qkv.plot.similarity_layers=[0]": {"qkv.plot"},
@@ -77,7 +85,7 @@ DURING = "adjustments.during_extraction=true"
 CASES_DURING = {
     "adjustments.exclude_first_token=true": CORPUS_ALL,   # the shared extraction computes it
     "adjustments.plot.error_bar=sd": {"adjustments.plot"},
-    "pathlength.n_bootstrap=10": {"pathlength.analysis", "pathlength.plot"},
+    "pathlength.n_bootstrap=10": PATHLENGTH,
     "corpus.window_tokens=128": CORPUS_ALL,
     "extract.storage_dtype=float16": QKV_ALL | CORPUS_ALL,
     "template=mid_sentence": QKV_ALL,

@@ -66,7 +66,7 @@ def test_plot_change_schedules_only_figure_jobs(workdir):
 
 def test_new_template_schedules_only_experiment_1(workdir):
     dry = snakemake(workdir, [*OVERRIDES, "template=mid_sentence"], "-n")
-    assert scheduled_rules(dry) == {"extract": 1, "qkv_analysis": 1, "qkv_figures": 1, "all": 1}
+    assert scheduled_rules(dry) == {"extract": 1, "qkv_analysis": 1, "qkv_figures": 1, "qkv_claims": 1, "all": 1}
 
 
 def test_hdf5_attributes_carry_provenance(workdir, run):

@@ -48,7 +48,8 @@ DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server")
 ACCOUNT, PARTITION = "research", "debug"  # made by start.sh
 EXTRACT_THREADS = 4                       # threads: of rule extract
-CLUSTER_RULES = {"extract": 2, "qkv_analysis": 1, "qkv_figures": 1, "adjustments_analysis": 1, "adjustments_figures": 1}
+CLUSTER_RULES = {"extract": 2, "qkv_analysis": 1, "qkv_figures": 1, "qkv_claims": 1, "adjustments_analysis": 1,
+                 "adjustments_figures": 1, "adjustments_claims": 1}
 
 
 def _alive(pid: int) -> bool:
@@ -215,8 +216,8 @@ def test_memory_and_time_requests_are_the_workflow_plans(runs):
     plan = WorkflowPlan.from_snakemake_config({"overrides": OVERRIDES}, PROJECT_ROOT)
     for job in runs["jobs"]:
         stage = plan.stages[job["digest"]]
-        assert stage.kind == {"extract": "extract", "qkv_analysis": "analysis", "adjustments_analysis": "analysis"}.get(
-            job["rule"], "plot"), job
+        assert stage.kind == {"extract": "extract", "qkv_analysis": "analysis", "adjustments_analysis": "analysis",
+                              "qkv_claims": "claims", "adjustments_claims": "claims"}.get(job["rule"], "plot"), job
         wanted = plan.resources(job["digest"])
         assert job["req"]["mem"] == f"{wanted['mem_mb']}M" and job["minutes"] == wanted["runtime"], (job, wanted)
         if stage.kind == "extract":
