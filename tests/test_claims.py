@@ -568,3 +568,23 @@ def test_claims_stage_end_to_end_cached_reported_and_swept(tmp_path):
     record = yaml.safe_load((matrix / "sweep.yaml").read_text())
     assert [run["label"] for run in record["runs"]] == [run.label for run in runs]
     assert scheduled_rules(snakemake(tmp_path, overrides, "-n", sweep=sweep)) == {}
+
+
+def test_figures_draw_the_reported_ranges_as_labelled_reference_bands():
+    from laminae.experiments.adjustments.figures import plot_laminar
+    from laminae.metrics.moments import LayerStats
+
+    n = 6
+    table = {"cosine": LayerStats(np.zeros(n), np.full(n, 0.1), np.full(n, 0.01), np.full(n, 300))}
+    context = {"model": "m", "corpus": "c"}
+    fig, ax = plot_laminar(table, context, "sem", references(default_claims("adjustments")))
+    bands = [c for c in ax.collections if c.get_hatch()]
+    extents = sorted((round(float(v[:, 0].min()), 2), round(float(v[:, 0].max()), 2), round(float(v[:, 1].min()), 3),
+                      round(float(v[:, 1].max()), 3)) for v in (b.get_paths()[0].vertices for b in bands))
+    # middle: layers 1-4 of 6 at [-0.05, 0.05]; shoulders: layer 0 and layer 5 at [0.1, 0.2]
+    assert extents == [(-0.4, 0.4, 0.1, 0.2), (0.6, 4.4, -0.05, 0.05), (4.6, 5.4, 0.1, 0.2)]
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "course, GPT-2 Large: reported (a reference, not this run)" in labels
+    fig, ax = plot_laminar(table, context, "sem")
+    assert not [c for c in ax.collections if c.get_hatch()]
+    assert not any("reference" in text.get_text() for text in ax.get_legend().get_texts())

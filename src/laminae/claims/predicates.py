@@ -75,7 +75,7 @@ def num(value: float) -> str:
     """A number for a report: 3 significant digits, no exponent for ordinary sizes."""
     if value is None or not math.isfinite(value):
         return "nan"
-    return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return f"{value:.3g}"
 
 
 def _label(name: str, series: Series) -> str:
@@ -143,7 +143,8 @@ def _range_rule(c: dict[str, Any], measurements: Mapping[str, Any], layers: list
         verdict = _fraction_verdict(len(inside), len(outside), len(use), c["min_fraction"])
         verdicts.append(verdict)
         values = series.values[use]
-        measured.append(f"{_label(name, series)} {num(values.min())} to {num(values.max())}")
+        spread = num(values[0]) if values.min() == values.max() else f"{num(values.min())} to {num(values.max())}"
+        measured.append(f"{_label(name, series)} {spread}")
         parts = [f"{len(inside)} of {len(use)} layers inside ({_interval_words(series)})"]
         if outside:
             parts.append("outside at " + _listed(outside, lambda l: f"{l} ({_point(series, l)})"))

@@ -128,8 +128,10 @@ def plot_matrix(runs: Sequence[str], claims: Sequence[str], verdicts: Sequence[S
     from laminae.plots.style import plt
 
     n_rows, n_cols = len(runs), len(claims)
-    fig, ax = plt.subplots(figsize=(2.5 + 0.42 * n_cols + max(len(r) for r in runs) * 0.055, 1.9 + 0.32 * n_rows
-                                    + max(len(c) for c in claims) * 0.055), layout="constrained")
+    cell = 0.5                                     # inches per cell
+    width = 1.0 + max(len(r) for r in runs) * 0.07 + n_cols * cell
+    height = 1.0 + n_rows * cell + max(len(c) for c in claims) * 0.058   # rotated labels below
+    fig, ax = plt.subplots(figsize=(max(width, 5.0), height), layout="constrained")
     for i, row in enumerate(verdicts):
         for j, verdict in enumerate(row):
             if not verdict:

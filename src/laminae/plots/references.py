@@ -1,6 +1,6 @@
 """Reported results drawn on a run's figures: the ranges the course reported (from the claims
-that carry a `reference` label), as light hatched grey bands (or dashed grey lines for a single
-reported value) over the claim's depth band, with a legend entry that says they are a reference,
+that carry a `reference` label), as light hatched grey bands (or a wide light grey stripe for a
+single reported value) over the claim's depth band, with a legend entry that says they are a reference,
 not this run's data.
 
     >>> handles = draw_references(ax, job.references, n_layers, series=("cosine",))   # after the data
@@ -56,9 +56,11 @@ def draw_references(ax, references: Sequence[Mapping[str, Any]], n_layers: int, 
         low = y_bottom if reference["low"] is None else float(reference["low"])
         high = y_top if reference["high"] is None else float(reference["high"])
         label = reference_label(reference["label"])
-        if low == high:
-            ax.plot([x0, x1], [low, low], color=REFERENCE_EDGE, linestyle=(0, (4, 2)), linewidth=1.3, zorder=0.6)
-            handles.setdefault(label, Line2D([], [], color=REFERENCE_EDGE, linestyle=(0, (4, 2)), linewidth=1.3))
+        if low == high:   # one reported value: a wide, light stripe, unlike any of the run's lines
+            ax.plot([x0, x1], [low, low], color=REFERENCE_FACE, alpha=0.6, linewidth=6, solid_capstyle="butt",
+                    zorder=0.6)
+            handles.setdefault(label, Line2D([], [], color=REFERENCE_FACE, alpha=0.6, linewidth=6,
+                                             solid_capstyle="butt"))
         else:
             ax.fill_between([x0, x1], [low, low], [high, high], facecolor=REFERENCE_FACE, edgecolor=REFERENCE_EDGE,
                             hatch=REFERENCE_HATCH, linewidth=0, alpha=REFERENCE_ALPHA, zorder=0.5)

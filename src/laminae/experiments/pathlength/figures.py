@@ -90,8 +90,8 @@ def _token_legend_handles() -> list[Line2D]:
 def plot_correlations(table: PathLengthTable, context: Mapping[str, Any], family: str = "",
                       references: Sequence[Mapping[str, Any]] = ()) -> tuple[plt.Figure, np.ndarray]:
     """Per layer: Pearson and Spearman of PL_attn (left) and PL_mlp (right) with PL_hs.
-    `references`: reported values of the claims on `<correlation>:<tokens>`, drawn as dashed grey
-    lines, each labelled with the token set it was reported for."""
+    `references`: reported values of the claims on `<correlation>:<tokens>`, drawn as wide light
+    grey stripes; the legend says each value's method and token set."""
     layers = np.arange(table.n_layers)
     settings = context.get("analysis") or {}
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.3), sharey=True, squeeze=False)
@@ -119,6 +119,8 @@ def plot_correlations(table: PathLengthTable, context: Mapping[str, Any], family
     pad = 0.06 * max(high - low, 0.1)
     axes[0].set_ylim(max(low - pad, -1.05), min(high + pad, 1.05))
     drawn: dict[str, Any] = {}
+    reported: dict[str, None] = {}       # one stripe per reported value; the legend says which is which
+    methods: dict[str, None] = {}
     for ax, sublayer in zip(axes, ("attn", "mlp")):
         names = [f"{metric}:{tokens}" for metric, (_, which) in CORRELATIONS.items() if which == sublayer
                  for tokens in TOKEN_SETS]
@@ -127,15 +129,16 @@ def plot_correlations(table: PathLengthTable, context: Mapping[str, Any], family
         for reference in references:
             if reference["series"] in names and reference["low"] == reference["high"]:
                 metric, tokens = reference["series"].split(":")
-                method = CORRELATIONS[metric][0].capitalize()
-                ax.annotate(f"{reference['low']:g} reported ({method}, {TOKEN_LABELS[tokens]})", xy=(0.0, reference["low"]),
-                            xycoords=("axes fraction", "data"), xytext=(3, 2), textcoords="offset points",
-                            fontsize=7, color="#6f6f6f", va="bottom")
+                methods.setdefault(CORRELATIONS[metric][0].capitalize())
+                reported.setdefault(f"{reference['low']:g} ({'all tokens' if tokens == 'all' else 'without the first'})")
     axes[0].set_ylabel("correlation over tokens (r)")
     method_handles = [Line2D([], [], color=colour, linewidth=2.0, label=method.capitalize())
                       for method, colour in METHOD_COLOURS.items()]
     reference_handles = []
     for label, handle in drawn.items():
+        if reported:
+            values = " \u2192 ".join(reported)
+            label = label.replace(" (a reference", f" {'/'.join(methods)} r\n{values}\n(a reference")
         handle.set_label(label)
         reference_handles.append(handle)
     fig.legend(handles=[*method_handles, *_token_legend_handles(), *reference_handles], loc="outside lower center",
