@@ -7,7 +7,6 @@ its caching, its report and a sweep's claims matrix."""
 from __future__ import annotations
 
 import itertools
-import math
 from pathlib import Path
 
 import h5py

@@ -32,7 +32,8 @@ def write_experiment(folder: Path, files: dict[str, str] | None = None, **change
     """An experiment package `folder` with DECLARATION (fields changed or dropped by `changes`)."""
     fields = {**DECLARATION, **changes}
     arguments = ", ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
-    files = {"__init__.py": f"from laminae.experiment import Experiment, Figure\nEXPERIMENT = Experiment({arguments})\n",
+    files = {"__init__.py": f"from laminae.experiment import Experiment, Figure, Measure\n"
+                            f"EXPERIMENT = Experiment({arguments})\n",
              "work.py": "class Reducer: ...\ndef plot(job): ...\n", "caption.rst": "Norms.\n",
              "default.yaml": "plot: {}\n", **(files or {})}
     folder.mkdir(parents=True)
@@ -65,6 +66,13 @@ CONTRACT = {
     "schema_file_missing": ({"schema": '"schema.yaml"'}, "schema file schema.yaml not found"),
     "schema_not_an_object": ({"schema": '{"type": "array"}'}, "schema must be a JSON schema of an object"),
     "bad_version": ({"version": "0"}, "version must be an integer >= 1"),
+    "measures_without_hook": ({"measures": '(Measure("norm", "x"),)'}, "declare measures together with the measure hook"),
+    "hook_without_measures": ({"measure": '".work:plot"'}, "declare measures together with the measure hook"),
+    "bad_measure_name": ({"measure": '".work:plot"', "measures": '(Measure("Norm!", "x"),)'}, "measure name 'Norm!'"),
+    "bad_measure_kind": ({"measure": '".work:plot"', "measures": '(Measure("norm", "x", kind="histogram"),)'},
+                         "kind must be one of layers, sample; got 'histogram'"),
+    "duplicate_measures": ({"measure": '".work:plot"', "measures": '(Measure("norm", "x"), Measure("norm", "y"))'},
+                           "measure names must be distinct"),
 }
 
 

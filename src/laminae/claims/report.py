@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from laminae.claims import FIGURE_NAME, TABLE_FILENAME, ClaimResult
+from laminae.claims import ClaimResult
 from laminae.claims.predicates import FAILS, HOLDS, NOT_APPLICABLE, UNDECIDED, VERDICTS
 from laminae.errors import InputFileError
 from laminae.store import read_tsv, write_tsv
