@@ -114,7 +114,10 @@ def test_corpus_activations_match_an_independent_numpy_gpt2(workdir, run):
 def test_two_runs_give_identical_datasets(workdir, run, tmp_path):
     """Activations and metrics of both experiments: every file, every HDF5 dataset (values,
     dtype, shape) and attribute, every table and config.yaml byte for byte."""
-    snakemake(tmp_path, OVERRIDES, "--cores", "2")  # rebuilds the random model from its seed too
+    compared = [path for experiment in ("qkv", "adjustments")
+                for path in (str(run.extraction(experiment).output_dir),
+                             str(run.stages[f"{experiment}.analysis"].output_dir / "config.yaml"))]
+    snakemake(tmp_path, OVERRIDES, "--cores", "2", *compared)  # rebuilds the random model from its seed too
     for experiment in ("qkv", "adjustments"):
         for stage in (run.extraction(experiment), run.stages[f"{experiment}.analysis"]):
             folder = stage.output_dir
