@@ -63,13 +63,14 @@ def test_revision_sweep_is_one_dag_of_cached_runs(tmp_path: Path) -> None:
     assert set(stored) == set(REVISIONS)
     assert not np.allclose(stored["step1000"], stored["step143000"])   # each revision's own weights
 
-    # the comparison lists every revision's metrics, labelled by it: what an across-training
-    # figure reads (metrics folder per run; the step from the label)
+    # the comparison lists every revision's metrics, labelled by it, and draws the headline
+    # metric across training: the heatmap's rows are the checkpoints in step order
     (sweep,) = (tmp_path / "results" / "sweeps").glob("adjustments-*")
     record = yaml.safe_load((sweep / "sweep.yaml").read_text())
     assert [run["label"] for run in record["runs"]] == [f"model.revision={r}" for r in REVISIONS]
     assert all((tmp_path / run["metrics"] / "adjustments.tsv").is_file() for run in record["runs"])
     assert (sweep / "compare_adjustments.png").stat().st_size > 0
+    assert (sweep / "training_adjustments.png").stat().st_size > 0 and (sweep / "training_adjustments.pdf").is_file()
 
     # cached: another revision is one more extraction (and analysis); the three done are reused
     repo = home / "hub" / ("models--" + REPO.replace("/", "--"))
@@ -77,8 +78,9 @@ def test_revision_sweep_is_one_dag_of_cached_runs(tmp_path: Path) -> None:
     (repo / "refs" / "step2000").write_text(commit_of("step2000"))
     more = ["model.revision=step1000,step2000,step8000,step143000"]
     dry = scheduled_rules(snakemake(tmp_path, OVERRIDES, "-n", sweep=more, env=env))
-    assert {rule: dry[rule] for rule in ("extract", "adjustments_analysis", "adjustments_figures")} == {
-        "extract": 1, "adjustments_analysis": 1, "adjustments_figures": 1}
+    assert {rule: dry[rule] for rule in ("extract", "adjustments_analysis", "adjustments_figures",
+                                         "adjustments_training")} == {
+        "extract": 1, "adjustments_analysis": 1, "adjustments_figures": 1, "adjustments_training": 1}
 
 
 def test_a_missing_revision_fails_in_one_line(tmp_path: Path) -> None:

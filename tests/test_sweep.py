@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from laminae.plots.overlay import depth_axis
-from laminae.workflow import WorkflowPlan
+from laminae.workflow import WorkflowPlan, training_steps
 from workflow_helpers import FAST, PROJECT_ROOT, scheduled_rules, snakemake
 
 SWEEP = ["model=tiny-gpt2,minilm-l6", "template=next_word,mid_sentence"]
@@ -65,3 +65,35 @@ def test_sweep_runs_every_combination_once_and_overlays_them(tmp_path):
     # a plot setting reruns only figures (and the comparison, drawn at the same dpi)
     dry = snakemake(tmp_path, [*overrides, "plot.dpi=100"], "-n", sweep=SWEEP)
     assert scheduled_rules(dry) == {"qkv_figures": 4, "qkv_compare": 1, "all": 1}
+
+
+def test_training_steps_come_from_revision_overrides_only():
+    assert training_steps([["model.revision=step8000"], ["model.revision=step1000"]]) == [8000, 1000]
+    assert training_steps([["model.revision=stage1-step140000-tokens587B"], ["model.revision=step0"]]) == [140000, 0]
+    assert training_steps([["model.revision=main"], ["model.revision=step1000"]]) is None
+    assert training_steps([["model.revision=step1000", "template=mid_sentence"], ["model.revision=step8000"]]) is None
+    assert training_steps([["model.revision=step1000"], ["model.revision=v2-step1000"]]) is None   # not distinct
+    sweep = plan(["experiments=[adjustments]"], ["model.revision=step1000,step143000"])
+    (comparison,) = sweep.comparisons.values()
+    assert comparison.config["steps"] == [1000, 143000] and comparison.files[-2].endswith("training_adjustments.png")
+    assert all(not c.across_training for c in plan().comparisons.values())
+
+
+def test_the_training_figure_orders_checkpoints_by_step_on_a_log_axis():
+    from laminae.plots.training import plot_across_training, row_edges, step_positions
+    from laminae.series import Series
+
+    steps = [8000, 0, 143000, 1000]                         # as the sweep lists them
+    values = {step: np.arange(4.0) + step for step in steps}  # (layers,) per checkpoint
+    fig = plot_across_training({"m": [Series(values[s]) for s in steps]}, steps, "t")
+    heat = fig.axes[0]
+    mesh = heat.collections[0]
+    drawn = np.asarray(mesh.get_array()).reshape(4, 4)      # (checkpoints, layers), rows bottom to top
+    np.testing.assert_array_equal(drawn, np.stack([values[s] for s in sorted(steps)]))
+    positions = step_positions(sorted(steps))
+    np.testing.assert_allclose(positions, [2.0, 3.0, np.log10(8000), np.log10(143000)])   # step 0 a decade below
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["0", "1,000", "8,000", "143,000"]
+    edges = row_edges(positions)
+    assert np.all(np.diff(edges) > 0) and np.all((edges[:-1] < positions) & (positions < edges[1:]))
+    lines = fig.axes[1].get_lines()
+    assert [line.get_label() for line in lines] == ["step 0", "step 1,000", "step 8,000", "step 143,000"]

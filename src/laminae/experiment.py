@@ -117,6 +117,7 @@ class Measure:
     name: str       # [a-z][a-z0-9_]* with optional ':'-separated qualifiers, e.g. "pearson_mlp_hs:all"
     what: str       # one line: what it is and what its interval is
     kind: str = "layers"
+    headline: str = ""   # a short label ("RSA Q-K") makes it a headline metric: sweeps across training draw it
 
 
 MEASURE_KINDS = ("layers", "sample")

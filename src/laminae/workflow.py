@@ -18,6 +18,7 @@ Nothing here imports torch: parsing the Snakefile stays fast (a no-op rerun take
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -49,8 +50,34 @@ class Comparison:
     dir: Path
 
     @property
+    def across_training(self) -> bool:
+        """The runs are checkpoints of one model (`config["steps"]`): its headline metrics get a
+        figure across training too."""
+        return "steps" in self.config
+
+    @property
     def files(self) -> list[str]:
-        return [str(self.dir / f"compare_{self.experiment}.{ext}") for ext in FIGURE_FORMATS] + [str(self.dir / "sweep.yaml")]
+        names = [f"compare_{self.experiment}.{ext}" for ext in FIGURE_FORMATS] + ["sweep.yaml"]
+        if self.across_training:
+            names += [f"training_{self.experiment}.{ext}" for ext in FIGURE_FORMATS]
+        return [str(self.dir / name) for name in names]
+
+
+def training_steps(distinguishing: list[list[str]]) -> list[int] | None:
+    """The training steps of a sweep's runs when each is told apart by one override
+    `model.revision=<...step N...>` (Pythia's `step1000`, OLMo's `stage1-step1000-tokens...`),
+    with distinct N; else None.
+
+        >>> training_steps([["model.revision=step1000"], ["model.revision=step143000"]])
+        [1000, 143000]
+    """
+    steps = []
+    for overrides in distinguishing:
+        match = re.fullmatch(r"model\.revision=\S*?step(\d+)\S*", overrides[0]) if len(overrides) == 1 else None
+        if match is None:
+            return None
+        steps.append(int(match.group(1)))
+    return steps if len(set(steps)) == len(steps) else None
 
 
 @dataclass(frozen=True)
@@ -118,16 +145,20 @@ class WorkflowPlan:
             return None
         from laminae.models.locate import weights_note
 
-        runs = []
+        runs, distinguishing = [], []
         for analysis_hash, members in groups.items():
             shared = [o for o in members[0].overrides if all(o in m.overrides for m in members)]
             weights = weights_note(members[0].config["model"], self.root)  # quantized GGUF: say so
             runs.append({"label": (" ".join(shared) or "default") + (f" ({weights})" if weights else ""),
                          "analysis": analysis_hash,
                          "settings": analysis_settings(members[0].config, experiment)})
+            distinguishing.append(shared)
         first = self.run_of[runs[0]["analysis"]].config
         config = {"stage": f"{experiment.name}.compare", "experiment": experiment.name, "runs": runs,
                   "plot": {"dpi": first["plot"]["dpi"], experiment.name: first[experiment.name].get("plot", {})}}
+        steps = training_steps(distinguishing)
+        if steps is not None and any(measure.headline for measure in experiment.measures):
+            config["steps"] = steps
         digest = stable_hash(config)
         metrics = [str(self.stages[run["analysis"]].output_dir) for run in runs]
         return Comparison(experiment.name, digest, config, metrics,

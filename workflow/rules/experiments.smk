@@ -13,7 +13,7 @@ def _caption(experiment, relative):
     return os.path.relpath(experiment.path(relative), Path(workflow.current_basedir))
 
 
-_compare_rules = set()
+_compare_rules, _training_rules = set(), set()
 for _experiment, _variants in PLAN.rule_variants():
     _name, _suffix = _experiment.name, _experiment.rule_suffix(_variants)
     _folder = _experiment.folder_name(_variants)
@@ -132,3 +132,31 @@ for _experiment, _variants in PLAN.rule_variants():
                 "../../envs/laminae.yaml"
             script:
                 "../scripts/compare.py"
+
+    if any(c.experiment == _name and c.across_training for c in PLAN.comparisons.values()) \
+            and _name not in _training_rules:
+        _training_rules.add(_name)
+
+        rule:
+            """A sweep over training checkpoints: the headline metrics per checkpoint and layer."""
+            name:
+                f"{_name}_training"
+            input:
+                metrics=lambda w: [f"{folder}/config.yaml" for folder in PLAN.comparisons[w.ch].metrics],
+            output:
+                png=report(f"{RESULTS}/sweeps/{_name}-{{ch}}/training_{_name}.png", caption="../report/training.rst",
+                           category="Sweep comparisons", labels={"experiment": _name, "figure": "across training",
+                                                                 "run": "{ch}"}),
+                pdf=f"{RESULTS}/sweeps/{_name}-{{ch}}/training_{_name}.pdf",
+            log:
+                f"{RESULTS}/sweeps/{_name}-{{ch}}/training.log",
+            params:
+                experiment=_name,
+                stage=lambda w: PLAN.comparison_record(w.ch),
+            resources:
+                mem_mb=2000,
+                runtime=10,
+            conda:
+                "../../envs/laminae.yaml"
+            script:
+                "../scripts/training.py"

@@ -5,7 +5,11 @@
     >>> run_comparison(experiment, stage, [".../analysis-<h1>/metrics", ".../analysis-<h2>/metrics"], out_png)
 
 `stage["config"]` holds `runs` (one `{label, analysis, settings}` per metrics folder, in order)
-and `plot` (`dpi`, and the experiment's `plot` keys of the first run).
+and `plot` (`dpi`, and the experiment's `plot` keys of the first run). When the runs are training
+checkpoints of one model (`steps`), `run_training` also draws the experiment's headline metrics
+(the measures it declares with a `headline` label) across training:
+
+    >>> run_training(experiment, stage, metrics_dirs, Path(".../training_qkv.png"))
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from laminae.experiment import CompareJob, Experiment
 from laminae.plots.style import save_figure
+from laminae.stages.claims import measurements_of
 from laminae.provenance import atomic_write_text, dump_yaml
 
 
@@ -31,3 +36,17 @@ def run_comparison(experiment: Experiment, stage: Mapping[str, Any], metrics_dir
               "runs": [{**run, "metrics": str(path)} for run, path in zip(runs, metrics_dirs)]}
     atomic_write_text(out_png.with_name("sweep.yaml"), dump_yaml(record))
     return [*written, out_png.with_name("sweep.yaml")]
+
+
+def run_training(experiment: Experiment, stage: Mapping[str, Any], metrics_dirs: Sequence[str | Path],
+                 out_png: Path) -> list[Path]:
+    """The headline metrics of every checkpoint (`stage["config"]["steps"]`): heatmaps and curves."""
+    from laminae.plots.training import plot_across_training
+
+    config = stage["config"]
+    headlines = [measure for measure in experiment.measures if measure.headline and measure.kind == "layers"]
+    measured = [measurements_of(experiment, folder, run["settings"]) for folder, run in zip(metrics_dirs, config["runs"])]
+    series = {measure.headline: [run[measure.name] for run in measured] for measure in headlines
+              if all(measure.name in run for run in measured)}
+    title = f"{experiment.title} across training: {len(config['steps'])} checkpoints"
+    return save_figure(plot_across_training(series, config["steps"], title), out_png, dpi=config["plot"]["dpi"])

@@ -25,7 +25,8 @@ def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, flo
 
 #: What `measures.measure` returns (claims name these; docs/EXPERIMENTS.md, "Claims").
 MEASURES = (
-    Measure("cosine", "mean cos(attn_out, mlp_out) per layer, with mean +- 1.96 SEM"),
+    Measure("cosine", "mean cos(attn_out, mlp_out) per layer, with mean +- 1.96 SEM",
+            headline="cos(attn_out, mlp_out)"),
     Measure("cosine_median", "median cos(attn_out, mlp_out) per layer"),
     Measure("norm_attn_out", "mean |attn_out| per layer, with mean +- 1.96 SEM"),
     Measure("norm_mlp_out", "mean |mlp_out| per layer, with mean +- 1.96 SEM"),

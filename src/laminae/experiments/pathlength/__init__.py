@@ -36,10 +36,13 @@ def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, flo
     return {"mem_mb": 1024 + max(2 * 256, finish_mb), "runtime": 5 + shape.stored_mb / 100 / 60 + bootstrap_s / 60}
 
 
+#: The measures a sweep across training checkpoints draws.
+HEADLINES = {"pearson_attn_hs:all": "Pearson PL_attn-PL_hs", "pearson_attn_hs:without_first": "Pearson PL_attn-PL_hs, first token left out",
+             "pearson_mlp_hs:all": "Pearson PL_mlp-PL_hs"}
 #: What `measures.measure` returns, `<metric>:<tokens>` (claims name these; docs/EXPERIMENTS.md, "Claims").
 MEASURES = tuple(
     Measure(f"{metric}:{tokens}", f"{what} per layer over {'all tokens' if tokens == 'all' else 'tokens but the first'}"
-                                  f", with {interval}")
+                                  f", with {interval}", headline=HEADLINES.get(f"{metric}:{tokens}", ""))
     for tokens in ("all", "without_first")
     for metrics, what, interval in (
         (("pearson_attn_hs", "spearman_attn_hs", "pearson_mlp_hs", "spearman_mlp_hs"), "correlation",

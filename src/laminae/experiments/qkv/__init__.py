@@ -19,9 +19,11 @@ RANK_S = 5e-8          # Spearman bootstrap, per matrix x replicate x word pair 
 MIN_HEAD_DIM = 32      # the narrowest heads of the supported pretrained models (all-MiniLM-L6-v2)
 #: What `measures.measure` returns (claims name these; docs/EXPERIMENTS.md, "Claims").
 MEASURES = (
-    *(Measure(f"rsa:{pair}", f"RSA between {pair.upper().replace('-', ' and ')} per layer, with its bootstrap CI")
+    *(Measure(f"rsa:{pair}", f"RSA between {pair.upper().replace('-', ' and ')} per layer, with its bootstrap CI",
+              headline="RSA Q-K" if pair == "q-k" else "")
       for pair in ("q-k", "q-v", "k-v")),
-    *(Measure(f"selectivity:{c}", f"category selectivity of {c.upper()} per layer, with permutation p and q")
+    *(Measure(f"selectivity:{c}", f"category selectivity of {c.upper()} per layer, with permutation p and q",
+              headline=f"selectivity of {c.upper()}")
       for c in "qkv"),
     *(Measure(f"selectivity_null:{c}", f"mean of {c.upper()}'s permutation null per layer, with its central band")
       for c in "qkv"),

@@ -40,7 +40,8 @@ def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, flo
 
 #: What `measures.measure` returns (claims name these; docs/EXPERIMENTS.md, "Claims").
 MEASURES = (
-    *(Measure(metric, f"mean {metric.replace('_', ' ')} angle per layer (radians), with mean +- 1.96 SEM")
+    *(Measure(metric, f"mean {metric.replace('_', ' ')} angle per layer (radians), with mean +- 1.96 SEM",
+              headline={"block_rotation": "block rotation (rad)", "sequential_rest": "sequential angle (rad)"}.get(metric, ""))
       for metric in ("block_rotation", "attn_angle", "mlp_angle", "sequential_first", "sequential_rest")),
     Measure("sequential_angles", "every sequential angle per pair and layer (the histograms), first-token pairs as "
                                  "a group, pairs as resampling units", kind="sample"),
