@@ -71,6 +71,32 @@ def test_incomplete_rows_fail_and_leave_nothing(tmp_path, data):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_layers_written_one_by_one_in_any_order_equal_whole_batches(tmp_path, data):
+    whole = tmp_path / "whole"
+    write_store(whole, data)
+    by_layer = tmp_path / "by_layer"
+    with ActivationWriter(by_layer, 3, 10, ATTRS, config_text="stage: test\n") as writer:
+        for start in (6, 0, 3, 9):  # batches in any order, layers last to first
+            for layer in (2, 1, 0):
+                writer.write_layer(layer, start, {site: values[layer, start : start + 3] for site, values in data.items()})
+        writer.set_rows([{"word": f"w{i}", "token": "a\tb\nc\\d\"e"} for i in range(10)], ["word", "token"])
+    for site in data:
+        np.testing.assert_array_equal(ActivationStore(by_layer).read(site), ActivationStore(whole).read(site))
+
+
+def test_a_layer_left_short_fails_and_leaves_nothing(tmp_path, data):
+    out = tmp_path / "activations"
+    with pytest.raises(RuntimeError, match=r"incomplete: rows written \{'q': 0\}"):
+        with ActivationWriter(out, 3, 10, ATTRS) as writer:
+            for layer in (0, 2):  # layer 1 never written
+                writer.write_layer(layer, 0, {"q": data["q"][layer]})
+            writer.set_rows([{}] * 10, [])
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="layer 3 outside"):
+        with ActivationWriter(out, 3, 10, ATTRS) as writer:
+            writer.write_layer(3, 0, {"q": data["q"][0]})
+
+
 def test_rewrite_replaces_previous_output(tmp_path, data):
     out = tmp_path / "activations"
     write_store(out, data)

@@ -12,6 +12,10 @@ is renamed to `activations/` only when every row is written, so a crash leaves n
     >>> store.read("q").shape                                   # (n_layers, n_rows, width)
     (36, 34, 1280)
 
+Writes can also go layer by layer (`write_layer`), from another thread: `BackgroundWriter` runs
+them in one thread while the caller computes (the extraction feeds it each block's rows while the
+next blocks run); an error there is raised in the caller's thread, and the folder is not renamed.
+
 `ActivationStore` validates before anything heavy: every layer file present and readable (a
 truncated file is named), the stage hash as expected, and the row counts consistent.
 """
@@ -19,6 +23,9 @@ truncated file is named), the stage hash as expected, and the row counts consist
 from __future__ import annotations
 
 import csv
+import queue
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -143,7 +150,7 @@ class ActivationWriter:
         self.config_text = config_text
         self._rows: Sequence[Mapping[str, Any]] | None = None
         self._columns: Sequence[str] = ()
-        self._written: dict[str, int] = {}
+        self._written: dict[str, list[int]] = {}  # site -> rows written per layer
         self._files: list[h5py.File] = []
         self._datasets: dict[str, list[h5py.Dataset]] = {}  # site -> one dataset per layer file
 
@@ -168,14 +175,27 @@ class ActivationWriter:
             if len(shape) != 2 or any(np.shape(layer) != shape for layer in values):
                 raise ValueError(f"{site}: every layer must be (rows, width) of one shape; got "
                                  f"{[np.shape(layer) for layer in values]}")
+        for layer in range(self.n_layers):
+            self.write_layer(layer, start, {site: values[layer] for site, values in batch.items()})
+
+    def write_layer(self, layer: int, start: int, values: Mapping[str, np.ndarray]) -> None:
+        """Write rows `start : start + rows` of layer `layer` for every site in `values`, each an
+        array (rows, width). Layers may come in any order, from one thread at a time (h5py
+        serialises its calls anyway)."""
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} outside the {self.n_layers} declared")
+        for site, array in values.items():
+            shape = np.shape(array)
+            if len(shape) != 2:
+                raise ValueError(f"{site}: layer {layer} must be (rows, width); got {shape}")
             stop = start + shape[0]
             if stop > self.n_rows:
                 raise ValueError(f"{site}: rows {start}:{stop} beyond the {self.n_rows} declared")
             if site not in self._written:
                 self._create(site, shape[1])
-            for dataset, layer in zip(self._datasets[site], values) if shape[0] else ():
-                _write_rows(dataset, start, layer)
-            self._written[site] += shape[0]
+            if shape[0]:
+                _write_rows(self._datasets[site][layer], start, array)
+            self._written[site][layer] += shape[0]
 
     def set_rows(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
         """The row descriptions, written to rows.tsv with a leading `row` column."""
@@ -189,7 +209,7 @@ class ActivationWriter:
             handle.create_dataset(site, shape=(self.n_rows, width), dtype=self.dtype, chunks=chunks,
                                   compression=self.compression, track_times=False)
             for handle in self._files]
-        self._written[site] = 0
+        self._written[site] = [0] * self.n_layers
 
     def __exit__(self, exc_type, exc, tb) -> None:
         for handle in self._files:
@@ -203,14 +223,84 @@ class ActivationWriter:
         self._atomic.__exit__(exc_type, exc, tb)
 
     def _finish(self) -> None:
-        incomplete = {site: n for site, n in self._written.items() if n != self.n_rows}
-        if incomplete or (self.store_layers and not self._written):
-            raise RuntimeError(f"activation store incomplete: rows written {self._written} of {self.n_rows}")
+        written = {site: min(rows) for site, rows in self._written.items()}  # the least-written layer's
+        if any(n != self.n_rows for n in written.values()) or (self.store_layers and not self._written):
+            raise RuntimeError(f"activation store incomplete: rows written {written} of {self.n_rows}")
         if self._rows is None:
             raise RuntimeError("activation store: set_rows() was never called")
         rows = [{"row": index, **row} for index, row in enumerate(self._rows)]
         write_tsv(self.tmp_dir / ROWS_FILE, rows, ["row", *self._columns])
         (self.tmp_dir / CONFIG_FILE).write_text(self.config_text, encoding="utf-8")
+
+
+class BackgroundWriter:
+    """One thread that runs write jobs while the caller goes on computing; a context manager.
+
+        >>> with ActivationWriter(out_dir, n_layers, n_rows, attrs) as writer, BackgroundWriter() as background:
+        ...     background.submit(lambda: writer.write_layer(layer, start, {"q": rows}), done=release)
+        ...     background.check()          # raises here the first error of the thread, if any
+
+    Jobs run in submission order. `done` (optional) runs after its job whatever happened,
+    also once the thread has failed, when the remaining jobs are skipped: a caller that recycles
+    buffers through `done` is never left waiting. The first error is raised by `check()`,
+    `submit()` and the block's exit (which waits for every job); an error in the caller's block
+    skips the jobs not started yet, waits for the one running, and propagates. So no write runs
+    after the block, and the ActivationWriter around it can close its files and drop its folder."""
+
+    _STOP = object()
+
+    def __init__(self, name: str = "laminae-writer"):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._skip = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def __enter__(self) -> "BackgroundWriter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._skip = True  # the caller failed: finish nothing more
+        self._jobs.put(self._STOP)
+        self._thread.join()
+        if exc_type is None:
+            self.check()
+
+    def submit(self, job: Callable[[], Any], done: Callable[[], Any] | None = None) -> None:
+        """Queue `job` (then `done`, always); raises the thread's error if it has failed."""
+        self.check()
+        self._jobs.put((job, done))
+
+    def check(self) -> None:
+        """Raise the first error of a job, if any (in the caller's thread)."""
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is self._STOP:
+                return
+            job, done = item
+            try:
+                if self._error is None and not self._skip:
+                    job()
+            except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+                self._error = error
+            finally:
+                if done is not None:
+                    try:
+                        done()
+                    except BaseException as error:  # noqa: BLE001
+                        self._error = self._error or error
 
 
 def _write_rows(dataset: h5py.Dataset, start: int, values: np.ndarray) -> None:
