@@ -26,12 +26,30 @@ site, allocated on the first pass and reused by every later one, and `pop()` ret
 it that the next pass overwrites: the model's own outputs are then freed as in an unhooked
 forward, so memory stays at one buffer however many batches run (keeping the outputs themselves
 lets the allocator's heap fragment and grow from batch to batch).
+
+With a `sink` (what the extraction uses), nothing is kept: the hooks hand every layer's
+selected rows to the sink as the layer runs, `sink.begin(slot)` before the block, `sink.put(site,
+slot, rows, shared)` per site, `sink.end(slot)` after it. `HostStaging` is such a sink: it copies
+the rows into host buffers, on a GPU asynchronously (pinned memory, `non_blocking=True`, a side
+stream, one event per layer: no host synchronisation in any hook), and hands each finished layer
+to a consumer (the extraction's writer thread) while the next blocks compute:
+
+    staging = HostStaging(("q", "k", "v"), depth=4, on_layer=consume)   # consume(StagedLayer)
+    with torch.inference_mode(), SiteCapture(model, adapter, ("q", "k", "v"), sink=staging) as cap:
+        cap.select = select_last(batch["attention_mask"])
+        model(**batch)            # consume() gets layer 0 while block 1 runs, ...
+    # consume: staged.wait(); use staged.arrays[site] (numpy, (rows, width)); staging.release(staged)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+import queue
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -42,6 +60,22 @@ from laminae.sites import QKV, SITES
 
 #: (batch, seq, width) -> (rows, width); must keep the last dimension whole.
 Selector = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LayerSink(Protocol):
+    """Where a `SiteCapture(sink=...)` sends the rows of every layer, as the forward pass runs."""
+
+    def begin(self, slot: int) -> None:
+        """Layer slot `slot` (an index into `SiteCapture.layers`) is about to run."""
+
+    def put(self, site: str, slot: int, rows: torch.Tensor, shared: bool) -> None:
+        """The selected rows (rows, width) of `site`, on the block's device, in its compute
+        dtype. `shared`: the rows share memory with the module's output, which the model may
+        use or change after the hook; a sink that reads them later (asynchronously) copies them
+        first, in stream order."""
+
+    def end(self, slot: int) -> None:
+        """Every site of layer slot `slot` has been put."""
 
 
 class SiteCapture:
@@ -73,6 +107,7 @@ class SiteCapture:
         layers: Iterable[int] | None = None,
         select: Selector | None = None,
         reuse_buffers: bool = False,
+        sink: LayerSink | None = None,
     ) -> None:
         self.sites: tuple[str, ...] = tuple(sites)
         unknown = [site for site in self.sites if site not in SITES]
@@ -96,6 +131,9 @@ class SiteCapture:
             site: [[] for _ in self.layers] for site in self.sites
         }
         self.reuse_buffers = reuse_buffers
+        if sink is not None and reuse_buffers:
+            raise ValueError("a SiteCapture keeps its rows in buffers (reuse_buffers) or hands them to a sink, not both")
+        self.sink = sink
         # reuse_buffers: site -> (n captured layers, capacity rows, width), and rows filled per layer
         self._buffers: dict[str, torch.Tensor] = {}
         self._filled: dict[str, list[int]] = {site: [0 for _ in self.layers] for site in self.sites}
@@ -129,6 +167,8 @@ class SiteCapture:
         """`{site: [tensor per layer in self.layers]}` for the passes since the last pop, each
         (rows, width) with a selector, else (batch, seq, width); then forget them. With
         `reuse_buffers`, the tensors are views into the buffers, valid until the next pass."""
+        if self.sink is not None:
+            raise RuntimeError("this SiteCapture hands its rows to a sink; it keeps nothing to pop")
         if self.reuse_buffers:
             return self._pop_buffers()
         out: dict[str, list[torch.Tensor]] = {}
@@ -184,6 +224,9 @@ class SiteCapture:
 
     def _register_layer(self, slot: int, block: nn.Module) -> None:
         adapter = self.adapter
+        sink = self.sink
+        if sink is not None:  # first pre-hook and (below) last forward hook of the block
+            self._handles.append(block.register_forward_pre_hook(self._begin_hook(slot)))
         sites = [site for site in self.sites if site not in ("resid_pre", "resid_post")]
         fused = [site for site in QKV if site in sites] if adapter.fused_qkv else []
         if fused:
@@ -202,11 +245,19 @@ class SiteCapture:
                 self._input_hook(slot), with_kwargs=True))
         if "resid_post" in self.sites:
             self._handles.append(block.register_forward_hook(self._output_hook(slot, "resid_post")))
+        if sink is not None:
+            self._handles.append(block.register_forward_hook(self._end_hook(slot)))
 
     def _keep(self, site: str, slot: int, act: torch.Tensor, copy: bool = False) -> None:
         """Select rows of `act` and keep them; `copy`: the module's output will be modified in
         place after the hook, so what is kept must not share its storage."""
         select = self.select
+        if self.sink is not None:
+            if select is None:
+                raise ValueError("a SiteCapture with a sink needs a selector that returns (rows, width)")
+            rows = select(act).detach()
+            self.sink.put(site, slot, rows, copy or _shares_memory(rows, act))
+            return
         if select is not None:
             act = select(act)
         if self.reuse_buffers:
@@ -236,6 +287,18 @@ class SiteCapture:
 
         return hook
 
+    def _begin_hook(self, slot: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            self.sink.begin(slot)
+
+        return hook
+
+    def _end_hook(self, slot: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self.sink.end(slot)
+
+        return hook
+
     def _shape_hook(self, slot: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             self._shapes[slot] = tuple((args[0] if args else kwargs["hidden_states"]).shape[:-1])
@@ -250,6 +313,15 @@ class SiteCapture:
 
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
             act = output.detach()  # (batch, seq, q + k + v) in the family's fused layout
+            if self.sink is not None:
+                if self.select is None:
+                    raise ValueError("a SiteCapture with a sink needs a selector that returns (rows, width)")
+                selected = self.select(act)
+                shared = _shares_memory(selected, act)
+                parts = split(selected, config)
+                for site, position in zip(sites, positions):
+                    self.sink.put(site, slot, parts[position], shared)
+                return
             if self.reuse_buffers:
                 parts = split(act if self.select is None else self.select(act), config)
                 for site, position in zip(sites, positions):
@@ -266,6 +338,11 @@ class SiteCapture:
         return hook
 
 
+def _shares_memory(rows: torch.Tensor, act: torch.Tensor) -> bool:
+    """Whether `rows` is (a view of) the module output `act` (metadata only: no device sync)."""
+    return rows.untyped_storage().data_ptr() == act.untyped_storage().data_ptr()
+
+
 def _owned(act: torch.Tensor) -> torch.Tensor:
     """`act`, copied if it is a view into a larger buffer (e.g. a selector `a[:, -1]`), so a
     kept row never pins a whole (batch, seq, width) output in memory."""
@@ -274,11 +351,187 @@ def _owned(act: torch.Tensor) -> torch.Tensor:
     return act
 
 
+# -- host staging: kept rows to host memory, layer by layer --------------------------------------
+
+
+@dataclass
+class StagedLayer:
+    """One layer's kept rows of one forward pass, in host memory (see `HostStaging`)."""
+
+    slot: int                        # index into SiteCapture.layers (the layer, when all are captured)
+    row: int                         # first row of the pass (HostStaging.row when it ran)
+    n_rows: int
+    arrays: dict[str, np.ndarray]    # site -> (n_rows, width), a view of a reused host buffer
+    events: list[Any] = field(default_factory=list)  # CUDA events of the copies (none on the CPU)
+    index: int = 0                   # the ring slot holding it
+
+    def wait(self) -> None:
+        """Block until the rows are in host memory (a no-op for rows captured on the CPU)."""
+        for event in self.events:
+            event.synchronize()
+
+
+@dataclass
+class _Open:
+    index: int
+    rows: dict[str, int] = field(default_factory=dict)
+    streams: dict[torch.device, Any] = field(default_factory=dict)
+
+
+class HostStaging:
+    """A `LayerSink` that copies each layer's rows into host buffers and hands the finished
+    layer (`StagedLayer`) to `on_layer`, in the capturing thread, while the next blocks run.
+
+    The host buffers form a ring of `depth` layer slots, each one buffer per site, allocated on
+    first use (grown when a pass brings more rows) and reused by every later layer and pass:
+    memory stays at `depth` layers of rows, however long the input. A layer takes a free slot
+    when its block starts (`begin`), waiting if all `depth` are in use, and the slot comes back
+    when each of its `consumers` has called `release`; the wait polls `check` (e.g. a writer
+    thread's error), so a failed consumer raises here instead of hanging. With depth = the
+    number of captured layers a whole pass stays readable until it is released.
+
+    Rows are converted to `dtype` (the storage dtype; float32 or float16) on their device.
+    On a CUDA device each copy runs on a side stream of that device, after the compute stream's
+    work so far (`wait_stream`), into pinned memory with `non_blocking=True`; rows that share
+    memory with the module's output are first copied on the compute stream (so that the model
+    may reuse or change its output), and every layer records one event per device that
+    `StagedLayer.wait` synchronises on. So no hook waits for the GPU; the consumer does. On the
+    CPU the copy is made in the hook, and `wait` returns at once.
+    """
+
+    def __init__(self, sites: Sequence[str], depth: int, dtype: torch.dtype = torch.float32,
+                 on_layer: Callable[[StagedLayer], Any] | None = None, consumers: int = 1,
+                 check: Callable[[], Any] | None = None) -> None:
+        if depth < 1 or consumers < 1:
+            raise ValueError(f"depth and consumers must be >= 1; got {depth}, {consumers}")
+        self.sites = tuple(sites)
+        self.depth, self.dtype, self.consumers = depth, dtype, consumers
+        self.on_layer = on_layer
+        self.check = check
+        self.row = 0  # first row of the current pass: set by the caller before each forward
+        self._buffers: list[dict[str, torch.Tensor]] = [{} for _ in range(depth)]
+        self._arrays: list[dict[str, np.ndarray]] = [{} for _ in range(depth)]
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(depth):
+            self._free.put(index)
+        self._refs = [0] * depth
+        self._lock = threading.Lock()
+        self._open: dict[int, _Open] = {}
+        self._side: dict[torch.device, Any] = {}  # CUDA device -> its copy stream
+
+    # -- the sink ---------------------------------------------------------------------------
+
+    def begin(self, slot: int) -> None:
+        if slot in self._open:
+            raise RuntimeError(f"layer slot {slot} began twice without ending")
+        self._open[slot] = _Open(self._acquire())
+
+    def put(self, site: str, slot: int, rows: torch.Tensor, shared: bool) -> None:
+        layer = self._open[slot]
+        if rows.dim() != 2:
+            raise ValueError(f"{site}: HostStaging needs (rows, width), got {tuple(rows.shape)}")
+        if site in layer.rows:
+            raise RuntimeError(f"{site}: captured twice in one pass of layer slot {slot}")
+        n, width = rows.shape
+        target = self._buffer(layer.index, site, n, width, pinned=rows.is_cuda)[:n]
+        if rows.is_cuda:
+            source = rows.to(self.dtype)  # converted on the device (a new tensor if it differs)
+            if source is rows and (shared or not rows.is_contiguous()):
+                source = rows.clone(memory_format=torch.contiguous_format)
+            source = source.contiguous()
+            stream = self._side_stream(rows.device)
+            stream.wait_stream(torch.cuda.current_stream(rows.device))
+            with torch.cuda.stream(stream):
+                target.copy_(source, non_blocking=True)
+            source.record_stream(stream)  # not reused by the allocator before the copy ran
+            layer.streams[rows.device] = stream
+        else:
+            target.copy_(rows)  # converts the dtype as .to() would
+        layer.rows[site] = n
+
+    def end(self, slot: int) -> None:
+        layer = self._open.pop(slot)
+        missing = [site for site in self.sites if site not in layer.rows]
+        if missing:
+            self._give_back(layer.index)
+            raise RuntimeError(f"no activations for site {missing[0]!r} in layer slot {slot}: its module "
+                               "did not run inside the block")
+        counts = set(layer.rows.values())
+        if len(counts) != 1:
+            self._give_back(layer.index)
+            raise RuntimeError(f"layer slot {slot}: sites kept different row counts {layer.rows}")
+        n = counts.pop()
+        events = []
+        for stream in layer.streams.values():
+            event = torch.cuda.Event()
+            event.record(stream)
+            events.append(event)
+        staged = StagedLayer(slot, self.row, n, {site: self._arrays[layer.index][site][:n] for site in self.sites},
+                             events, layer.index)
+        with self._lock:
+            self._refs[layer.index] = self.consumers
+        if self.on_layer is not None:
+            self.on_layer(staged)
+
+    # -- consumers ----------------------------------------------------------------------------
+
+    def release(self, staged: StagedLayer) -> None:
+        """One consumer is done with `staged` (thread-safe); after the last, its slot is reused."""
+        with self._lock:
+            self._refs[staged.index] -= 1
+            free = self._refs[staged.index] == 0
+        if free:
+            self._free.put(staged.index)
+
+    def abandon(self) -> None:
+        """Forget layers begun but not ended (after an error inside a forward pass)."""
+        for layer in self._open.values():
+            self._give_back(layer.index)
+        self._open.clear()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _acquire(self) -> int:
+        while True:
+            if self.check is not None:
+                self.check()
+            try:
+                return self._free.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def _give_back(self, index: int) -> None:
+        with self._lock:
+            self._refs[index] = 0
+        self._free.put(index)
+
+    def _buffer(self, index: int, site: str, n: int, width: int, pinned: bool) -> torch.Tensor:
+        buffer = self._buffers[index].get(site)
+        if buffer is None or buffer.shape[0] < n or buffer.shape[1] != width or (pinned and not buffer.is_pinned()):
+            rows = n if buffer is None else max(n, 2 * buffer.shape[0])  # grow geometrically
+            buffer = torch.empty((rows, width), dtype=self.dtype, pin_memory=pinned)
+            self._buffers[index][site] = buffer
+            self._arrays[index][site] = buffer.numpy()
+        return buffer
+
+    def _side_stream(self, device: torch.device) -> Any:
+        stream = self._side.get(device)
+        if stream is None:
+            stream = self._side[device] = torch.cuda.Stream(device=device)
+        return stream
+
+
 # -- selectors ------------------------------------------------------------------------------
 
 
-def select_rows(batch_idx: torch.Tensor, pos_idx: torch.Tensor) -> Selector:
-    """Rows `(batch_idx[r], pos_idx[r])`; both 1-D long tensors on the model's device.
+def select_rows(batch_idx: torch.Tensor, pos_idx: torch.Tensor, seq: int | None = None,
+                device: torch.device | str | None = None) -> Selector:
+    """Rows `(batch_idx[r], pos_idx[r])`; both 1-D long tensors, on the model's device, or on
+    the CPU with `device` (the model's), where they are then copied once, without blocking.
+
+    With `seq`, the padded length of the batch (known before its forward pass), the flat index
+    is computed here, on the indices' device: given on the CPU, nothing of the selection ever
+    waits for a GPU, neither here nor in the hooks.
 
         >>> sel = select_rows(torch.tensor([0, 1]), torch.tensor([4, 2]))
         >>> sel(torch.zeros(2, 5, 8)).shape     # (rows, width)
@@ -290,7 +543,15 @@ def select_rows(batch_idx: torch.Tensor, pos_idx: torch.Tensor) -> Selector:
     # the flat index is cached per device too (copied there once, on first use).
     flat_by_seq: dict[tuple[int, torch.device], torch.Tensor] = {}
     n_rows = batch_idx.numel()
-    full_seq = _full_batch_seq(batch_idx, pos_idx)
+    full_seq = _full_batch_seq(batch_idx, pos_idx)  # one device sync if the indices are on a GPU
+    if device is not None:
+        device = torch.device(device)
+        if seq is None:
+            batch_idx, pos_idx = to_device(batch_idx, device), to_device(pos_idx, device)
+    if seq is not None:
+        flat = batch_idx * seq + pos_idx
+        flat = to_device(flat, device) if device is not None else flat
+        flat_by_seq[(seq, flat.device)] = flat
 
     def select(act: torch.Tensor) -> torch.Tensor:
         seq = act.shape[1]
@@ -300,10 +561,23 @@ def select_rows(batch_idx: torch.Tensor, pos_idx: torch.Tensor) -> Selector:
             return act.reshape(-1, act.shape[-1])
         flat = flat_by_seq.get((seq, act.device))
         if flat is None:
-            flat = flat_by_seq[(seq, act.device)] = (batch_idx * seq + pos_idx).to(act.device)
+            source = next((f for (s, _), f in flat_by_seq.items() if s == seq), None)
+            flat = (source.to(act.device, non_blocking=source.is_cuda) if source is not None
+                        else (batch_idx * seq + pos_idx).to(act.device))
+            flat_by_seq[(seq, act.device)] = flat
         return act.reshape(-1, act.shape[-1]).index_select(0, flat)  # (rows, width)
 
     return select
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`tensor` (on the CPU) on `device`; to a CUDA device from pinned memory with
+    `non_blocking=True`, so that the host does not wait for the copy (the caching host allocator
+    keeps the pinned block until the copy has run)."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _full_batch_seq(batch_idx: torch.Tensor, pos_idx: torch.Tensor) -> int | None:

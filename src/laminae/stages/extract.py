@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from laminae.capture import SiteCapture, select_rows
+from laminae.capture import HostStaging, SiteCapture, StagedLayer, select_rows, to_device
 from laminae.experiment import Experiment, Reducer, ReducerJob
 from laminae.inputs import ExtractionPlan, input_kind
 from laminae.models.loading import LoadedModel, load_model, open_model, resolve_device
@@ -37,7 +38,7 @@ from laminae.provenance import provenance_attrs, stage_config_record
 from laminae.sites import SITES
 from laminae.stages.analysis import REDUCTIONS, upstream_attrs
 from laminae.stages.runner import progress_stream
-from laminae.store import ActivationWriter, RowTable
+from laminae.store import ActivationWriter, BackgroundWriter, RowTable
 
 log = logging.getLogger(__name__)
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -85,8 +86,10 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, stage: dict[str,
             widths=loaded.adapter.site_widths(loaded.model.config), model_attrs=loaded.info.as_attrs(),
             out_dir=_folder(writer.tmp_dir / REDUCTIONS / name), attrs=upstream_attrs(attrs))), experiment.sites)
             for name, experiment in reducing.items()]
+        # runtime "overlap": False writes each batch after its forward, in this thread (benchmarks)
         run_plan(loaded, plan, runtime["batch_size"], writer=writer, sites=stored, reducers=reducers,
-                 storage_dtype=STORAGE_DTYPES[config["extract"]["storage_dtype"]])
+                 storage_dtype=STORAGE_DTYPES[config["extract"]["storage_dtype"]],
+                 overlap=runtime.get("overlap", True))
         for reducer, _ in reducers:
             reducer.finish()
         writer.set_rows(plan.rows, plan.columns)
@@ -97,87 +100,155 @@ def _folder(path: Path) -> Path:
     return path
 
 
+#: Layers in flight between the forward pass and the writer thread (host buffers of that many
+#: layers' kept rows; the forward waits when the writer is that far behind).
+OVERLAP_DEPTH = 4
+
+
 def run_plan(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int, *, writer: ActivationWriter | None = None,
              sites: Sequence[str] = (), reducers: Sequence[tuple[Reducer, Sequence[str]]] = (),
-             storage_dtype: torch.dtype = torch.float32) -> None:
+             storage_dtype: torch.dtype = torch.float32, overlap: bool = True) -> None:
     """Forward `plan.sequences` in right-padded batches; write every kept row of `sites` with
     `writer`, and feed each `(reducer, its sites)` the batch's rows as (n_layers, rows, width)
     arrays. Reducers see float32 (exact for any storage dtype); the writer alone may store
-    float16."""
+    float16.
+
+    With `overlap` (the default), each layer's rows go to the writer as soon as its block has
+    run: copied to host buffers (`HostStaging`; asynchronously on a GPU) and written by one
+    writer thread (`BackgroundWriter`) while the next blocks and batches compute, through a ring
+    of `OVERLAP_DEPTH` layers (all layers when reducers read whole batches), so memory stays flat.
+    Reducers run in this thread after each batch, on the same host buffers. An error in the
+    writer thread is raised here, and no write runs after this returns. Without `overlap`, each
+    batch is written in this thread after its forward pass (`iter_batches`): the same values, in
+    the same files."""
     reduced = {site for _, wanted in reducers for site in wanted}
-    captured = tuple(site for site in SITES if site in sites or site in reduced)
+    stored = tuple(sites) if writer is not None else ()
+    captured = tuple(site for site in SITES if site in stored or site in reduced)
     dtype = torch.float32 if reducers else storage_dtype
-    with closing(iter_batches(loaded, plan, captured, batch_size, dtype)) as batches:  # hooks off on error
-        for row, batch in batches:
-            if writer is not None and sites:
-                writer.write(row, {site: batch[site] for site in sites})
+    if not captured:
+        return
+    if not overlap or not stored:
+        with closing(iter_batches(loaded, plan, captured, batch_size, dtype)) as batches:  # hooks off on error
+            for row, batch in batches:
+                if stored:
+                    writer.write(row, {site: batch[site] for site in stored})
+                _reduce(reducers, reduced, row, batch)
+                del batch  # before the next forward
+        return
+
+    n_layers = len(loaded.adapter.blocks(loaded.model))
+    with BackgroundWriter() as background:
+        layers: list[StagedLayer] = []  # this batch's, for the reducers
+
+        def on_layer(staged: StagedLayer) -> None:  # in a hook, as the block ends
+            background.submit(partial(_write_layer, writer, stored, staged), done=partial(staging.release, staged))
             if reducers:
-                chunk = {site: np.stack(batch[site]) for site in reduced}   # (n_layers, rows, width)
-                for reducer, wanted in reducers:
-                    reducer.update(row, {site: chunk[site] for site in wanted})
-                del chunk
-            del batch  # before the next forward
+                layers.append(staged)
+
+        staging = HostStaging(captured, depth=n_layers if reducers else min(OVERLAP_DEPTH, n_layers), dtype=dtype,
+                              on_layer=on_layer, consumers=2 if reducers else 1, check=background.check)
+        with closing(_forward_batches(loaded, plan, captured, batch_size, staging)) as batches:  # hooks off on error
+            for row, _ in batches:
+                if not reducers:
+                    continue
+                _reduce(reducers, reduced, row, _assemble(layers, captured))
+                for staged in layers:
+                    staging.release(staged)
+                layers.clear()
 
 
-def _folder(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _write_layer(writer: ActivationWriter, sites: Sequence[str], staged: StagedLayer) -> None:
+    """In the writer thread: one layer's rows of `sites`, once their copy to the host is done."""
+    staged.wait()
+    writer.write_layer(staged.slot, staged.row, {site: staged.arrays[site] for site in sites})
 
 
-@torch.inference_mode()
+def _reduce(reducers: Sequence[tuple[Reducer, Sequence[str]]], reduced: set[str], row: int,
+            batch: Mapping[str, Sequence[np.ndarray]]) -> None:
+    if not reducers:
+        return
+    chunk = {site: np.stack(batch[site]) for site in reduced}   # (n_layers, rows, width)
+    for reducer, wanted in reducers:
+        reducer.update(row, {site: chunk[site] for site in wanted})
+
+
+def _assemble(layers: Sequence[StagedLayer], sites: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """{site: [(rows, width) per layer]} of one pass's staged layers, once their copies are done."""
+    ordered = sorted(layers, key=lambda staged: staged.slot)
+    for staged in ordered:
+        staged.wait()
+    return {site: [staged.arrays[site] for staged in ordered] for site in sites}
+
+
 def iter_batches(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[str], batch_size: int,
                  dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, dict[str, list[np.ndarray]]]]:
     """Forward `plan.sequences` in right-padded batches; after each, yield `(first row, {site:
     [(rows, width) array per layer]})` for every site in `sites`, in `dtype`, on the CPU, valid
     until the next batch (consume it before asking for the next). Nothing is kept between
     batches, so memory does not grow with the number of inputs."""
+    layers: list[StagedLayer] = []
+    # one host buffer per layer and site (HostStaging with depth = every layer), overwritten by
+    # every batch: hence "valid until the next batch"
+    staging = HostStaging(sites, depth=len(loaded.adapter.blocks(loaded.model)), dtype=dtype,
+                          on_layer=layers.append)
+    for row, _ in _forward_batches(loaded, plan, sites, batch_size, staging):
+        batch = _assemble(layers, sites)
+        yield row, batch
+        del batch  # before the next forward: one batch of activations alive at a time
+        for staged in layers:
+            staging.release(staged)
+        layers.clear()
+
+
+@torch.inference_mode()
+def _forward_batches(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[str], batch_size: int,
+                     staging: HostStaging) -> Iterator[tuple[int, int]]:
+    """Forward `plan.sequences` in right-padded batches with `staging` as the capture's sink;
+    after each, yield `(first row, rows)` of the batch. The plan is read only through
+    `sequences`, `keep` and `average`; nothing here waits for the device."""
     device = loaded.info.device
     pad_id = loaded.tokenizer.pad_token_id
     row = 0
-    # reuse_buffers: kept rows go to one buffer per site, overwritten by every batch (hence the
-    # views in each yielded batch are valid until the next one), so memory stays flat
-    with SiteCapture(loaded.model, loaded.adapter, sites, reuse_buffers=True) as capture:
+    with SiteCapture(loaded.model, loaded.adapter, sites, sink=staging) as capture:
         for start in tqdm(range(0, len(plan.sequences), batch_size), desc="extract", unit="batch",
                           total=-(-len(plan.sequences) // batch_size), mininterval=1.0, file=progress_stream()):
             sequences = plan.sequences[start : start + batch_size]
             keep = plan.keep[start : start + batch_size]
             input_ids, attention_mask = pad_right(sequences, pad_id, device)
-            capture.select = row_selector(keep, plan.average, device)
+            capture.select = row_selector(keep, plan.average, device, seq=input_ids.shape[1])
+            staging.row = row
             loaded.model(input_ids=input_ids, attention_mask=attention_mask)
-            captured = capture.pop()  # {site: [ (rows, width) per layer ]}
-            # per layer, not stacked: stacking would copy every activation of the batch once more;
-            # float32 on the CPU: numpy views of the capture buffers, no copy either
-            batch = {site: [layer.to(dtype).cpu().numpy() for layer in layers]
-                     for site, layers in captured.items()}
-            del captured
-            rows = len(next(iter(batch.values()))[0])
-            yield row, batch
-            del batch  # before the next forward: one batch of activations alive at a time
+            rows = len(keep) if plan.average else sum(len(positions) for positions in keep)
+            yield row, rows
             row += rows
 
 
 def pad_right(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded `input_ids` and `attention_mask`, both (batch, max_len). Right padding keeps
-    every real token's position ids unchanged, so no position_ids fix is needed."""
+    every real token's position ids unchanged, so no position_ids fix is needed. Built on the
+    host and copied to a GPU without blocking (`to_device`)."""
     longest = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for i, sequence in enumerate(sequences):
         input_ids[i, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
         attention_mask[i, : len(sequence)] = 1
-    return input_ids.to(device), attention_mask.to(device)
+    return to_device(input_ids, device), to_device(attention_mask, device)
 
 
-def row_selector(keep: Sequence[Sequence[int]], average: bool, device: torch.device):
+def row_selector(keep: Sequence[Sequence[int]], average: bool, device: torch.device, seq: int | None = None):
     """A function (batch, seq, width) -> (rows, width) picking the kept positions, in order;
-    with `average`, each input's kept positions are averaged into one row."""
-    batch_index = torch.tensor([b for b, positions in enumerate(keep) for _ in positions], device=device)
-    position_index = torch.tensor([p for positions in keep for p in positions], device=device)
-    gather = select_rows(batch_index, position_index)  # (n_kept, width)
+    with `average`, each input's kept positions are averaged into one row. Indices (and the
+    averaging weights) are built on the host and copied to `device` without blocking; with
+    `seq`, the batch's padded length, the flat index too, so the hooks never wait for a GPU."""
+    batch_index = torch.tensor([b for b, positions in enumerate(keep) for _ in positions], dtype=torch.long)
+    position_index = torch.tensor([p for positions in keep for p in positions], dtype=torch.long)
+    gather = select_rows(batch_index, position_index, seq=seq, device=device)  # (n_kept, width)
     if not average or all(len(positions) == 1 for positions in keep):
         return gather
-    weights = torch.zeros(len(keep), len(position_index), device=device)  # (rows, n_kept)
-    weights[batch_index, torch.arange(len(position_index), device=device)] = torch.tensor(
-        [1.0 / len(positions) for positions in keep for _ in positions], device=device)
+    weights = torch.zeros(len(keep), len(position_index))  # (rows, n_kept)
+    weights[batch_index, torch.arange(len(position_index))] = torch.tensor(
+        [1.0 / len(positions) for positions in keep for _ in positions])
+    weights = to_device(weights, device)
     return lambda act: weights.to(device=act.device, dtype=act.dtype) @ gather(act)  # any block's device
