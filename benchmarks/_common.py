@@ -1,5 +1,5 @@
-"""Shared pieces of the benchmarks: the machine, paired timing, models, inputs, the three
-extraction paths (bare forward, laminae, TransformerLens + h5py).
+"""Shared pieces of the benchmarks: the machine, paired timing, models, inputs, the extraction
+paths (bare forward, laminae, the same writes alone, TransformerLens + h5py, nnsight + h5py).
 
 Not a benchmark itself; see the `bench_*.py` scripts. Everything runs on the CPU with
 `torch.set_num_threads(os.cpu_count())` unless a script says otherwise.
@@ -40,7 +40,9 @@ from laminae.models.adapters import get_adapter  # noqa: E402
 from laminae.models.loading import LoadedModel, ModelInfo, prepare_tokenizer  # noqa: E402
 from laminae.models.random_models import build_random_model  # noqa: E402
 from laminae.registry import discover  # noqa: E402
-from laminae.stages.extract import pad_right, write_extraction  # noqa: E402
+from laminae.sites import SITES  # noqa: E402
+from laminae.stages import extract as extract_stage  # noqa: E402
+from laminae.stages.extract import iter_batches, pad_right, write_extraction  # noqa: E402
 from laminae.store import layer_filename  # noqa: E402
 
 try:  # laminae's HDF5 settings; absent before they existed (the benchmarks also run on older trees)
@@ -78,7 +80,7 @@ def machine() -> dict[str, str]:
     except (OSError, StopIteration, ValueError):
         pass
     versions = []
-    for package in ("torch", "transformers", "h5py", "numpy", "snakemake", "transformer-lens"):
+    for package in ("torch", "transformers", "h5py", "numpy", "snakemake", "transformer-lens", "nnsight"):
         try:
             versions.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
@@ -263,19 +265,19 @@ def n_tokens(plan: ExtractionPlan) -> int:
 
 
 # -------------------------------------------------------------------------------- models
-def build_model(shape: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """A random GPT-2 base model of `shape` (fixed seed, float32, CPU), wrapped like
-    `laminae.models.loading.load_model` returns it (no disk round trip)."""
+def build_model(shape: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
+    """A random GPT-2 base model of `shape` (fixed seed; float32 on the CPU unless told), wrapped
+    like `laminae.models.loading.load_model` returns it (no disk round trip)."""
     random_init = {"seed": SEED, "tokenizer": "gpt2", "architecture": "gpt2", "config": SHAPES[shape]}
     model = build_random_model(random_init)
     model.config.use_cache = False
     model.requires_grad_(False)
-    model.eval().to(dtype)
+    model.eval().to(device=device, dtype=dtype)
     cfg = model.config
     adapter = get_adapter("gpt2", cfg)
     info = ModelInfo(model_id=f"random:bench-{shape}", revision=None, family="gpt2", n_layers=cfg.n_layer,
                      d_model=cfg.n_embd, n_heads=cfg.n_head, n_kv_heads=cfg.n_head, max_positions=cfg.n_positions,
-                     dtype=str(dtype).removeprefix("torch."), device="cpu", random_weights=True)
+                     dtype=str(dtype).removeprefix("torch."), device=str(device), random_weights=True)
     return LoadedModel(model=model, tokenizer=tokenizer(), adapter=adapter, info=info)
 
 
@@ -299,13 +301,54 @@ def bare_forward(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int = BA
             loaded.model(input_ids=input_ids, attention_mask=attention_mask)
 
 
-def laminae_extract(loaded: LoadedModel, ex: Extraction, out_dir: Path) -> None:
+def laminae_extract(loaded: LoadedModel, ex: Extraction, out_dir: Path, overlap: bool = True) -> None:
     """laminae's extraction stage minus model loading and planning
     (`laminae.stages.extract.write_extraction`, which `extract()` calls), on `ex`'s stage record
     and runtime: the store, fed by `run_plan` (hooks + row selection + HDF5 writes, and the
     reducers of the experiments the config runs during extraction), then the reducers' results
-    and rows.tsv. `out_dir` must not exist; the caller removes it."""
-    write_extraction(loaded, ex.plan, ex.stage, ex.runtime, out_dir, registry())
+    and rows.tsv. `overlap=False`: each batch written after its forward, in the calling thread
+    (the runtime key `overlap`), as before the writer thread existed. `out_dir` must not exist;
+    the caller removes it."""
+    runtime = ex.runtime if overlap else {**ex.runtime, "overlap": False}
+    write_extraction(loaded, ex.plan, ex.stage, runtime, out_dir, registry())
+
+
+class WritesAlone:
+    """The writes of `laminae_extract` without the model: `write_extraction` (writer, provenance
+    attributes, layer files, rows.tsv, config.yaml, atomic rename) with `run_plan` replaced by
+    writing, in the calling thread, the batches one laminae extraction produced, recorded in
+    memory once (not timed). What the extraction would cost if the forward pass were free."""
+
+    def __init__(self, loaded: LoadedModel, ex: Extraction, scratch: "Scratch"):
+        if ex.stage["config"]["reductions"]:
+            raise ValueError("WritesAlone replays stored sites only; this config computes reductions during extraction")
+        self.loaded, self.ex = loaded, ex
+        self.batches: list[tuple[int, dict[str, list[np.ndarray]]]] = []
+
+        def record(loaded, plan, batch_size, *, writer=None, sites=(), storage_dtype=torch.float32, **_):
+            captured = tuple(site for site in SITES if site in sites)
+            for row, batch in iter_batches(loaded, plan, captured, batch_size, storage_dtype):
+                self.batches.append((row, {site: [np.array(a) for a in layers] for site, layers in batch.items()}))
+                writer.write(row, batch)
+
+        folder = scratch.fresh()
+        self._with_run_plan(record, folder)
+        remove_tree(folder)
+
+    def __call__(self, out_dir: Path) -> None:
+        def replay(loaded, plan, batch_size, *, writer=None, **_):
+            for row, batch in self.batches:
+                writer.write(row, batch)
+
+        self._with_run_plan(replay, out_dir)
+
+    def _with_run_plan(self, run_plan, out_dir: Path) -> None:
+        original = extract_stage.run_plan
+        extract_stage.run_plan = run_plan
+        try:
+            write_extraction(self.loaded, self.ex.plan, self.ex.stage, self.ex.runtime, out_dir, registry())
+        finally:
+            extract_stage.run_plan = original
 
 
 class TransformerLensPath:
@@ -346,8 +389,9 @@ class TransformerLensPath:
         gc.collect()
 
     def extract(self, plan: ExtractionPlan, sites: Sequence[str], out_dir: Path, batch_size: int = BATCH_SIZE,
-                chunk_rows: int = 1024) -> None:
+                chunk_rows: int = 1024, storage_dtype: str = "float32") -> None:
         assert not plan.average, "the TransformerLens path implements one row per kept position"
+        dtype = getattr(torch, storage_dtype)
         names = {f"blocks.{layer}.{self.HOOKS[site]}": (layer, site)
                  for layer in range(self.n_layers) for site in sites}
         out_dir.mkdir(parents=True)
@@ -361,13 +405,13 @@ class TransformerLensPath:
                 with torch.inference_mode():
                     _, cache = self.bridge.run_with_cache(input_ids, attention_mask=attention_mask,
                                                           names_filter=list(names), return_cache_object=False)
-                b = torch.tensor([i for i, positions in enumerate(keep) for _ in positions])
-                p = torch.tensor([q for positions in keep for q in positions])
+                b = torch.tensor([i for i, positions in enumerate(keep) for _ in positions], device=self.device)
+                p = torch.tensor([q for positions in keep for q in positions], device=self.device)
                 for name, (layer, site) in names.items():
                     act = cache[name]  # (batch, pos, d_model) or (batch, pos, heads, d_head)
-                    rows = act[b, p].reshape(len(b), -1).numpy()
+                    rows = act[b, p].reshape(len(b), -1).to(dtype).cpu().numpy()
                     if site not in files[layer]:
-                        files[layer].create_dataset(site, shape=(plan.n_rows, rows.shape[1]), dtype="float32",
+                        files[layer].create_dataset(site, shape=(plan.n_rows, rows.shape[1]), dtype=storage_dtype,
                                                     chunks=(min(chunk_rows, plan.n_rows), rows.shape[1]))
                     files[layer][site][row : row + len(b)] = rows
                 row += len(b)
@@ -375,6 +419,85 @@ class TransformerLensPath:
         finally:
             for handle in files:
                 handle.close()
+
+
+class NNsightPath:
+    """nnsight (`NNsight` around a copy of the model, as TransformerLens gets one): per batch one
+    `trace` that `.save()`s, for every layer and stored site, the kept rows (selected inside the
+    trace, on the model's device, with the same flat index as laminae), then the rows written
+    with h5py into one file per layer, with laminae's dataset shapes, dtype, chunking and HDF5
+    cache settings (as the TransformerLens path). Sites are read in execution order, as nnsight
+    requires: the block's input (resid_pre), `attn.c_attn` (q, k, v: split after), `attn.c_proj`
+    (attn_out), `mlp.c_proj` (mlp_out), the block's output (resid_post). GPT-2 only."""
+
+    def __init__(self, loaded: LoadedModel):
+        from nnsight import NNsight
+
+        self.model = NNsight(copy.deepcopy(loaded.model))
+        self.n_layers = loaded.info.n_layers
+        self.d_model = loaded.info.d_model
+        self.pad_id = loaded.tokenizer.pad_token_id
+        self.device = torch.device(loaded.info.device)
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
+
+    def extract(self, plan: ExtractionPlan, sites: Sequence[str], out_dir: Path, batch_size: int = BATCH_SIZE,
+                chunk_rows: int = 1024, storage_dtype: str = "float32") -> None:
+        assert not plan.average, "the nnsight path implements one row per kept position"
+        dtype = getattr(torch, storage_dtype)
+        out_dir.mkdir(parents=True)
+        files = [h5py.File(out_dir / layer_filename(layer, self.n_layers), "w", **NO_CHUNK_CACHE)
+                 for layer in range(self.n_layers)]
+        qkv = [site for site in ("q", "k", "v") if site in sites]
+        d = self.d_model
+        try:
+            row = 0
+            for _, sequences, keep in batches(plan, batch_size):
+                input_ids, attention_mask = pad_right(sequences, self.pad_id, self.device)
+                seq = input_ids.shape[1]
+                flat = torch.tensor([b * seq + p for b, positions in enumerate(keep) for p in positions],
+                                    device=self.device)
+                saved: dict[tuple[int, str], Any] = {}
+                with torch.inference_mode(), self.model.trace(input_ids=input_ids, attention_mask=attention_mask):
+                    for layer in range(self.n_layers):
+                        block = self.model.h[layer]
+                        if "resid_pre" in sites:
+                            saved[layer, "resid_pre"] = _rows(block.input, flat).save()
+                        if qkv:
+                            saved[layer, "qkv"] = _rows(block.attn.c_attn.output, flat).save()
+                        if "attn_out" in sites:
+                            saved[layer, "attn_out"] = _rows(block.attn.c_proj.output, flat).save()
+                        if "mlp_out" in sites:
+                            saved[layer, "mlp_out"] = _rows(block.mlp.c_proj.output, flat).save()
+                        if "resid_post" in sites:
+                            output = block.output
+                            saved[layer, "resid_post"] = _rows(output[0] if isinstance(output, tuple) else output,
+                                                               flat).save()
+                n = len(flat)
+                for layer in range(self.n_layers):
+                    values = {site: saved[layer, site] for site in sites if site not in qkv}
+                    if qkv:
+                        fused = saved[layer, "qkv"]
+                        values.update({site: fused[:, i * d:(i + 1) * d] for i, site in enumerate(("q", "k", "v"))
+                                       if site in qkv})
+                    for site in sites:
+                        rows = np.ascontiguousarray(values[site].to(dtype).cpu().numpy())
+                        if site not in files[layer]:
+                            files[layer].create_dataset(site, shape=(plan.n_rows, rows.shape[1]), dtype=storage_dtype,
+                                                        chunks=(min(chunk_rows, plan.n_rows), rows.shape[1]))
+                        files[layer][site][row : row + n] = rows
+                row += n
+                del saved
+        finally:
+            for handle in files:
+                handle.close()
+
+
+def _rows(act, flat: torch.Tensor):
+    """The kept rows of a (batch, seq, width) activation: (rows, width)."""
+    return act.reshape(-1, act.shape[-1]).index_select(0, flat)
 
 
 def read_store(folder: Path, sites: Sequence[str]) -> dict[str, np.ndarray]:
