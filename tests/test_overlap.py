@@ -156,6 +156,14 @@ def test_iter_batches_equals_the_capture_of_each_batch(tiny_gpt2):
         row += sum(len(k) for k in keep)
 
 
+def test_iter_batches_closed_early_removes_its_hooks(tiny_gpt2):
+    batches = iter_batches(tiny_gpt2, make_plan(6), ("q",), 2)
+    next(batches)
+    assert hooks_left(tiny_gpt2.model) > 0
+    batches.close()
+    assert hooks_left(tiny_gpt2.model) == 0
+
+
 # -- compute dtype independent of the storage dtype --------------------------------------------
 
 
@@ -235,8 +243,10 @@ def test_an_error_in_the_forward_pass_stops_the_writer_and_leaves_nothing(tiny_g
 
 
 def test_layers_in_flight_never_exceed_the_ring(tiny_gpt2, tmp_path, monkeypatch):
-    """A slow writer makes the forward wait: at most OVERLAP_DEPTH layers of rows are staged."""
+    """A slow writer makes the forward wait: at most the ring's layers of rows are staged
+    (here 2: OVERLAP_DEPTH, as OVERLAP_BYTES holds less than a layer), and the store is the same."""
     monkeypatch.setattr(extract_stage, "OVERLAP_DEPTH", 2)
+    monkeypatch.setattr(extract_stage, "OVERLAP_BYTES", 1)
     in_flight, peak, lock = [0], [0], threading.Lock()
     original_write = extract_stage._write_layer
 
@@ -246,22 +256,38 @@ def test_layers_in_flight_never_exceed_the_ring(tiny_gpt2, tmp_path, monkeypatch
         with lock:
             in_flight[0] -= 1
 
-    original_put = HostStaging.end
+    original_end = HostStaging.end
 
     def counting_end(self, slot):
+        assert self.depth == 2
         with lock:
             in_flight[0] += 1
             peak[0] = max(peak[0], in_flight[0])
-        original_put(self, slot)
+        original_end(self, slot)
 
     monkeypatch.setattr(extract_stage, "_write_layer", slow_write)
     monkeypatch.setattr(HostStaging, "end", counting_end)
     plan = make_plan(6)
     extract_to(tiny_gpt2, plan, tmp_path / "a", overlap=True, batch_size=2)
-    assert peak[0] <= 2
+    assert peak[0] == 2
     monkeypatch.undo()
     assert_same_store(tmp_path / "a", extract_to(tiny_gpt2, plan, tmp_path / "b", overlap=False, batch_size=2),
                       tiny_gpt2.info.n_layers, SITES)
+
+
+def test_small_layers_go_to_the_writer_in_jobs_of_several(tiny_gpt2, tmp_path, monkeypatch):
+    jobs = []
+    original = BackgroundWriter.submit
+
+    def counting(self, job, done=None):
+        jobs.append(len(job.args[2]))  # partial(_write_layers, writer, sites, layers)
+        original(self, job, done)
+
+    monkeypatch.setattr(BackgroundWriter, "submit", counting)
+    extract_to(tiny_gpt2, make_plan(6), tmp_path / "a", overlap=True, batch_size=2)
+    n_layers = tiny_gpt2.info.n_layers  # 4: ring of 4 (tiny layers), jobs of 2 layers, 3 batches
+    assert extract_stage._ring_depth(tiny_gpt2, make_plan(6), SITES, 2, torch.float32, n_layers) == n_layers
+    assert jobs == [2, 2] * 3
 
 
 def test_background_writer_runs_in_order_and_reports_the_first_error():

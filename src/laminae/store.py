@@ -133,8 +133,9 @@ class RowTable(Sequence[Mapping[str, Any]]):
 class ActivationWriter:
     """Streams activations into `out_dir/layer_NN.h5`, atomically (see module docstring).
 
-    Datasets are created on the first `write` of a site (its width is known then), with exactly
-    `n_rows` rows; every row of every site must be written before the block ends. With
+    Layer files are created by the first write, datasets by the first write of a site (its
+    width is known then), with exactly `n_rows` rows; every row of every site of every layer must
+    be written before the block ends. With
     `store_layers=False` the folder holds only rows.tsv and config.yaml (and whatever the caller
     writes into `tmp_dir` before the block ends, such as an extraction's reductions)."""
 
@@ -157,13 +158,19 @@ class ActivationWriter:
     def __enter__(self) -> "ActivationWriter":
         self._atomic = atomic_dir(self.out_dir)
         self.tmp_dir = self._atomic.__enter__()
-        for layer in range(self.n_layers if self.store_layers else 0):
+        return self
+
+    def _open_files(self) -> None:
+        """Create the layer files with their attributes, on the first write (so in the thread
+        that writes: with a BackgroundWriter, while the model runs)."""
+        if not self.store_layers:
+            raise RuntimeError("this ActivationWriter stores no layer files (store_layers=False)")
+        for layer in range(self.n_layers):
             handle = h5py.File(self.tmp_dir / layer_filename(layer, self.n_layers), "w", track_order=True,
                                **NO_CHUNK_CACHE)
+            self._files.append(handle)
             handle.attrs.update({**self.attrs, "layer": layer, "n_layers": self.n_layers, "n_rows": self.n_rows,
                                  "storage_dtype": self.dtype.name})
-            self._files.append(handle)
-        return self
 
     def write(self, start: int, batch: Mapping[str, np.ndarray | Sequence[np.ndarray]]) -> None:
         """Write rows `start : start + rows` of every site in `batch`: an array (n_layers, rows,
@@ -204,6 +211,8 @@ class ActivationWriter:
         self._rows, self._columns = rows, columns
 
     def _create(self, site: str, width: int) -> None:
+        if not self._files:
+            self._open_files()
         chunks = (min(self.chunk_rows, self.n_rows), width) if self.n_rows else None
         self._datasets[site] = [
             handle.create_dataset(site, shape=(self.n_rows, width), dtype=self.dtype, chunks=chunks,

@@ -100,9 +100,14 @@ def _folder(path: Path) -> Path:
     return path
 
 
-#: Layers in flight between the forward pass and the writer thread (host buffers of that many
-#: layers' kept rows; the forward waits when the writer is that far behind).
+#: Host buffers between the forward pass and the writer thread: a ring of as many layers' kept
+#: rows as fit in OVERLAP_BYTES (estimated from the first batch), at least OVERLAP_DEPTH, at most
+#: every layer; the forward waits when the writer is that far behind.
 OVERLAP_DEPTH = 4
+OVERLAP_BYTES = 256 * 2**20
+#: The writer thread gets a job per this many bytes of rows (and at the end of every pass), not
+#: one per layer: waking a thread costs about as much as writing a small layer.
+JOB_BYTES = 8 * 2**20
 
 
 def run_plan(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int, *, writer: ActivationWriter | None = None,
@@ -116,7 +121,8 @@ def run_plan(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int, *, writ
     With `overlap` (the default), each layer's rows go to the writer as soon as its block has
     run: copied to host buffers (`HostStaging`; asynchronously on a GPU) and written by one
     writer thread (`BackgroundWriter`) while the next blocks and batches compute, through a ring
-    of `OVERLAP_DEPTH` layers (all layers when reducers read whole batches), so memory stays flat.
+    of host buffers (`_ring_depth` layers, ~OVERLAP_BYTES; all layers when reducers read whole
+    batches), so memory stays flat; the thread gets layers in jobs of ~JOB_BYTES.
     Reducers run in this thread after each batch, on the same host buffers. An error in the
     writer thread is raised here, and no write runs after this returns. Without `overlap`, each
     batch is written in this thread after its forward pass (`iter_batches`): the same values, in
@@ -137,24 +143,57 @@ def run_plan(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int, *, writ
         return
 
     n_layers = len(loaded.adapter.blocks(loaded.model))
+    depth = n_layers if reducers else _ring_depth(loaded, plan, captured, batch_size, dtype, n_layers)
     with BackgroundWriter() as background:
-        layers: list[StagedLayer] = []  # this batch's, for the reducers
+        layers: list[StagedLayer] = []   # this batch's, for the reducers
+        pending: list[StagedLayer] = []  # staged, not yet handed to the writer
+        most = max(1, depth // 2)        # never hold more unsubmitted: the rest of the ring keeps moving
 
         def on_layer(staged: StagedLayer) -> None:  # in a hook, as the block ends
-            background.submit(partial(_write_layer, writer, stored, staged), done=partial(staging.release, staged))
+            pending.append(staged)
             if reducers:
                 layers.append(staged)
+            if (staged.slot == n_layers - 1 or len(pending) >= most
+                    or sum(_nbytes(s) for s in pending) >= JOB_BYTES):
+                job = tuple(pending)
+                pending.clear()
+                background.submit(partial(_write_layers, writer, stored, job),
+                                  done=partial(_release, staging, job))
 
-        staging = HostStaging(captured, depth=n_layers if reducers else min(OVERLAP_DEPTH, n_layers), dtype=dtype,
-                              on_layer=on_layer, consumers=2 if reducers else 1, check=background.check)
+        staging = HostStaging(captured, depth=depth, dtype=dtype, on_layer=on_layer,
+                              consumers=2 if reducers else 1, check=background.check)
         with closing(_forward_batches(loaded, plan, captured, batch_size, staging)) as batches:  # hooks off on error
             for row, _ in batches:
                 if not reducers:
                     continue
                 _reduce(reducers, reduced, row, _assemble(layers, captured))
-                for staged in layers:
-                    staging.release(staged)
+                _release(staging, layers)
                 layers.clear()
+
+
+def _ring_depth(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[str], batch_size: int,
+                dtype: torch.dtype, n_layers: int) -> int:
+    """Layers in the host ring: OVERLAP_BYTES over one layer's kept rows in the first batch."""
+    keep = plan.keep[:batch_size]
+    rows = len(keep) if plan.average else sum(len(positions) for positions in keep)
+    widths = loaded.adapter.site_widths(loaded.model.config)
+    layer_bytes = max(1, rows) * sum(widths[site] for site in sites) * dtype.itemsize
+    return int(min(n_layers, max(OVERLAP_DEPTH, OVERLAP_BYTES // layer_bytes)))
+
+
+def _nbytes(staged: StagedLayer) -> int:
+    return sum(array.nbytes for array in staged.arrays.values())
+
+
+def _release(staging: HostStaging, layers: Sequence[StagedLayer]) -> None:
+    for staged in layers:
+        staging.release(staged)
+
+
+def _write_layers(writer: ActivationWriter, sites: Sequence[str], layers: Sequence[StagedLayer]) -> None:
+    """In the writer thread: some layers' rows of `sites`, once their copies to the host are done."""
+    for staged in layers:
+        _write_layer(writer, sites, staged)
 
 
 def _write_layer(writer: ActivationWriter, sites: Sequence[str], staged: StagedLayer) -> None:
@@ -191,13 +230,13 @@ def iter_batches(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[str]
     # every batch: hence "valid until the next batch"
     staging = HostStaging(sites, depth=len(loaded.adapter.blocks(loaded.model)), dtype=dtype,
                           on_layer=layers.append)
-    for row, _ in _forward_batches(loaded, plan, sites, batch_size, staging):
-        batch = _assemble(layers, sites)
-        yield row, batch
-        del batch  # before the next forward: one batch of activations alive at a time
-        for staged in layers:
-            staging.release(staged)
-        layers.clear()
+    with closing(_forward_batches(loaded, plan, sites, batch_size, staging)) as batches:  # hooks off when closed
+        for row, _ in batches:
+            batch = _assemble(layers, sites)
+            yield row, batch
+            del batch  # before the next forward: one batch of activations alive at a time
+            _release(staging, layers)
+            layers.clear()
 
 
 @torch.inference_mode()
