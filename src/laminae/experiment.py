@@ -36,7 +36,9 @@ the declared files were written.
 - `reducer(ReducerJob) -> Reducer`: the streaming alternative: `update(start, chunk)` per chunk
   of rows, then `finish()`. laminae feeds it from the store, or, when the
   experiment's `during_extraction` key is true, straight from the model while it runs (then
-  no activations are stored for it). Declare one of `analyse` and `reducer`.
+  no activations are stored for it). Declare one of `analyse` and `reducer`. To run during a
+  sharded extraction (`corpus.shards`), a reducer also offers `partial()` and
+  `absorb(start, folder)` (see `Reducer`).
 - `plot(FigureJob)`: metrics -> the declared `figures`.
 - `compare(CompareJob) -> matplotlib Figure`: the overlay of several runs of a sweep (optional).
 - `validate(cfg)`: checks the schema cannot express (raise `ConfigError`), before any job.
@@ -66,6 +68,9 @@ if TYPE_CHECKING:  # only for annotations: the declaration stays importable with
 
 #: A hook: a callable, or "module:function" (a leading dot: relative to the experiment's package).
 Hook = Union[Callable[..., Any], str]
+
+#: What a reducer offers to run during a sharded extraction (see `Reducer`).
+SHARD_METHODS = ("partial", "absorb")
 
 #: What the model reads; each kind is a module of `laminae.inputs`.
 INPUT_KINDS = ("stimuli", "corpus")
@@ -154,6 +159,16 @@ class Experiment:
         """True when the analysis is a reducer (it may then run during extraction)."""
         return self.reducer is not None
 
+    def merges_shards(self) -> bool:
+        """False when its reducer cannot run during a sharded extraction: a reducer class
+        without `partial` and `absorb` (imports the reducer's module). A hook that is a plain
+        function is checked on the reducer it returns, in the shard's job before the forward."""
+        if self.reducer is None:
+            return False
+        reducer = self.hook("reducer")
+        return not isinstance(reducer, type) or all(callable(getattr(reducer, name, None))
+                                                    for name in SHARD_METHODS)
+
     def active_variants(self, settings: Mapping[str, Any]) -> tuple[str, ...]:
         """The names of the variants `settings` (the analysis settings) enable, in declared order."""
         return tuple(variant.name for variant in self.variants if variant.when(settings))
@@ -238,6 +253,21 @@ class Reducer(Protocol):
 
     def finish(self) -> None:
         """Write the declared metrics files into the job's `out_dir`."""
+
+    # Optional: a reducer that offers these two can run during a sharded extraction
+    # (`corpus.shards` > 1 with `<name>.during_extraction`); without them that combination is
+    # refused with one line before any job. Each shard's reducer, built over the shard's rows,
+    # gets its chunks and then `partial()`; the gather builds the reducer over every row, calls
+    # `absorb(start, folder)` for each shard in row order, then `finish()`. The result must equal
+    # an unsharded run's: keep per-token values as they are and merge running statistics
+    # exactly (`RunningMoments.merge`, `laminae.partials`).
+    #
+    # def partial(self) -> None:
+    #     """Instead of `finish`, in a shard: write into `out_dir` what `absorb` needs."""
+    #
+    # def absorb(self, start: int, part: Path) -> None:
+    #     """Instead of the chunks of rows `start : start + n`: take them from a shard's
+    #     `partial` (its folder `part`, holding what `partial` wrote)."""
 
 
 @dataclass(frozen=True)

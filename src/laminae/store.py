@@ -23,11 +23,11 @@ truncated file is named), the stage hash as expected, and the row counts consist
 from __future__ import annotations
 
 import csv
+import os
 import queue
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -72,7 +72,7 @@ def unescape_field(text: str) -> str:
     return "".join(out)
 
 
-def write_tsv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+def write_tsv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:
     """Tab-separated table with a header; control characters escaped, quotes CSV-quoted."""
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
@@ -96,37 +96,97 @@ class RowTable(Sequence[Mapping[str, Any]]):
         array([0, 1])
         >>> rows.column("window")                           # as strings, as rows.tsv holds them
         ['0', '0']
-    """
 
-    def __init__(self, records: Sequence[Mapping[str, Any]], source: Path | str = ROWS_FILE):
-        self._records = list(records)
+    Three forms, one interface: records in memory (above, for small tables such as stimuli);
+    `RowTable.from_tsv(path)`, which reads rows.tsv one column at a time when asked, never
+    holding its records (a corpus of millions of tokens); and `RowTable.lazy(...)`, whose
+    columns and records a function computes on demand (an extraction's corpus windows, read
+    from disk). Iterating streams the records; indexing (`rows[i]`) loads them all once, so
+    keep it for small tables."""
+
+    def __init__(self, records: Iterable[Mapping[str, Any]] = (), source: Path | str = ROWS_FILE):
+        self._records: list[Mapping[str, Any]] | None = list(records)
         self.source = source
+        self._n = len(self._records)
+        self._names: tuple[str, ...] = tuple(self._records[0]) if self._records else ()
+        self._column_of: Callable[[str], Sequence[Any]] | None = None
+        self._iterate: Callable[[], Iterator[Mapping[str, Any]]] | None = None
+
+    @classmethod
+    def lazy(cls, n_rows: int, columns: Sequence[str], column: Callable[[str], Sequence[Any]],
+             records: Callable[[], Iterator[Mapping[str, Any]]], source: Path | str = ROWS_FILE) -> "RowTable":
+        """A table of `n_rows` whose `column(name)` (a sequence or an array of n_rows values) and
+        `records()` (an iterator of dicts, in order) are computed when asked."""
+        table = cls((), source)
+        table._records, table._n, table._names = None, n_rows, tuple(columns)
+        table._column_of, table._iterate = column, records
+        return table
+
+    @classmethod
+    def from_tsv(cls, path: Path) -> "RowTable":
+        """rows.tsv (written by `write_tsv`), read column by column when asked; counting its
+        rows streams the file once."""
+        path = Path(path)
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle, delimiter="\t")
+            header = tuple(next(reader, ()))
+            n_rows = sum(1 for _ in reader)
+
+        def column(name: str) -> list[str]:
+            index = header.index(name)
+            with open(path, encoding="utf-8", newline="") as handle:
+                reader = csv.reader(handle, delimiter="\t")
+                next(reader)
+                return [unescape_field(row[index]) for row in reader]
+
+        def records() -> Iterator[dict[str, str]]:
+            with open(path, encoding="utf-8", newline="") as handle:
+                reader = csv.DictReader(handle, delimiter="\t")
+                for row in reader:
+                    yield {key: unescape_field(value) for key, value in row.items()}
+
+        return cls.lazy(n_rows, header, column, records, source=path)
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._n
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        return iter(self._records) if self._records is not None else self._iterate()
 
     def __getitem__(self, index):  # type: ignore[override]
+        if self._records is None:
+            self._records = list(self._iterate())
         return self._records[index]
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return tuple(self._records[0]) if self._records else ()
+        return self._names
+
+    def _values(self, name: str) -> Sequence[Any]:
+        self._require(name)
+        if self._records is not None:
+            return [row[name] for row in self._records]
+        return self._column_of(name)
 
     def column(self, name: str) -> list[str]:
         """One column, as strings."""
-        self._require(name)
-        return [str(row[name]) for row in self._records]
+        values = self._values(name)
+        if isinstance(values, np.ndarray):
+            return values.astype(str).tolist()
+        return [str(value) for value in values]
 
     def integers(self, name: str) -> np.ndarray:
         """One column of integers: (n_rows,) int64."""
-        self._require(name)
+        values = self._values(name)
+        if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+            return values.astype(np.int64, copy=False)
         try:
-            return np.asarray([int(row[name]) for row in self._records], dtype=np.int64)
+            return np.fromiter((int(value) for value in values), dtype=np.int64, count=self._n)
         except ValueError:
             raise InputFileError(self.source, f"column {name!r} must hold integers") from None
 
     def _require(self, name: str) -> None:
-        if self._records and name not in self._records[0]:
+        if self._n and name not in self._names:
             raise InputFileError(self.source, f"has no {name!r} column (columns: {', '.join(self.columns)})")
 
 
@@ -151,6 +211,7 @@ class ActivationWriter:
         self.config_text = config_text
         self._rows: Sequence[Mapping[str, Any]] | None = None
         self._columns: Sequence[str] = ()
+        self._first_row = 0
         self._written: dict[str, list[int]] = {}  # site -> rows written per layer
         self._files: list[h5py.File] = []
         self._datasets: dict[str, list[h5py.Dataset]] = {}  # site -> one dataset per layer file
@@ -204,11 +265,13 @@ class ActivationWriter:
                 _write_rows(self._datasets[site][layer], start, array)
             self._written[site][layer] += shape[0]
 
-    def set_rows(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-        """The row descriptions, written to rows.tsv with a leading `row` column."""
+    def set_rows(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], first_row: int = 0) -> None:
+        """The row descriptions (a sequence of n_rows dicts: a list or a RowTable, iterated once
+        when the store is finished, so a lazy table is never held whole), written to rows.tsv
+        with a leading `row` column counted from `first_row` (a shard's first row in the corpus)."""
         if len(rows) != self.n_rows:
             raise ValueError(f"rows.tsv: expected {self.n_rows} rows, got {len(rows)}")
-        self._rows, self._columns = rows, columns
+        self._rows, self._columns, self._first_row = rows, columns, first_row
 
     def _create(self, site: str, width: int) -> None:
         if not self._files:
@@ -237,7 +300,7 @@ class ActivationWriter:
             raise RuntimeError(f"activation store incomplete: rows written {written} of {self.n_rows}")
         if self._rows is None:
             raise RuntimeError("activation store: set_rows() was never called")
-        rows = [{"row": index, **row} for index, row in enumerate(self._rows)]
+        rows = ({"row": index, **row} for index, row in enumerate(self._rows, start=self._first_row))
         write_tsv(self.tmp_dir / ROWS_FILE, rows, ["row", *self._columns])
         (self.tmp_dir / CONFIG_FILE).write_text(self.config_text, encoding="utf-8")
 
@@ -342,7 +405,7 @@ class ActivationStore:
         rows_path = self.dir / ROWS_FILE
         if not rows_path.is_file():
             raise InputFileError(rows_path, "missing; the activation folder is incomplete")
-        self.rows = RowTable(read_tsv(rows_path), rows_path)
+        self.rows = RowTable.from_tsv(rows_path)
         if len(self.rows) != self.n_rows:
             raise InputFileError(rows_path, f"has {len(self.rows)} rows but the layer files have {self.n_rows}")
 
@@ -379,7 +442,7 @@ class ActivationStore:
         bytes_per_row = self.n_layers * (sum(widths) + max(widths)) * self.read_dtype().itemsize
         rows = max(1, budget_bytes // max(bytes_per_row, 1))
         with h5py.File(self.paths[0], "r") as handle:
-            chunks = handle[sites[0]].chunks
+            chunks = _stored_chunks(handle[sites[0]], self.paths[0])
         stored = int(chunks[0]) if chunks else None
         if stored:
             rows = rows // stored * stored if rows >= stored else max(d for d in range(1, rows + 1) if stored % d == 0)
@@ -448,6 +511,68 @@ class ActivationStore:
                     if data.ndim != 2 or data.shape[0] != self.n_rows:
                         raise InputFileError(path, f"dataset {site!r} has shape {data.shape}, expected ({self.n_rows}, width)")
                     self.widths.setdefault(site, data.shape[1])
+                    if data.is_virtual:  # a sharded store: HDF5 would read a missing shard as fill values
+                        _check_sources(path, site, data)
                     data[-1:]  # touch the last row: a truncated file fails here, not mid-analysis
         except OSError:
             raise InputFileError(path, f"is not a readable HDF5 file (truncated or corrupt); {REBUILD}") from None
+
+
+# ------------------------------------------------------------------------ sharded stores
+def _stored_chunks(dataset: h5py.Dataset, path: Path) -> tuple[int, ...] | None:
+    """The HDF5 chunk shape of a dataset, or of the first shard behind a virtual one."""
+    if not dataset.is_virtual:
+        return dataset.chunks
+    source = dataset.virtual_sources()[0]
+    with h5py.File(path.parent / source.file_name, "r") as handle:
+        return handle[source.dset_name].chunks
+
+
+def _check_sources(path: Path, site: str, dataset: h5py.Dataset) -> None:
+    """Every shard file a virtual dataset maps exists and holds its rows."""
+    for source in dataset.virtual_sources():
+        shard = path.parent / source.file_name
+        if not shard.is_file():
+            raise InputFileError(shard, f"missing: {path.name} reads its {site!r} rows from it (a sharded store); "
+                                        f"{REBUILD}")
+        low, high = source.vspace.get_select_bounds()
+        rows = high[0] - low[0] + 1
+        try:
+            with h5py.File(shard, "r") as handle:
+                if site not in handle or handle[site].shape[0] != rows:
+                    raise InputFileError(shard, f"does not hold the {rows} {site!r} rows {path.name} maps; {REBUILD}")
+                handle[site][-1:]
+        except OSError:
+            raise InputFileError(shard, f"is not a readable HDF5 file (truncated or corrupt); {REBUILD}") from None
+
+
+def link_shards(out_dir: Path, shard_dirs: Sequence[Path], shard_rows: Sequence[int],
+                attrs: Mapping[str, Any]) -> list[Path]:
+    """Layer files in `out_dir` whose datasets are HDF5 virtual datasets over the shards' layer
+    files, in order (the `shard_rows[0]` rows of shard 0, then shard 1's, ...), so any HDF5
+    reader sees one store of sum(shard_rows) rows.
+
+    Source paths are written relative to `out_dir` (HDF5 resolves them from the virtual file's
+    folder), so a moved project still reads; `out_dir` may be a temporary sibling of the final
+    folder. Each layer file gets the first shard's attributes, `n_rows` the total, and `attrs`
+    on top. Returns the files written: none when the shards store no layers (every experiment
+    computed during extraction)."""
+    out_dir = Path(out_dir)
+    total = int(sum(shard_rows))
+    written = []
+    for template in sorted(Path(shard_dirs[0]).glob("layer_*.h5")):
+        with h5py.File(template, "r") as source, \
+                h5py.File(out_dir / template.name, "w", track_order=True, **NO_CHUNK_CACHE) as target:
+            target.attrs.update({**dict(source.attrs), "n_rows": total, **attrs})
+            for site, dataset in source.items():
+                width = dataset.shape[1]
+                layout = h5py.VirtualLayout(shape=(total, width), dtype=dataset.dtype)
+                start = 0
+                for shard, rows in zip(shard_dirs, shard_rows):
+                    if rows:
+                        relative = os.path.relpath(Path(shard) / template.name, out_dir)
+                        layout[start : start + rows] = h5py.VirtualSource(relative, site, shape=(rows, width))
+                    start += rows
+                target.create_virtual_dataset(site, layout, fillvalue=np.nan)
+        written.append(out_dir / template.name)
+    return written

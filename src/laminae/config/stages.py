@@ -44,7 +44,7 @@ from laminae.sites import SITES
 STAGE_VERSIONS = {"extract": 1, "analysis": 1, "plot": 1, "claims": 1}
 # Keys that change how a stage runs or lays out bytes, never a stored value: recorded, not hashed.
 RUNTIME_KEYS = ("device", "batch_size", "models_dir", "extract.compression", "extract.chunk_rows",
-                "model.device_map", "model.gpus")
+                "model.device_map", "model.gpus", "corpus.shards")
 OUTPUT_FOLDERS = {"extract": "activations", "analysis": "metrics", "plot": "figures", "claims": "claims"}
 #: Keys of an experiment's config group that its analysis does not read: figure settings, and
 #: the claims judged on its results (each has a stage of its own).
@@ -143,6 +143,8 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
         for key in RUNTIME_KEYS:  # where the blocks run (model.device_map, model.gpus) is not hashed
             if key.startswith("model."):
                 extract_cfg["model"].pop(key.split(".", 1)[1], None)
+        if kind == "corpus":   # corpus.shards is runtime; text_field etc. only where they matter
+            extract_cfg["corpus"] = inputs.hashed(extract_cfg["corpus"], cfg, project_root)
         digest = inputs.content_digest(cfg, project_root)
         if digest is not None:
             extract_cfg["files_digest"] = digest

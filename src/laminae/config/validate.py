@@ -65,9 +65,22 @@ def validate_config(cfg: dict[str, Any], project_root: str | Path, registry: Map
         check_claims(cfg, experiment)
     for kind in dict.fromkeys(experiment.inputs for experiment in enabled):
         input_kind(kind).validate(cfg, project_root)
+    _check_shards(cfg, enabled)
     for experiment in enabled:
         if experiment.validate is not None:
             experiment.hook("validate")(cfg)
+
+
+def _check_shards(cfg: dict[str, Any], enabled: list[Experiment]) -> None:
+    """A sharded extraction runs only reducers that merge shards (`Reducer.partial`/`absorb`)."""
+    shards = cfg["corpus"]["shards"]
+    if shards == 1:
+        return
+    for experiment in enabled:
+        if experiment.inputs == "corpus" and experiment.streams and cfg[experiment.name].get("during_extraction") \
+                and not experiment.merges_shards():
+            raise ConfigError("corpus.shards", f"1 while {experiment.name}.during_extraction is true (its reducer "
+                                               "offers no partial/absorb to merge shards)", shards)
 
 
 def resolve_layer(index: int | str, n_layers: int, key: str) -> int:

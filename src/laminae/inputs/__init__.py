@@ -9,10 +9,12 @@
     >>> kind.documents(cfg, root)                    # input files (Snakemake inputs), [] for stimuli
     >>> kind.validate(cfg, root)                     # ConfigError naming the key, before any job
     >>> plan = kind.plan(stage_config, tokenizer, max_positions, root)   # in the extraction job
+    >>> plan = kind.plan(stage_config, tokenizer, max_positions, root, shard=Shard(2, 4, batch_size=8))
     >>> kind.estimate(cfg, input_bytes)              # (stored rows, tokens, tokens per forward)
 
 `stimuli`: category words in a template, one stored row per word (experiment 1's input).
-`corpus`: text files cut into windows, one stored row per token.
+`corpus`: text files (.txt, .jsonl, .parquet) cut into windows, one stored row per token;
+sharded over several extraction jobs with `corpus.shards`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from laminae.experiment import INPUT_KINDS
+
+if TYPE_CHECKING:
+    from laminae.store import RowTable
 
 
 @dataclass(frozen=True)
@@ -30,17 +35,31 @@ class ExtractionPlan:
     """What to feed the model and which positions become stored rows.
 
     Input i yields one row per position in `keep[i]`, or, when `average`, one row holding the
-    mean over them (target_mean)."""
+    mean over them (target_mean). `sequences` and `keep` are sequences that the extraction
+    slices in order, batch by batch (a corpus reads them from disk); `rows` is a
+    `laminae.store.RowTable` (a corpus computes its columns on demand). A shard of a corpus
+    plans its windows only; `first_row` is the number of its first row in the whole corpus."""
 
-    sequences: list[list[int]]
-    keep: list[list[int]]
+    sequences: Sequence[list[int]]
+    keep: Sequence[list[int]]
     average: bool
-    rows: list[dict[str, Any]]
+    rows: "RowTable"
     columns: tuple[str, ...]
+    first_row: int = 0
 
     @property
     def n_rows(self) -> int:
         return len(self.rows)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count` of an extraction's inputs, cut at multiples of `batch_size`
+    inputs so that each shard forwards exactly the batches an unsharded run forwards."""
+
+    index: int
+    count: int
+    batch_size: int
 
 
 def input_kind(name: str) -> ModuleType:

@@ -1,10 +1,24 @@
 """Corpus inputs: text files -> token windows that fit the model's context (one row per token).
 
+Documents come from `.txt` files (one each), `.jsonl` files (one per line, text under
+`corpus.text_field`) and Parquet files (one per row, text in `corpus.text_column`), a file or a
+folder of them, read streaming (`laminae.inputs.texts`); `corpus.max_tokens` caps a run.
+
 Windowing policy: each document is tokenised once without special tokens; its tokens are cut
 into consecutive, non-overlapping chunks of `window_tokens - n_special` tokens (the last chunk
 may be shorter), and each chunk is wrapped with the tokenizer's special tokens (none for GPT-2,
 [CLS] ... [SEP] for BERT, BOS for Llama). Every token of the corpus therefore appears in exactly
-one window; a token at the start of a window sees no context from the previous window.
+one window; a token at the start of a window sees no context from the previous window. The
+windows are written to disk as they are made (`laminae.inputs.windows`), so planning holds
+neither every window's ids nor every row in memory.
+
+`corpus.shards=N` splits the windows into N extraction jobs, cut at multiples of `batch_size`
+windows so that every shard forwards exactly the batches of an unsharded run (laminae.shards):
+
+    >>> plan(stage_config, tokenizer, 1024, root, shard=Shard(1, 4, batch_size=8)).first_row
+    8192
+
+The in-memory form, for small corpora and as the tests' reference:
 
     >>> windows = corpus_windows([Path("data/corpora/nietzsche.txt")], gpt2_tokenizer(), 1024)
     >>> len(windows), len(windows[0].input_ids)
@@ -20,12 +34,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from laminae.errors import ConfigError
-from laminae.inputs import ExtractionPlan
+from laminae.inputs import ExtractionPlan, Shard
+from laminae.inputs.texts import SUFFIXES, TextSources
 
 ROW_COLUMNS = ("document", "window", "position", "token_id", "token")
-#: The config keys that determine a corpus extraction's activations (plus the files' content).
+#: The config keys that determine a corpus extraction's activations (plus the files' content);
+#: `hashed` drops those that do not (corpus.shards) or cannot (a text_field without .jsonl).
 CONFIG_KEYS = ("corpus",)
-SUFFIXES = (".txt",)
+#: corpus keys that change how the extraction runs, never a stored value (laminae.config.stages)
+RUNTIME_KEYS = ("shards",)
 CHARS_PER_TOKEN = 4   # a generous estimate, for job sizes
 DIGEST_LENGTH = 10
 
@@ -52,22 +69,61 @@ def documents(cfg: dict[str, Any], project_root: str | Path) -> list[Path]:
 
 def estimate(cfg: dict[str, Any], input_bytes: int = 0) -> tuple[int, int, int]:
     """(stored rows, input tokens, tokens per forward pass), for job sizes: one row per token
-    of `input_bytes` of text at about CHARS_PER_TOKEN bytes each."""
+    of `input_bytes` of text at about CHARS_PER_TOKEN bytes each, at most `corpus.max_tokens`."""
     tokens = max(1, input_bytes // CHARS_PER_TOKEN)
+    if cfg["corpus"].get("max_tokens"):
+        tokens = min(tokens, cfg["corpus"]["max_tokens"])
     return tokens, tokens, min(tokens, cfg["batch_size"] * (cfg["corpus"]["window_tokens"] or 1024))
 
 
-def plan(config: dict[str, Any], tokenizer, max_positions: int | None, project_root: Path) -> ExtractionPlan:
-    """The windows and rows of an extraction stage's `config` (every token kept)."""
-    window = window_length(config["corpus"]["window_tokens"], max_positions)
-    windows = corpus_windows(corpus_documents(config["corpus"]["path"], project_root), tokenizer, window,
-                             config["corpus"]["windowing"], project_root.resolve())
-    return ExtractionPlan(sequences=[w.input_ids for w in windows], keep=[list(range(len(w.input_ids))) for w in windows],
-                          average=False, rows=window_rows(windows, tokenizer), columns=ROW_COLUMNS)
+def hashed(corpus: dict[str, Any], cfg: dict[str, Any], project_root: str | Path) -> dict[str, Any]:
+    """The corpus keys an extraction hashes: all but the runtime ones (`shards`), and
+    `text_field` / `text_column` / `max_tokens` only where they matter (a .jsonl / .parquet
+    file, a cap), so a .txt corpus hashes as it did before they existed."""
+    suffixes = {path.suffix for path in documents(cfg, project_root)}
+    out = {key: value for key, value in corpus.items() if key not in RUNTIME_KEYS}
+    for key, suffix in (("text_field", ".jsonl"), ("text_column", ".parquet")):
+        if suffix not in suffixes:
+            out.pop(key, None)
+    if out.get("max_tokens", 0) is None:
+        out.pop("max_tokens")
+    return out
+
+
+def sources(config: dict[str, Any], project_root: str | Path) -> TextSources:
+    """The documents of `config["corpus"]` (a run's or a stage's config)."""
+    corpus = config["corpus"]
+    return TextSources(corpus_documents(corpus["path"], project_root), text_field=corpus.get("text_field", "text"),
+                       text_column=corpus.get("text_column", "text"), root=Path(project_root).resolve(),
+                       configured=str(corpus["path"]))
+
+
+def plan(config: dict[str, Any], tokenizer, max_positions: int | None, project_root: Path,
+         shard: Shard | None = None) -> ExtractionPlan:
+    """The windows and rows of an extraction stage's `config` (every token kept), or of one
+    shard of them. The windows are tokenised to a temporary folder, read back batch by batch."""
+    from laminae.inputs.windows import TokenWindows
+    from laminae.shards import shard_windows
+
+    corpus = config["corpus"]
+    window = window_length(corpus["window_tokens"], max_positions)
+    windows = TokenWindows.build(sources(config, project_root), tokenizer, window, corpus["windowing"],
+                                 corpus.get("max_tokens"))
+    first, stop = (0, windows.n_windows) if shard is None else shard_windows(windows.n_windows, shard)
+    if first == stop and shard is not None:
+        batches = -(-windows.n_windows // shard.batch_size)
+        raise ConfigError("corpus.shards", f"at most {batches}: this corpus's {windows.n_windows} windows make "
+                                           f"{batches} batches of batch_size={shard.batch_size}", shard.count)
+    part = windows.part(first, stop)
+    return ExtractionPlan(sequences=part.sequences, keep=part.keep, average=False, rows=part.rows,
+                          columns=ROW_COLUMNS, first_row=part.first_row)
 
 
 def validate(cfg: dict[str, Any], project_root: str | Path) -> None:
-    documents(cfg, project_root)
+    """Files present and readable; .txt UTF-8 and not blank; a .jsonl's first record holds the
+    text field; a Parquet file has the text column (the rest is checked as it is read, in the
+    extraction job before the model loads)."""
+    sources(cfg, project_root).check()
 
 
 def corpus_documents(path: str | Path, project_root: str | Path = ".") -> list[Path]:
@@ -76,7 +132,8 @@ def corpus_documents(path: str | Path, project_root: str | Path = ".") -> list[P
     the current folder when they lie inside it (Snakemake records its inputs as given, so a
     moved project must not see different paths).
 
-    Raises ConfigError naming `corpus.path` when it is missing, empty or has no text."""
+    Raises ConfigError naming `corpus.path` when it is missing or holds no corpus file (a file
+    of another suffix than SUFFIXES is read as text). Their content is checked by `validate`."""
     resolved = Path(project_root, path) if not Path(path).is_absolute() else Path(path)
     if resolved.is_file():
         found = [resolved]
@@ -86,13 +143,6 @@ def corpus_documents(path: str | Path, project_root: str | Path = ".") -> list[P
             raise ConfigError("corpus.path", f"a folder holding {'/'.join(SUFFIXES)} files", str(path))
     else:
         raise ConfigError("corpus.path", "an existing text file or folder", str(path))
-    for document in found:
-        try:
-            text = document.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError("corpus.path", f"UTF-8 text files ({document} is not)", str(path)) from None
-        if not text.strip():
-            raise ConfigError("corpus.path", f"non-empty text files ({document} is empty)", str(path))
     return [_relative_to_cwd(document) for document in found]
 
 
@@ -103,13 +153,22 @@ def _relative_to_cwd(path: Path) -> Path:
 
 
 def file_digest(paths: Sequence[Path], root: Path) -> str:
-    """Content hash of files (names relative to `root` when inside it, and bytes)."""
+    """Content hash of files (names relative to `root` when inside it, and bytes, streamed)."""
     sha = hashlib.sha256()
     for path in paths:
         absolute = path.resolve()
         name = absolute.relative_to(root) if absolute.is_relative_to(root) else absolute.name
-        sha.update(str(name).encode() + b"\0" + hashlib.sha256(absolute.read_bytes()).digest())
+        sha.update(str(name).encode() + b"\0" + _file_sha256(absolute))
     return sha.hexdigest()[:DIGEST_LENGTH]
+
+
+def _file_sha256(path: Path, block: int = 1 << 20) -> bytes:
+    """sha256 of a file's bytes, read in blocks (memory flat in the file's size)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while data := handle.read(block):
+            sha.update(data)
+    return sha.digest()
 
 
 # ------------------------------------------------------------------------------ windows

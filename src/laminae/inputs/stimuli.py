@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from laminae.errors import ConfigError
-from laminae.inputs import ExtractionPlan
+from laminae.inputs import ExtractionPlan, Shard
 
 log = logging.getLogger(__name__)
 POSITIONS = ("target_last", "last", "target_mean")
@@ -59,13 +59,18 @@ def estimate(cfg: dict[str, Any], input_bytes: int = 0) -> tuple[int, int, int]:
     return n_words, n_words * PROMPT_TOKENS, min(n_words, cfg["batch_size"]) * PROMPT_TOKENS
 
 
-def plan(config: dict[str, Any], tokenizer, max_positions: int | None, project_root: Path) -> ExtractionPlan:
-    """The prompts and kept positions of an extraction stage's `config`."""
+def plan(config: dict[str, Any], tokenizer, max_positions: int | None, project_root: Path,
+         shard: Shard | None = None) -> ExtractionPlan:
+    """The prompts and kept positions of an extraction stage's `config` (never sharded)."""
+    from laminae.store import RowTable
+
+    if shard is not None and shard.count > 1:
+        raise ValueError("stimuli are never sharded (corpus.shards shards a corpus)")
     items = build_stimuli(config["stimuli"]["categories"], config["template"]["text"])
     position = config["extract"]["position"]
     encoded = encode_stimuli(items, tokenizer, position)
     return ExtractionPlan(sequences=[item.input_ids for item in encoded], keep=[item.positions for item in encoded],
-                          average=position == "target_mean", rows=stimulus_rows(encoded, tokenizer),
+                          average=position == "target_mean", rows=RowTable(stimulus_rows(encoded, tokenizer)),
                           columns=ROW_COLUMNS)
 
 

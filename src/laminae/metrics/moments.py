@@ -9,7 +9,9 @@
 
 Each chunk's mean and sum of squared deviations are computed two-pass, then merged with Chan,
 Golub & LeVeque's update, so the result equals the two-pass statistics of all rows to
-round-off however the rows are split (a sharded run merges the same way).
+round-off however the rows are split. A sharded extraction saves each shard's state (`save`)
+and merges them in row order (`merge`, the same update), so it equals an unsharded run to
+round-off too.
 """
 
 from __future__ import annotations
@@ -54,6 +56,28 @@ class RunningMoments:
         self.m2 = self.m2 + m2_b + delta * delta * self.n * weight
         self.mean = self.mean + delta * weight
         self.n = n
+
+    def merge(self, other: "RunningMoments") -> None:
+        """Add another accumulator's rows (e.g. a shard's), by the same update: exact to round-off."""
+        n = self.n + other.n
+        weight = other.n / np.maximum(n, 1)
+        delta = other.mean - self.mean
+        self.m2 = self.m2 + other.m2 + delta * delta * self.n * weight
+        self.mean = self.mean + delta * weight
+        self.n = n
+
+    def save(self, group: Any, name: str) -> None:
+        """Write the state (n, mean, m2) under `group[name]` (an open h5py group), for `load`."""
+        target = group.create_group(name)
+        for key in ("n", "mean", "m2"):
+            target.create_dataset(key, data=getattr(self, key), track_times=False)
+
+    @classmethod
+    def load(cls, group: Any, name: str) -> "RunningMoments":
+        """The state `save` wrote."""
+        moments = cls(len(group[name]["n"]))
+        moments.n, moments.mean, moments.m2 = (np.asarray(group[name][key][()]) for key in ("n", "mean", "m2"))
+        return moments
 
     def stats(self) -> LayerStats:
         n = self.n.copy()

@@ -30,41 +30,46 @@ import torch
 from tqdm import tqdm
 
 from laminae.capture import HostStaging, SiteCapture, StagedLayer, select_rows, to_device
-from laminae.experiment import Experiment, Reducer, ReducerJob
-from laminae.inputs import ExtractionPlan, input_kind
+from laminae.errors import ConfigError
+from laminae.experiment import SHARD_METHODS, Experiment, Reducer, ReducerJob
+from laminae.inputs import ExtractionPlan, Shard, input_kind
 from laminae.models.loading import LoadedModel, load_model, open_model, resolve_device
 from laminae.models.placement import placement_summary
 from laminae.provenance import provenance_attrs, stage_config_record
 from laminae.sites import SITES
 from laminae.stages.analysis import REDUCTIONS, upstream_attrs
 from laminae.stages.runner import progress_stream
-from laminae.store import ActivationWriter, BackgroundWriter, RowTable
+from laminae.shards import SHARD_RECORD, shard_record
+from laminae.store import ActivationWriter, BackgroundWriter
 
 log = logging.getLogger(__name__)
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def extract(stage: dict[str, Any], runtime: dict[str, Any], out_dir: Path, project_root: Path,
-            registry: Mapping[str, Experiment]) -> None:
-    """Run one extraction stage end to end (see module docstring)."""
+            registry: Mapping[str, Experiment], shard: Shard | None = None) -> None:
+    """Run one extraction stage end to end (see module docstring), or one `shard` of it
+    (laminae.shards: its windows only, its reducers' partial states)."""
     config = stage["config"]
     resolve_device(runtime["device"])  # fail on `cuda` without CUDA before loading anything
     # config and tokenizer first (seconds): bad inputs fail before the weights load
     files = open_model(config["model"], runtime["models_dir"], project_root)
-    plan = input_kind(config["inputs"]).plan(config, files.tokenizer, files.dims.max_positions, project_root)
+    plan = input_kind(config["inputs"]).plan(config, files.tokenizer, files.dims.max_positions, project_root,
+                                             shard=shard)
     # where the blocks run is a runtime setting, not hashed (model.device_map, model.gpus)
     model_cfg = {**config["model"], "device_map": runtime.get("device_map"), "gpus": runtime.get("gpus") or 1}
     loaded = load_model(model_cfg, runtime["device"], runtime["models_dir"], project_root, files=files)
-    write_extraction(loaded, plan, stage, runtime, out_dir, registry)
+    write_extraction(loaded, plan, stage, runtime, out_dir, registry, shard=shard)
     log.info("wrote %s", out_dir)
 
 
 def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, stage: dict[str, Any], runtime: dict[str, Any],
-                     out_dir: Path, registry: Mapping[str, Experiment]) -> None:
+                     out_dir: Path, registry: Mapping[str, Experiment], shard: Shard | None = None) -> None:
     """The extraction with the model loaded and the inputs planned: an ActivationWriter (one
     layer file per block, provenance attributes, atomic folder; no layer file when no site is
     stored) fed by `run_plan`, the reducers of the experiments computed during extraction, their
-    results, and rows.tsv."""
+    results, and rows.tsv. A `shard` writes its reducers' partial states (`Reducer.partial`)
+    instead of their results, and shard.yaml (laminae.shards)."""
     config = stage["config"]
     stored = tuple(config["sites"])
     reducing = {name: registry[name] for name in config["reductions"]}
@@ -80,19 +85,29 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, stage: dict[str,
                               compression=runtime["compression"], chunk_rows=runtime["chunk_rows"],
                               config_text=stage_config_record(stage, runtime, model=loaded.info.to_dict()),
                               store_layers=bool(stored))
+    widths = loaded.adapter.site_widths(loaded.model.config)
     with writer:
         reducers = [(experiment.hook("reducer")(ReducerJob(
-            settings=config["reductions"][name]["settings"], rows=RowTable(plan.rows), n_layers=loaded.info.n_layers,
-            widths=loaded.adapter.site_widths(loaded.model.config), model_attrs=loaded.info.as_attrs(),
+            settings=config["reductions"][name]["settings"], rows=plan.rows, n_layers=loaded.info.n_layers,
+            widths=widths, model_attrs=loaded.info.as_attrs(),
             out_dir=_folder(writer.tmp_dir / REDUCTIONS / name), attrs=upstream_attrs(attrs))), experiment.sites)
             for name, experiment in reducing.items()]
+        if shard is not None:
+            for (reducer, _), name in zip(reducers, reducing):
+                if not all(callable(getattr(reducer, method, None)) for method in SHARD_METHODS):
+                    raise ConfigError("corpus.shards", f"1 while {name}.during_extraction is true (its reducer offers "
+                                                       "no partial/absorb to merge shards)", shard.count)
         # runtime "overlap": False writes each batch after its forward, in this thread (benchmarks)
         run_plan(loaded, plan, runtime["batch_size"], writer=writer, sites=stored, reducers=reducers,
                  storage_dtype=STORAGE_DTYPES[config["extract"]["storage_dtype"]],
                  overlap=runtime.get("overlap", True))
         for reducer, _ in reducers:
-            reducer.finish()
-        writer.set_rows(plan.rows, plan.columns)
+            reducer.partial() if shard is not None else reducer.finish()
+        writer.set_rows(plan.rows, plan.columns, first_row=plan.first_row)
+        if shard is not None:
+            (writer.tmp_dir / SHARD_RECORD).write_text(shard_record(
+                shard, plan.first_row, plan.n_rows, loaded.info.n_layers, widths, loaded.info.as_attrs()),
+                encoding="utf-8")
 
 
 def _folder(path: Path) -> Path:

@@ -73,6 +73,7 @@ from laminae.errors import InputFileError
 from laminae.experiment import ReducerJob
 from laminae.metrics.moments import LayerStats, RunningMoments, layer_medians
 from laminae.metrics.vectors import cosine_rows, row_norms
+from laminae.partials import PARTIAL, copy_token_rows
 from laminae.store import read_tsv, write_tsv
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,8 @@ class AdjustmentReducer:
     """The `reducer` hook's accumulator: feeds every chunk to an AdjustmentAccumulator that
     writes each token's cosine straight into adjustment_cosine.h5 (memory stays flat), then
     writes the per-layer table. The same code runs on a store's chunks (the analysis stage) and
-    on an extraction's batches (`adjustments.during_extraction`)."""
+    on an extraction's batches (`adjustments.during_extraction`); a sharded extraction calls
+    `partial` in each shard and `absorb`s them in a reducer over every row."""
 
     def __init__(self, job: ReducerJob):
         self.out_dir = Path(job.out_dir)
@@ -268,6 +270,36 @@ class AdjustmentReducer:
         rows = chunk["attn_out"].shape[1]
         self.accumulator.update(chunk["attn_out"], chunk["mlp_out"], chunk["resid_pre"], chunk["resid_post"],
                                 self.include[start : start + rows])
+
+    def partial(self) -> None:
+        """A shard's state, for `absorb` (laminae.shards): the per-token cosines already in the
+        .h5, plus the running moments and undefined counts in its `partial` group."""
+        accumulator = self.accumulator
+        if accumulator.rows_seen != self.n_rows:
+            raise RuntimeError(f"adjustments: {accumulator.rows_seen} rows streamed, {self.n_rows} expected")
+        group = self.handle.create_group(PARTIAL)
+        accumulator.cosine_moments.save(group, COSINE)
+        for site, moments in accumulator.norm_moments.items():
+            moments.save(group, norm_metric(site))
+        group.create_dataset("n_undefined", data=accumulator.n_undefined, track_times=False)
+        self.handle.close()
+
+    def absorb(self, start: int, part: Path) -> None:
+        """Rows `start:` from a shard's partial (its folder `part`), instead of their chunks."""
+        accumulator = self.accumulator
+        if start != accumulator.rows_seen:
+            raise RuntimeError(f"adjustments: shard starts at row {start}, expected {accumulator.rows_seen}")
+        with h5py.File(Path(part) / COSINE_FILENAME, "r") as handle:
+            cosine_out, included_out = accumulator._out
+            rows = copy_token_rows(handle, {"cosine": cosine_out, "included": included_out}, start)
+            group = handle[PARTIAL]
+            accumulator.cosine_moments.merge(RunningMoments.load(group, COSINE))
+            for site in (*ADJUSTMENT_SITES, *RESIDUAL_SITES):
+                if norm_metric(site) in group:
+                    moments = accumulator.norm_moments.setdefault(site, RunningMoments(accumulator.n_layers))
+                    moments.merge(RunningMoments.load(group, norm_metric(site)))
+            accumulator.n_undefined += group["n_undefined"][()]
+        accumulator.rows_seen += rows
 
     def finish(self) -> None:
         if self.accumulator.rows_seen != self.n_rows:

@@ -50,6 +50,7 @@ from laminae.errors import ConfigError, InputFileError
 from laminae.experiment import ReducerJob
 from laminae.metrics.correlation import METHODS, bootstrap_correlations
 from laminae.metrics.moments import RunningMoments
+from laminae.partials import PARTIAL, copy_token_rows
 
 from .table import CORRELATIONS, MEANS, TABLE_FILENAME, TOKEN_SETS, table_row, write_table
 from .tokens import TOKEN_ARRAYS, straightness, token_paths
@@ -125,6 +126,29 @@ class PathLengthReducer:
                 self.moments[metric, tokens].update(values[metric], finite & self.keep[tokens][None, start:stop])
         self.chain_gap = np.maximum(self.chain_gap, paths.chain_gap)     # NaN (non-finite input) sticks
         self.rows_seen = stop
+
+    def partial(self) -> None:
+        """A shard's state, for `absorb` (laminae.shards): the per-token values already in the
+        .h5, plus the running moments and chain gaps in its `partial` group."""
+        if self.rows_seen != self.n_rows:
+            raise RuntimeError(f"pathlength: {self.rows_seen} rows streamed, {self.n_rows} expected")
+        group = self.handle.create_group(PARTIAL)
+        for (metric, tokens), moments in self.moments.items():
+            moments.save(group, f"{metric}:{tokens}")
+        group.create_dataset("chain_gap", data=self.chain_gap, track_times=False)
+        self.handle.close()
+
+    def absorb(self, start: int, part: Path) -> None:
+        """Rows `start:` from a shard's partial (its folder `part`), instead of their chunks."""
+        if start != self.rows_seen:
+            raise RuntimeError(f"pathlength: shard starts at row {start}, expected {self.rows_seen}")
+        with h5py.File(Path(part) / TOKENS_FILENAME, "r") as handle:
+            rows = copy_token_rows(handle, self.out, start)
+            group = handle[PARTIAL]
+            for (metric, tokens), moments in self.moments.items():
+                moments.merge(RunningMoments.load(group, f"{metric}:{tokens}"))
+            self.chain_gap = np.maximum(self.chain_gap, group["chain_gap"][()])   # NaN sticks, as in update
+        self.rows_seen += rows
 
     def finish(self) -> None:
         if self.rows_seen != self.n_rows:

@@ -30,6 +30,7 @@ from laminae.experiments.rotations.outputs import (ANGLES_FILENAME, DEFINITIONS,
                                                    write_rotation_table)
 from laminae.metrics.moments import RunningMoments, layer_medians
 from laminae.metrics.vectors import angle_rows, row_norms
+from laminae.partials import PARTIAL, copy_token_rows
 
 log = logging.getLogger(__name__)
 SITES = ("attn_out", "mlp_out", "resid_pre", "resid_post")
@@ -103,6 +104,30 @@ class RotationReducer:
         defined = ~np.isnan(values)
         self.moments[metric].update(values, counts & defined)
         self.n_undefined[metric] += (counts & ~defined).sum(axis=1)
+
+    def partial(self) -> None:
+        """A shard's state, for `absorb` (laminae.shards): the per-token angles already in the
+        .h5, plus the running moments and undefined counts in its `partial` group. Shards end at
+        window boundaries, so no consecutive pair straddles two shards."""
+        if self.rows_seen != self.n_rows:
+            raise RuntimeError(f"rotations: {self.rows_seen} rows streamed, {self.n_rows} expected")
+        group = self.handle.create_group(PARTIAL)
+        for metric in METRICS:
+            self.moments[metric].save(group, metric)
+            group.create_dataset(f"n_undefined_{metric}", data=self.n_undefined[metric], track_times=False)
+        self.handle.close()
+
+    def absorb(self, start: int, part: Path) -> None:
+        """Rows `start:` from a shard's partial (its folder `part`), instead of their chunks."""
+        if start != self.rows_seen:
+            raise RuntimeError(f"rotations: shard starts at row {start}, expected {self.rows_seen}")
+        with h5py.File(Path(part) / ANGLES_FILENAME, "r") as handle:
+            rows = copy_token_rows(handle, self.angles, start)
+            group = handle[PARTIAL]
+            for metric in METRICS:
+                self.moments[metric].merge(RunningMoments.load(group, metric))
+                self.n_undefined[metric] += group[f"n_undefined_{metric}"][()]
+        self.rows_seen += rows
 
     def finish(self) -> None:
         """Medians (one layer at a time), then `rotations.tsv`; closes the HDF5 file."""
