@@ -43,6 +43,7 @@ wildcard_constraints:
     ph=r"[0-9a-f]{10}",
     ch=r"[0-9a-f]{10}",
     kh=r"[0-9a-f]{10}",
+    shard=r"shard-[0-9]+-of-[0-9]+-b[0-9]+",
 
 
 include: "workflow/rules/extract.smk"

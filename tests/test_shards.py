@@ -224,3 +224,33 @@ def test_more_shards_than_batches_and_reducers_without_merge_are_refused(tmp_pat
     cfg = dict(_run(corpus, models_dir, "adjustments.during_extraction=true", "corpus.shards=2").config)
     with pytest.raises(ConfigError, match="corpus.shards': expected 1 while adjustments.during_extraction is true"):
         validate_config(cfg, ROOT, registry)
+
+
+# ------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_snakemake_sharded_run_keeps_finished_shards(tmp_path, corpus):
+    """Through the real Snakefile: 3 shard jobs, then the gather. With two shards made first
+    (as if the third had failed), the full run makes only the missing shard, the gather and
+    what follows, and leaves the two untouched; another number of shards then reruns nothing
+    (the store holds the same values). Equality with one job: the tests above, and the 4-shard
+    SLURM run of tests/test_slurm.py."""
+    from laminae.workflow import WorkflowPlan
+    from workflow_helpers import scheduled_rules, snakemake
+
+    overrides = ["model=tiny-gpt2", "experiments=[rotations]", "rotations.during_extraction=true",
+                 f"corpus.path={corpus}", "corpus.window_tokens=16", "batch_size=3", "device=cpu"]
+    sharded = [*overrides, "corpus.shards=3"]
+    plan = WorkflowPlan.from_snakemake_config({"overrides": sharded}, ROOT)
+    (digest,) = [h for h, stage in plan.stages.items() if stage.kind == "extract"]
+    first_two = [plan.shard_dirs(digest)[i] for i in (0, 2)]
+    snakemake(tmp_path, sharded, "--cores", "2", *first_two)
+    stamps = {p: p.stat().st_mtime_ns for folder in first_two for p in (tmp_path / folder).rglob("*")}
+    assert stamps
+    scheduled = scheduled_rules(snakemake(tmp_path, sharded, "-n"))
+    assert scheduled["extract_shard"] == 1 and scheduled["extract"] == 1, scheduled
+    snakemake(tmp_path, sharded, "--cores", "2")
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items()), "finished shards were remade"
+    activations = tmp_path / plan.stages[digest].output_dir
+    assert (activations / "reductions" / "rotations" / "rotations.tsv").is_file()
+    for shards in (3, 2):   # the same split, another one: nothing to do
+        assert scheduled_rules(snakemake(tmp_path, [*overrides, f"corpus.shards={shards}"], "-n")) == {}, shards

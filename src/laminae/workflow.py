@@ -29,6 +29,7 @@ from laminae.experiment import Experiment
 from laminae.stages.runner import WORKFLOW_CONFIG_KEY
 
 CONFIG_KEYS = ("overrides", "sweep")
+EXTRACT_THREADS = 4     # threads of an extraction job (a forward pass), sharded or not
 FIGURE_FORMATS = ("png", "pdf")
 
 
@@ -263,9 +264,51 @@ class WorkflowPlan:
                 "experiment": experiment.name, **input_kind(experiment.inputs).describe(cfg),
                 "analysis": analysis_settings(cfg, experiment)}
 
+    def shards(self, digest: str) -> list[Any]:
+        """The shards (`laminae.inputs.Shard`) of an extraction run with `corpus.shards` > 1, in
+        order; [] for one that runs as one job."""
+        from laminae.inputs import Shard
+
+        stage = self.stages[digest]
+        runtime = self.run_of[digest].runtime
+        count = runtime.get("shards") or 1
+        if stage.group != "corpus" or count == 1:
+            return []
+        return [Shard(index, count, runtime["batch_size"]) for index in range(count)]
+
+    def shard_dirs(self, digest: str) -> list[str]:
+        """The shards' folders: `<extraction>/shards/shard-K-of-N-bB` (laminae.shards)."""
+        from laminae.shards import SHARDS_FOLDER, shard_name
+
+        stage = self.stages[digest]
+        return [str(stage.dir / SHARDS_FOLDER / shard_name(shard)) for shard in self.shards(digest)]
+
     def extract_inputs(self, digest: str) -> dict[str, Any]:
-        """Files an extraction reads: its input documents (relative to the project when inside
-        it, so a moved project schedules nothing) and, for random models, the built model."""
+        """What rule `extract` reads: for a sharded extraction, its shards' folders (the rule
+        then gathers them); else `source_inputs`. A store that exists keeps the inputs it was
+        made from (its config.yaml says how many shards): its values do not depend on the
+        split, so another `corpus.shards` reruns nothing (Snakemake reruns a job whose set of
+        inputs changes)."""
+        stage = self.stages[digest]
+        shards = self.shards(digest)
+        record = stage.output_dir / "config.yaml"
+        if stage.output_dir.is_dir() and record.is_file():
+            from laminae.inputs import Shard
+            from laminae.provenance import read_stage_record
+
+            runtime = read_stage_record(record).get("runtime") or {}
+            count, batch = runtime.get("shards") or 1, runtime.get("batch_size")
+            shards = [Shard(index, count, batch) for index in range(count)] if count > 1 and batch else []
+        if shards:
+            from laminae.shards import SHARDS_FOLDER, shard_name
+
+            return {"shards": [str(stage.dir / SHARDS_FOLDER / shard_name(shard)) for shard in shards]}
+        return self.source_inputs(digest)
+
+    def source_inputs(self, digest: str) -> dict[str, Any]:
+        """Files an extraction (or one of its shards) reads: its input documents (relative to
+        the project when inside it, so a moved project schedules nothing) and, for random
+        models, the built model."""
         from laminae.inputs import input_kind
 
         stage = self.stages[digest]
@@ -300,17 +343,37 @@ class WorkflowPlan:
         stage = self.stages[digest]
         cfg = self._with_checkpoint_shape(self.run_of[digest].config)
         if stage.kind == "extract":
-            readers = [e for e in self.run_of[digest].experiments.values() if e.inputs == stage.group]
-            n_sites = len({site for e in readers for site in e.sites})
-            request = resources.extraction_resources(cfg, stage.group, n_sites, self.input_bytes(digest))
-            for name in stage.config["reductions"]:  # these analyses run inside the extraction job
-                analysis = resources.stage_resources("analysis", self.experiments[name], cfg, self.input_bytes(digest))
-                request["runtime"] += analysis["runtime"]
-            return request
+            count = len(self.shards(digest))
+            if count:   # the gather: no model; the reductions' finish runs here
+                request = {"mem_mb": resources.ANALYSIS_FLOOR["mem_mb"], "runtime": 10}
+                for name in stage.config["reductions"]:
+                    analysis = resources.stage_resources("analysis", self.experiments[name], cfg, self.input_bytes(digest))
+                    request = {"mem_mb": max(request["mem_mb"], analysis["mem_mb"]),
+                               "runtime": request["runtime"] + analysis["runtime"]}
+                return request
+            return self.shard_resources(digest, 1)
         experiment = self.experiments[stage.group]
         # a claims job reads back what the figures read (the metrics), and does less with it
         kind = "plot" if stage.kind == "claims" else stage.kind
         return resources.stage_resources(kind, experiment, cfg, self.input_bytes(digest))
+
+    def shard_resources(self, digest: str, count: int | None = None) -> dict[str, int]:
+        """mem_mb and runtime of one of `count` (default: the configured number of) jobs that
+        forward an extraction's inputs: the model, 1/count of the inputs, and the reductions
+        run during extraction (their whole cost: a generous bound for a shard)."""
+        from laminae import resources
+
+        stage = self.stages[digest]
+        cfg = self._with_checkpoint_shape(self.run_of[digest].config)
+        count = count or max(1, len(self.shards(digest)))
+        readers = [e for e in self.run_of[digest].experiments.values() if e.inputs == stage.group]
+        n_sites = len({site for e in readers for site in e.sites})
+        part = -(-self.input_bytes(digest) // count)
+        request = resources.extraction_resources(cfg, stage.group, n_sites, part)
+        for name in stage.config["reductions"]:  # these analyses run inside the extraction job
+            analysis = resources.stage_resources("analysis", self.experiments[name], cfg, part)
+            request["runtime"] += analysis["runtime"]
+        return request
 
     def _with_checkpoint_shape(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """`cfg` with the model's undeclared n_layers / d_model / n_params read from its local
@@ -341,11 +404,18 @@ class WorkflowPlan:
             self._input_sizes[stage.hash] = sum(path.stat().st_size for path in documents)
         return self._input_sizes[stage.hash]
 
-    def wants_gpu(self, digest: str) -> int:
-        """GPUs an extraction asks for: `model.gpus` (1 unless `model.device_map` spreads the
-        blocks over several), none when the run pins device=cpu (auto uses one if present)."""
+    def wants_gpu(self, digest: str, shard: bool = False) -> int:
+        """GPUs an extraction job asks for: `model.gpus` (1 unless `model.device_map` spreads
+        the blocks over several), none when the run pins device=cpu (auto uses one if present),
+        and none for the gather of a sharded extraction (its shards, `shard=True`, ask)."""
         config = self.run_of[digest].config
+        if self.shards(digest) and not shard:
+            return 0
         return 0 if config["device"] == "cpu" else int(config["model"]["gpus"])
+
+    def extract_threads(self, digest: str) -> int:
+        """Threads of rule `extract`: EXTRACT_THREADS for a forward, 1 for a gather."""
+        return 1 if self.shards(digest) else EXTRACT_THREADS
 
     def preflight(self, local: bool = True) -> None:
         """Before any job: every model whose activations are still missing must be reachable,

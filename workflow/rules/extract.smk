@@ -2,6 +2,7 @@
 # these inputs need, rows.tsv, reductions/ of those that run during extraction). One job per
 # model and set of inputs, shared by every experiment on them.
 EXTRACTION = f"{RESULTS}/{{model}}/{{inputs}}/{{label}}-{{xh}}"
+EXTRACT_THREADS = 4   # laminae.workflow.EXTRACT_THREADS
 
 # Building a random model takes seconds: on a cluster it runs in the submitting process rather
 # than waiting in the queue as a job of its own.
@@ -24,7 +25,8 @@ rule random_model:
 
 
 rule extract:
-    """Forward the model over the inputs; hook and store every layer's sites."""
+    """Forward the model over the inputs; hook and store every layer's sites. With
+    corpus.shards > 1: gather the shards (laminae.shards) into one store instead."""
     input:
         unpack(lambda w: PLAN.extract_inputs(w.xh)),
     output:
@@ -33,7 +35,7 @@ rule extract:
         f"{EXTRACTION}/extract.log",
     params:
         stage=lambda w: PLAN.stage_record(w.xh),
-    threads: 4
+    threads: lambda w: PLAN.extract_threads(w.xh)
     resources:
         gpu=lambda w: PLAN.wants_gpu(w.xh),
         mem_mb=lambda w: PLAN.resources(w.xh)["mem_mb"],
@@ -42,3 +44,27 @@ rule extract:
         "../../envs/laminae.yaml"
     script:
         "../scripts/extract.py"
+
+
+# corpus.shards=N: N jobs, each forwarding whole batches of the corpus's windows into a store of
+# its own (and its reducers' partial states); rule extract then gathers them. A shard that
+# finished is kept when another fails; a rerun makes only the missing ones.
+rule extract_shard:
+    """Forward the model over one shard of a corpus's windows (laminae.shards)."""
+    input:
+        unpack(lambda w: PLAN.source_inputs(w.xh)),
+    output:
+        directory(f"{EXTRACTION}/shards/{{shard}}"),
+    log:
+        f"{EXTRACTION}/shards/{{shard}}.log",
+    params:
+        stage=lambda w: PLAN.stage_record(w.xh),
+    threads: EXTRACT_THREADS
+    resources:
+        gpu=lambda w: PLAN.wants_gpu(w.xh, shard=True),
+        mem_mb=lambda w: PLAN.shard_resources(w.xh)["mem_mb"],
+        runtime=lambda w: PLAN.shard_resources(w.xh)["runtime"],
+    conda:
+        "../../envs/laminae.yaml"
+    script:
+        "../scripts/extract_shard.py"
