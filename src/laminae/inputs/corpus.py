@@ -109,6 +109,8 @@ def plan(config: dict[str, Any], tokenizer, max_positions: int | None, project_r
     window = window_length(corpus["window_tokens"], max_positions)
     windows = TokenWindows.build(sources(config, project_root), tokenizer, window, corpus["windowing"],
                                  corpus.get("max_tokens"))
+    if windows.n_windows == 0:
+        raise ConfigError("corpus.path", "documents holding text (every record is empty)", str(corpus["path"]))
     first, stop = (0, windows.n_windows) if shard is None else shard_windows(windows.n_windows, shard)
     if first == stop and shard is not None:
         batches = -(-windows.n_windows // shard.batch_size)

@@ -104,11 +104,12 @@ class TextSources:
         except OSError as error:
             raise ConfigError("corpus.path", f"readable files ({path}: {error.strerror})", self._shown(path)) from None
         with handle:
-            line_number = 0
+            line_number, records = 0, 0
             try:
                 for line_number, line in enumerate(handle, start=1):
                     if not line.strip():
                         continue
+                    records += 1
                     try:
                         record = json.loads(line)
                     except json.JSONDecodeError:
@@ -130,7 +131,7 @@ class TextSources:
             except UnicodeDecodeError:
                 raise ConfigError("corpus.path", f"UTF-8 text files ({path} is not, after line {line_number})",
                                   self._shown(path)) from None
-        if first_only and line_number == 0:
+        if first_only and records == 0:
             raise ConfigError("corpus.path", f"non-empty files ({path} has no record)", self._shown(path))
 
     def _parquet_column(self, path: Path):
