@@ -1,36 +1,34 @@
-"""Peak memory of the extraction stage of experiment adjustments (`corpus.extract`) against corpus
-length (~2k, 8k, 32k tokens).
+"""Peak memory of the corpus extraction (`corpus.extract`, experiment adjustments' sites) against
+corpus length, unsharded and sharded (32k and 1M tokens by default).
 
-    .venv/bin/python benchmarks/bench_memory.py                  # gpt2-small shape, batch 2 and 8, 1 run each (~15 min)
-    .venv/bin/python benchmarks/bench_memory.py --quick          # tiny-gpt2, batch 8 (~1 min)
-    .venv/bin/python benchmarks/bench_memory.py --model tiny-gpt2 --batch-sizes 8 --repeats 3
+    .venv/bin/python benchmarks/bench_memory.py                          # tiny-gpt2, 32k and 1M tokens, 4 shards (~10 min)
+    .venv/bin/python benchmarks/bench_memory.py --quick                  # 8k and 32k tokens, 2 shards (~1 min)
+    .venv/bin/python benchmarks/bench_memory.py --model gpt2-small-shape --lengths 2048 32768 --shards 0
 
-Each measurement is one fresh Python process running laminae's real extraction stage
-(`laminae.stages.extract.extract` on the `corpus.extract` stage of a config with
-`experiments=[adjustments]`: model loading from disk, tokenisation, windows, rows.tsv, hooks,
-HDF5 writes) on a corpus made by repeating data/corpora/nietzsche.txt, with 1024-token windows
-(the model's context) and the sites experiment adjustments reads (attn_out, mlp_out, resid_pre,
-resid_post). The peak is
-the child's `ru_maxrss` (peak resident set size). A `load-only` child (imports + model load,
-no extraction) gives the floor. `--tracemalloc` adds one child per length that reports the peak
-of Python-heap allocations (rows, token lists; not torch tensors).
+Each measurement is one fresh Python process running laminae's real code on a `.jsonl` corpus
+(the seed's passage, one record each, as many as needed; `corpus.max_tokens` cuts the run at
+exactly the length): the whole extraction stage (`laminae.stages.extract.extract`: model load,
+tokenisation to the on-disk windows, rows.tsv streamed, hooks, HDF5 writes), and, with
+`--shards N`, each of the N shard jobs (the same function with `shard=`) and the gather
+(`laminae.shards.gather`: virtual datasets, rows.tsv concatenated). 1024-token windows (the
+model's context), batch 8, the four sites experiment adjustments reads. The peak is the child's
+`ru_maxrss`; a `load-only` child (imports + model load) gives the floor. `--during` runs the
+experiment during extraction instead (no store; its reducer holds per-token index columns).
+`--tracemalloc` adds, from one more child per extraction and shard, the peak of Python-heap
+allocations (rows, token lists; not torch tensors).
 
-Models: `gpt2-small-shape` (a random GPT-2 with GPT-2 small's shape: 12 blocks, d_model 768;
-124M parameters, the default: big enough that holding a whole corpus of activations would show,
-~4.8 GB at 32k tokens) or `tiny-gpt2` (4 blocks, d_model 64: a whole 32k corpus is only 33 MB).
-Random models are built once into a scratch `models/` folder, outside the measured children.
-
-Batch size matters on its own: with batch 8, a 2k-token corpus (2 windows) fills a quarter of a
-batch while 8k and 32k fill whole batches, so their per-forward working set is 4x larger. Batch
-2 (2 windows per forward at every length) isolates the effect of corpus length.
+Models: `tiny-gpt2` (4 blocks, d_model 64: a 1M-token store is 4 GB; the default, so that the
+part that could grow with the corpus, the plan and the rows, is what shows) or
+`gpt2-small-shape` (12 blocks, d_model 768: ~150 GB of activations at 1M tokens: use short
+lengths).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,37 +37,30 @@ from pathlib import Path
 
 from _common import ROOT, median, print_header, print_table
 
-LENGTHS = (2048, 8192, 32768)
+LENGTHS = (32768, 1048576)
 MODELS = {
     "gpt2-small-shape": ["model=tiny-gpt2", "model.name=bench-gpt2-small-shape",
                          "model.random_init.config={n_layer: 12, n_embd: 768, n_head: 12, n_positions: 1024}",
                          "model.n_layers=12", "model.d_model=768", "model.n_params=124000000"],
     "tiny-gpt2": ["model=tiny-gpt2"],
 }
-CORPUS = ROOT / "data" / "corpora" / "nietzsche.txt"
+PASSAGE = ROOT / "data" / "corpora" / "nietzsche.txt"
+PASSAGE_TOKENS = 340   # at least this many GPT-2 tokens per record (346)
 
 
-def make_corpus(path: Path, tokens: int) -> int:
-    """A text of `tokens` GPT-2 tokens (at most; BPE may merge one less): the seed corpus
-    repeated and cut at a token boundary. Returns the exact count."""
-    from _common import tokenizer
-
-    tok = tokenizer()
-    text = CORPUS.read_text(encoding="utf-8").strip()
-    per_copy = len(tok(text + "\n\n", add_special_tokens=False)["input_ids"])
-    full = "\n\n".join([text] * (tokens // per_copy + 2))
-    ids = tok(full, add_special_tokens=False, verbose=False)["input_ids"][:tokens]
-    cut = tok.decode(ids)
-    while len(tok(cut, add_special_tokens=False, verbose=False)["input_ids"]) > tokens:
-        ids = ids[:-1]
-        cut = tok.decode(ids)
-    path.write_text(cut, encoding="utf-8")  # no trailing newline: the corpus reader strips it anyway
-    return len(tok(cut.strip(), add_special_tokens=False, verbose=False)["input_ids"])
+def make_corpus(path: Path, tokens: int) -> None:
+    """A .jsonl corpus of at least `tokens` GPT-2 tokens: the seed's passage, one record per line."""
+    record = json.dumps({"text": PASSAGE.read_text(encoding="utf-8").strip()})
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(tokens // PASSAGE_TOKENS + 1):
+            handle.write(record + "\n")
 
 
-def overrides_for(model: str, corpus: Path, batch_size: int, models_dir: Path, out_root: Path) -> list[str]:
-    return [*MODELS[model], f"corpus.path={corpus}", f"batch_size={batch_size}", "device=cpu",
-            f"models_dir={models_dir}", f"results_dir={out_root}", "experiments=[adjustments]"]
+def overrides_for(model: str, corpus: Path, tokens: int, batch_size: int, models_dir: Path, out_root: Path,
+                  shards: int = 1, during: bool = False) -> list[str]:
+    return [*MODELS[model], f"corpus.path={corpus}", f"corpus.max_tokens={tokens}", f"corpus.shards={shards}",
+            f"batch_size={batch_size}", "device=cpu", f"models_dir={models_dir}", f"results_dir={out_root}",
+            "experiments=[adjustments]", *(["adjustments.during_extraction=true"] if during else [])]
 
 
 def child(args: argparse.Namespace) -> None:
@@ -84,109 +75,129 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from laminae.config import load_runs
+    from laminae.inputs import Shard
     from laminae.models.loading import load_model
     from laminae.registry import discover
+    from laminae.shards import gather
     from laminae.stages.extract import extract
 
     torch.set_num_threads(os.cpu_count() or 1)
     (run,) = load_runs(json.loads(args.overrides), project_root=ROOT)
     stage = run.extraction("adjustments")  # corpus.extract
     record = {"stage": stage.name, "hash": stage.hash, "config": stage.config}
+    out = Path(args.out)
     start = time.perf_counter()
-    rows = 0
     if args.load_only:
         load_model(stage.config["model"], "cpu", run.runtime["models_dir"], ROOT)
+    elif args.gather:
+        gather(record, run.runtime, sorted(Path(args.shard_root).iterdir(), key=lambda p: int(p.name)), out, discover())
     else:
-        out = Path(args.out)
-        extract(record, run.runtime, out, ROOT, discover())
-        rows = sum(1 for _ in open(out / "rows.tsv", encoding="utf-8")) - 1
+        shard = Shard(*map(int, args.shard.split("/")), run.runtime["batch_size"]) if args.shard else None
+        extract(record, run.runtime, out, ROOT, discover(), shard=shard)
     wall = time.perf_counter() - start
-    result = {"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "wall_s": wall, "rows": rows}
+    result = {"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "wall_s": wall}
+    if not args.load_only:
+        with open(out / "rows.tsv", encoding="utf-8") as handle:
+            result["rows"] = sum(1 for _ in handle) - 1
     if args.tracemalloc:
         result["python_heap_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def measure(overrides: list[str], out: Path, load_only: bool = False, trace: bool = False) -> dict:
-    command = [sys.executable, __file__, "--child", "--overrides", json.dumps(overrides), "--out", str(out)]
-    command += ["--load-only"] if load_only else []
-    command += ["--tracemalloc"] if trace else []
+def measure(overrides: list[str], out: Path, *extra: str, keep: bool = False) -> dict:
+    command = [sys.executable, __file__, "--child", "--overrides", json.dumps(overrides), "--out", str(out), *extra]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"child failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    import shutil
-
-    shutil.rmtree(out, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
     return json.loads(lines[-1][len("RESULT "):])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=None, help="fresh processes per point (default 1)")
-    parser.add_argument("--quick", action="store_true", help="tiny-gpt2, batch 8, 1 run")
-    parser.add_argument("--model", choices=list(MODELS), default=None)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
-    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
-    parser.add_argument("--tracemalloc", action="store_true", help="also report the Python-heap peak per length")
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per point (default 1)")
+    parser.add_argument("--quick", action="store_true", help="8k and 32k tokens, 2 shards")
+    parser.add_argument("--model", choices=list(MODELS), default="tiny-gpt2")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lengths", type=int, nargs="+", default=None)
+    parser.add_argument("--shards", type=int, default=None, help="also measure N shard jobs and their gather (0: not)")
+    parser.add_argument("--during", action="store_true", help="adjustments.during_extraction=true (no store)")
+    parser.add_argument("--tracemalloc", action="store_true", help="also report the Python-heap peak per point")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--gather", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--shard", help=argparse.SUPPRESS)
+    parser.add_argument("--shard-root", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args)
         return []
-    repeats = args.repeats or 1
-    model = args.model or ("tiny-gpt2" if args.quick else "gpt2-small-shape")
-    batch_sizes = args.batch_sizes or ([8] if args.quick else [2, 8])
+    lengths = args.lengths or ([8192, 32768] if args.quick else list(LENGTHS))
+    shards = args.shards if args.shards is not None else (2 if args.quick else 4)
+    trace = ["--tracemalloc"] if args.tracemalloc else []
 
-    print_header(f"bench_memory: peak RSS of the extraction stage vs corpus length ({model})",
+    print_header(f"bench_memory: peak RSS of the corpus extraction vs corpus length ({args.model})",
                  " ".join(["bench_memory.py", *sys.argv[1:]]))
     results = []
     with tempfile.TemporaryDirectory(prefix="laminae-bench-mem-") as tmp:
         scratch = Path(tmp)
-        models_dir = scratch / "models"
-        corpora = {}
-        for length in args.lengths:
-            corpora[length] = scratch / f"corpus_{length}.txt"
-            corpora[length] = (corpora[length], make_corpus(corpora[length], length))
-        # build the random model once, outside the measured processes
+        models_dir, corpus = scratch / "models", scratch / "corpus.jsonl"
+        make_corpus(corpus, max(lengths))
         from laminae.config import load_runs
         from laminae.models.random_models import ensure_random_model
 
-        (run,) = load_runs(overrides_for(model, corpora[args.lengths[0]][0], 1, models_dir, scratch / "results"),
-                           project_root=ROOT)
-        ensure_random_model(run.config["model"], models_dir)
-        floor = [measure(overrides_for(model, corpora[args.lengths[0]][0], 1, models_dir, scratch / "r"),
-                         scratch / "load", load_only=True)["maxrss_mib"] for _ in range(repeats)]
-        print(f"load-only (imports + model): peak RSS {median(floor):.0f} MiB", flush=True)
-        for batch_size in batch_sizes:
-            base = None
-            for length in args.lengths:
-                path, tokens = corpora[length]
-                overrides = overrides_for(model, path, batch_size, models_dir, scratch / "r")
-                runs = [measure(overrides, scratch / "activations") for _ in range(repeats)]
-                peak = median(r["maxrss_mib"] for r in runs)
-                base = base or peak
-                row = {"model": model, "batch": batch_size, "tokens": tokens, "windows": math.ceil(tokens / 1024),
-                       "runs": repeats, "peak RSS MiB": peak, "vs first length": peak / base,
-                       "above load-only MiB": peak - median(floor), "wall s": median(r["wall_s"] for r in runs)}
-                if args.tracemalloc:
-                    row["python heap peak MiB"] = measure(overrides, scratch / "activations", trace=True)["python_heap_peak_mib"]
-                print(f"  batch {batch_size}, {tokens} tokens: peak {peak:.0f} MiB ({peak / base:.2f}x)", file=sys.stderr,
-                      flush=True)
-                results.append(row)
-    columns = ["model", "batch", "tokens", "windows", "runs", "peak RSS MiB", "vs first length", "above load-only MiB",
-               "wall s"] + (["python heap peak MiB"] if args.tracemalloc else [])
-    print(f"## peak RSS (median of {repeats} fresh process(es) per point); load-only floor {median(floor):.0f} MiB")
+        def overrides(tokens: int, count: int = 1) -> list[str]:
+            return overrides_for(args.model, corpus, tokens, args.batch_size, models_dir, scratch / "results", count,
+                                 args.during)
+
+        (run,) = load_runs(overrides(lengths[0]), project_root=ROOT)
+        ensure_random_model(run.config["model"], models_dir)   # built once, outside the measured processes
+        floor = median(measure(overrides(lengths[0]), scratch / "load", "--load-only")["maxrss_mib"]
+                       for _ in range(args.repeats))
+        print(f"load-only (imports + model): peak RSS {floor:.0f} MiB", flush=True)
+        for tokens in lengths:
+            points = [("whole extraction", overrides(tokens), [])]
+            for index in range(shards):
+                points.append((f"shard {index} of {shards}", overrides(tokens, shards), ["--shard", f"{index}/{shards}"]))
+            for what, point_overrides, extra in points:
+                is_shard = bool(extra)
+                out = scratch / "shards" / extra[1].split("/")[0] if is_shard else scratch / "activations"
+                runs = [measure(point_overrides, out, *extra, keep=is_shard) for _ in range(args.repeats)]
+                if trace:   # a child of its own: tracing allocations costs memory of its own
+                    runs[0]["python_heap_peak_mib"] = measure(point_overrides, out, *extra, *trace,
+                                                              keep=is_shard)["python_heap_peak_mib"]
+                results.append(_row(what, tokens, runs, floor))
+                print(f"  {tokens} tokens, {what}: peak {results[-1]['peak RSS MiB']:.0f} MiB", file=sys.stderr, flush=True)
+            if shards:
+                runs = [measure(overrides(tokens, shards), scratch / "gathered", "--gather", "--shard-root",
+                                str(scratch / "shards")) for _ in range(args.repeats)]
+                results.append(_row(f"gather of {shards}", tokens, runs, floor))
+                shutil.rmtree(scratch / "shards", ignore_errors=True)
+                print(f"  {tokens} tokens, gather: peak {results[-1]['peak RSS MiB']:.0f} MiB", file=sys.stderr, flush=True)
+    columns = ["job", "tokens", "rows", "runs", "peak RSS MiB", "above load-only MiB", "wall s"] + \
+        (["python heap peak MiB"] if args.tracemalloc else [])
+    print(f"## peak RSS (median of {args.repeats} fresh process(es) per point); load-only floor {floor:.0f} MiB; "
+          f"{args.model}, batch {args.batch_size}, 1024-token windows{', during extraction' if args.during else ''}")
     print_table(results, columns)
-    for batch_size in batch_sizes:
-        rows = [r for r in results if r["batch"] == batch_size]
+    for job in dict.fromkeys(row["job"] for row in results):
+        rows = [row for row in results if row["job"] == job]
         ratio = rows[-1]["peak RSS MiB"] / rows[0]["peak RSS MiB"]
-        print(f"goal peak({rows[-1]['tokens']} tokens) <= 1.2x peak({rows[0]['tokens']} tokens), batch {batch_size}: "
+        print(f"goal peak({rows[-1]['tokens']} tokens) <= 1.2x peak({rows[0]['tokens']} tokens), {job}: "
               f"{ratio:.2f}x -> {'MET' if ratio <= 1.2 else 'NOT MET'}")
     return results
+
+
+def _row(job: str, tokens: int, runs: list[dict], floor: float) -> dict:
+    peak = median(r["maxrss_mib"] for r in runs)
+    row = {"job": job, "tokens": tokens, "rows": runs[0].get("rows", ""), "runs": len(runs), "peak RSS MiB": peak,
+           "above load-only MiB": peak - floor, "wall s": median(r["wall_s"] for r in runs)}
+    if "python_heap_peak_mib" in runs[0]:
+        row["python heap peak MiB"] = median(r["python_heap_peak_mib"] for r in runs)
+    return row
 
 
 if __name__ == "__main__":

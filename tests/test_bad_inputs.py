@@ -92,6 +92,7 @@ def _corpus(tmp_path: Path, name: str, content: bytes | None) -> str:
     return str(path)
 
 
+JSONL_WITHOUT_TEXT = b'{"body": "x"}\n'
 PARSE_TIME = {
     # id: (overrides or a callable tmp_path -> overrides, fragments of the one line)
     "unknown_model_group": (["model=gpt3"], ["config key 'model'", "expected one of [", "'tiny-gpt2'", "got 'gpt3'"]),
@@ -119,6 +120,8 @@ PARSE_TIME = {
                        ["config key 'corpus.path'", "an existing text file or folder", "missing.txt"]),
     "empty_corpus": (lambda tmp: [*TINY, f"corpus.path={_corpus(tmp, 'empty.txt', b'  ' + bytes([10]))}"],
                      ["config key 'corpus.path'", "non-empty text files", "empty.txt is empty"]),
+    "jsonl_without_the_text_field": (lambda tmp: [*TINY, f"corpus.path={_corpus(tmp, 'docs.jsonl', JSONL_WITHOUT_TEXT)}"],
+                                     ["config key 'corpus.text_field'", "line 1 has no 'text'", "docs.jsonl"]),
     "non_utf8_corpus": (lambda tmp: [*TINY, f"corpus.path={_corpus(tmp, 'latin1.txt', 'café crème'.encode('latin-1'))}"],
                         ["config key 'corpus.path'", "UTF-8 text files", "latin1.txt is not"]),
     "plot_layer_out_of_range": ([*TINY, "qkv.plot.similarity_layers=[0,12]"],

@@ -66,6 +66,14 @@ class TextSources:
     def _shown(self, path: Path) -> str:
         return self.configured if self.configured is not None else str(path)
 
+    def where(self, file: int, record: int) -> str:
+        """A document as error messages show it: like `name`, but the full path of a file
+        outside the project."""
+        path = self.files[file]
+        inside = self.root is not None and path.resolve().is_relative_to(self.root)
+        shown = self.names[file] if inside else str(path)
+        return shown if path.suffix == ".txt" else f"{shown}:{record}"
+
     def name(self, file: int, record: int) -> str:
         """The `document` of rows.tsv: the file's name, plus `:<record>` for .jsonl and .parquet."""
         return self.names[file] if self.files[file].suffix == ".txt" else f"{self.names[file]}:{record}"

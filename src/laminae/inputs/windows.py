@@ -109,7 +109,7 @@ class TokenWindows:
                     if not ids:
                         continue
                     if len(ids) > room and not windowing:
-                        name = sources.name(document.file, document.record)
+                        name = sources.where(document.file, document.record)
                         raise ConfigError("corpus.windowing", f"true, since {name} has {len(ids)} tokens and one "
                                           f"window holds {room} (corpus.window_tokens, or the model's context when "
                                           "null, less special tokens)", False)
