@@ -348,7 +348,7 @@ def test_select_rows_with_host_indices_and_seq_equals_device_selection():
 # -- CUDA: pinned buffers, side stream, events -----------------------------------------------
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the machine these tests were written on has none)")
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("compute", [torch.float32, torch.bfloat16, torch.float16])
 def test_cuda_overlap_equals_cuda_serial(tiny_gpt2, tmp_path, compute):
     from dataclasses import replace
