@@ -98,8 +98,9 @@ def print_header(title: str, command: str) -> None:
     print(flush=True)
 
 
-def setup_torch() -> None:
-    torch.set_num_threads(os.cpu_count() or 1)
+def setup_torch(threads: int | None = None) -> None:
+    """Gradients off; torch's intra-op threads: `threads`, or one per core."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.set_grad_enabled(False)
 
 
@@ -192,7 +193,7 @@ def rounds_and_models(args: argparse.Namespace) -> tuple[int, list[str]]:
 
 # -------------------------------------------------------------------------------- inputs
 def seeds_run(*overrides: str) -> Run:
-    """The composed default config (the seeds' stimuli, template and corpus, both experiments)
+    """The composed default config (the seeds' stimuli, template and corpus, the default experiments)
     on tiny-gpt2, planned into stages as the Snakefile plans it."""
     (run,) = load_runs(["model=tiny-gpt2", *overrides], project_root=ROOT)
     return run

@@ -89,11 +89,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--storage-dtype", choices=("float32", "float16"), default="float32")
     parser.add_argument("--compression", choices=("gzip", "lzf"), default=None)
     parser.add_argument("--chunk-rows", type=int, default=1024)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch's intra-op threads (default: one per core; fewer leave a core to the writer thread)")
     args = parser.parse_args(argv)
     repeats, models = rounds_and_models(args)
     use = {"transformer-lens": not (args.no_tl or args.no_peers), "nnsight": not (args.no_nnsight or args.no_peers)}
 
-    setup_torch()
+    setup_torch(args.torch_threads)
     print_header("bench_extraction: laminae vs bare forward vs the same writes vs TransformerLens vs nnsight",
                  " ".join(["bench_extraction.py", *sys.argv[1:]]))
     inputs = plans(seeds_run(*stage_overrides(args)))

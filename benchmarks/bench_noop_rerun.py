@@ -4,7 +4,7 @@ Snakefile (Hydra composition, validation, stage hashes), build the DAG and stop.
     .venv/bin/python benchmarks/bench_noop_rerun.py               # first run + 5 no-op reruns (~3 min)
     .venv/bin/python benchmarks/bench_noop_rerun.py --quick       # faster first run (200 permutations), 3 reruns
 
-A complete tiny-gpt2 run of the default pipeline (both experiments, metrics and figures) is made
+A complete tiny-gpt2 run of the default pipeline (the four default experiments, analyses and figures) is made
 first in a scratch working directory (`snakemake -s <repo>/Snakefile -d <scratch> --cores 2`),
 then `--repeats` identical reruns are timed end to end (process start to exit; each must print
 "Nothing to be done"). Also timed, to say where a no-op rerun's time goes: a bare
@@ -15,7 +15,7 @@ Where a SLURM client is installed (`scontrol` on PATH), everything is timed twic
 is, and with `scontrol` shadowed by a stub that fails at once. snakemake-executor-plugin-slurm
 (the `slurm` extra) runs `scontrol show config` when Snakemake imports it, i.e. on every
 invocation, even local ones; when no controller answers, that call waits for scontrol's own
-timeout (9 s here). The stub is what a machine without SLURM, or with a responsive controller,
+timeout (9 s on the machine of docs/PERFORMANCE.md). The stub is what a machine without SLURM, or with a responsive controller,
 sees.
 """
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   flush=True)
         overrides = [*BASE, *(FAST if args.quick else [])]
         first, _ = snakemake(workdir, overrides, "--cores", str(args.cores), env=environments.get("scontrol stubbed"))
-        print(f"first complete run (tiny-gpt2, both experiments, metrics + figures): {first:.1f} s", flush=True)
+        print(f"first complete run (tiny-gpt2, the default experiments, analyses + figures): {first:.1f} s", flush=True)
         rows = []
         for label, env in environments.items():
             reruns = []
