@@ -302,15 +302,16 @@ def bare_forward(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int = BA
             loaded.model(input_ids=input_ids, attention_mask=attention_mask)
 
 
-def laminae_extract(loaded: LoadedModel, ex: Extraction, out_dir: Path, overlap: bool = True) -> None:
+def laminae_extract(loaded: LoadedModel, ex: Extraction, out_dir: Path, overlap: bool | None = None) -> None:
     """laminae's extraction stage minus model loading and planning
     (`laminae.stages.extract.write_extraction`, which `extract()` calls), on `ex`'s stage record
     and runtime: the store, fed by `run_plan` (hooks + row selection + HDF5 writes, and the
     reducers of the experiments the config runs during extraction), then the reducers' results
-    and rows.tsv. `overlap=False`: each batch written after its forward, in the calling thread
-    (the runtime key `overlap`), as before the writer thread existed. `out_dir` must not exist;
+    and rows.tsv. `overlap` overrides `extract.overlap` (default: as configured, `auto`): False
+    writes each batch after its forward, in the calling thread; True always uses the writer
+    thread. `out_dir` must not exist;
     the caller removes it."""
-    runtime = ex.runtime if overlap else {**ex.runtime, "overlap": False}
+    runtime = ex.runtime if overlap is None else {**ex.runtime, "overlap": overlap}
     write_extraction(loaded, ex.plan, ex.stage, runtime, out_dir, registry())
 
 

@@ -6,7 +6,7 @@ against two peers that capture the same sites and write them with h5py: Transfor
     .venv/bin/python benchmarks/bench_extraction.py                 # both models, 5 rounds (~30 min)
     .venv/bin/python benchmarks/bench_extraction.py --quick         # tiny-gpt2 only, 3 rounds (~1 min)
     .venv/bin/python benchmarks/bench_extraction.py --models gpt2-large-shape --experiments adjustments --no-peers
-    .venv/bin/python benchmarks/bench_extraction.py --models gpt2-large-shape --no-peers --serial --hooks-only
+    .venv/bin/python benchmarks/bench_extraction.py --models gpt2-large-shape --no-peers --serial --overlapped --hooks-only
 
 Models: a random GPT-2 with GPT-2 Large's shape (36 blocks, d_model 1280, 20 heads, float32, built
 in memory from a fixed seed; ~3.1 GB) and tiny-gpt2 (4 blocks, d_model 64). Inputs: the seeds'
@@ -19,8 +19,10 @@ batches:
   bare      `model(input_ids, attention_mask)` and nothing else
   laminae   the extraction stage (`stimuli.extract` for `qkv`, `corpus.extract` for `adjustments`)
             minus model loading and input planning: `write_extraction`, i.e. `run_plan` into an
-            `ActivationWriter`, each block's rows written by the writer thread while the next
-            blocks run; with the stage record and runtime settings of the composed config
+            `ActivationWriter`, with `extract.overlap: auto` (each block's rows written by the
+            writer thread while the next blocks run, unless torch's threads take every core,
+            where each batch is written after its forward, as `serial`); with the stage record
+            and runtime settings of the composed config
             (`--batch-size`, `--storage-dtype`, `--compression` and `--chunk-rows` are passed to it
             as the overrides `batch_size`, `extract.storage_dtype`, `extract.compression`,
             `extract.chunk_rows`)
@@ -28,7 +30,9 @@ batches:
             thread, the batches one laminae run produced (recorded in memory, untimed): the same
             files, attributes, rows.tsv and rename, as if the model were free
   serial    (--serial) laminae with each batch written after its forward, in the main thread
-            (runtime `overlap: False`): the path before the writer thread
+            (`extract.overlap: false`)
+  overlapped (--overlapped) laminae with the writer thread whatever the cores
+            (`extract.overlap: true`)
   hooks-only (--hooks-only) `run_plan` with a writer that drops the rows: hooks, row selection,
             host staging and the writer thread, no HDF5
   transformer-lens, nnsight   (unless --no-tl / --no-nnsight / --no-peers) see `_common.py`
@@ -47,12 +51,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from _common import (BATCH_SIZE, NNsightPath, Scratch, TransformerLensPath, WritesAlone, bare_forward,
                      build_model, laminae_extract, max_relative_difference, median, n_params, n_tokens,
                      paired_model_arguments, paired_ratios, paired_rounds, plans, print_header, print_table,
                      read_store, remove_tree, rounds_and_models, seeds_run, setup_torch, spread)
 
-from laminae.stages.extract import run_plan
+from laminae.stages.extract import overlap_writes, run_plan
 
 
 class _NullWriter:
@@ -83,6 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no-peers", action="store_true", help="skip both peers")
     parser.add_argument("--no-writes", action="store_true", help="skip the writes-alone path")
     parser.add_argument("--serial", action="store_true", help="also time laminae with serial writes")
+    parser.add_argument("--overlapped", action="store_true", help="also time laminae with the writer thread forced on")
     parser.add_argument("--hooks-only", action="store_true",
                         help="also time laminae's hooks, row selection and staging without the HDF5 writer")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
@@ -98,6 +105,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     setup_torch(args.torch_threads)
     print_header("bench_extraction: laminae vs bare forward vs the same writes vs TransformerLens vs nnsight",
                  " ".join(["bench_extraction.py", *sys.argv[1:]]))
+    print(f"# extract.overlap auto on the CPU: {'writer thread' if overlap_writes('auto', 'cpu') else 'serial'}"
+          f" ({torch.get_num_threads()} torch threads)\n", flush=True)
     inputs = plans(seeds_run(*stage_overrides(args)))
     # the store checked against the peers: float32, uncompressed
     defaults = plans(seeds_run(f"batch_size={args.batch_size}"))
@@ -135,6 +144,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     variants["writes"] = lambda: writes(out())
                 if args.serial:
                     variants["serial"] = lambda: laminae_extract(loaded, ex, out(), overlap=False)
+                if args.overlapped:
+                    variants["overlapped"] = lambda: laminae_extract(loaded, ex, out(), overlap=True)
                 if args.hooks_only:
                     variants["hooks-only"] = lambda: run_plan(loaded, plan, args.batch_size, writer=_NullWriter(),
                                                               sites=sites)
@@ -183,7 +194,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 cleanup()
             for peer in peers.values():
                 peer.close()
-            del loaded, peers
+            loaded = peers = None  # the next shape is built with this one freed
     finally:
         scratch.cleanup()
 

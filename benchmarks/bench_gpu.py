@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 variants[name] = synced(lambda peer=peer: peer.extract(plan, sites, out(), batch_size,
                                                                        storage_dtype=args.storage_dtype))
             samples = paired_rounds(variants, args.repeats, label=workload, cleanup=cleanup)
-            del writes
+            writes = None  # its recorded rows freed before the next workload
             row = {"workload": workload, "tokens": tokens, "rows": plan.n_rows, "store MiB": round(store_mib)}
             for name in variants:
                 wall = median(s.wall for s in samples[name])

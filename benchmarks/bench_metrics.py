@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(18)
                     print(f"### cProfile: {shape} {experiment} metrics\n" + text.getvalue().strip() + "\n", flush=True)
                 remove_tree(store)
-            del loaded
+            loaded = None  # freed before the next shape is built
     finally:
         scratch.cleanup()
 

@@ -124,6 +124,8 @@ PARSE_TIME = {
                                      ["config key 'corpus.text_field'", "line 1 has no 'text'", "docs.jsonl"]),
     "non_utf8_corpus": (lambda tmp: [*TINY, f"corpus.path={_corpus(tmp, 'latin1.txt', 'café crème'.encode('latin-1'))}"],
                         ["config key 'corpus.path'", "UTF-8 text files", "latin1.txt is not"]),
+    "overlap_not_a_choice": ([*TINY, "extract.overlap=sometimes"],
+                             ["config key 'extract.overlap'", "'auto', True, False", "got 'sometimes'"]),
     "plot_layer_out_of_range": ([*TINY, "qkv.plot.similarity_layers=[0,12]"],
                                 ["config key 'qkv.plot.similarity_layers'", "[-4, 3] for a 4-layer model", "got 12"]),
     "negative_permutations": ([*TINY, "qkv.n_permutations=-5"],

@@ -70,6 +70,7 @@ CASES = {
     "batch_size=1": set(),
     "extract.compression=gzip": set(),
     "extract.chunk_rows=64": set(),
+    "extract.overlap=false": set(),
 }
 
 

@@ -19,7 +19,7 @@ from laminae.inputs import ExtractionPlan
 from laminae.models.loading import LoadedModel
 from laminae.sites import SITES
 from laminae.stages import extract as extract_stage
-from laminae.stages.extract import iter_batches, row_selector, run_plan
+from laminae.stages.extract import iter_batches, overlap_writes, row_selector, run_plan
 from laminae.store import ActivationWriter, BackgroundWriter, layer_filename
 
 CUDA = torch.cuda.is_available()
@@ -288,6 +288,15 @@ def test_small_layers_go_to_the_writer_in_jobs_of_several(tiny_gpt2, tmp_path, m
     n_layers = tiny_gpt2.info.n_layers  # 4: ring of 4 (tiny layers), jobs of 2 layers, 3 batches
     assert extract_stage._ring_depth(tiny_gpt2, make_plan(6), SITES, 2, torch.float32, n_layers) == n_layers
     assert jobs == [2, 2] * 3
+
+
+@pytest.mark.parametrize("threads,cores,expected", [(2, 2, False), (1, 2, True), (4, 8, True), (8, 8, False)])
+def test_auto_overlaps_on_the_cpu_only_when_a_core_is_left_for_the_writer(monkeypatch, threads, cores, expected):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(extract_stage.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert overlap_writes("auto", "cpu") is expected
+    assert overlap_writes("auto", "cuda:1") is True      # the GPU computes; the host's cores are free
+    assert overlap_writes(True, "cpu") is True and overlap_writes(False, "cuda") is False
 
 
 def test_background_writer_runs_in_order_and_reports_the_first_error():

@@ -44,7 +44,7 @@ from laminae.sites import SITES
 STAGE_VERSIONS = {"extract": 1, "analysis": 1, "plot": 1, "claims": 1}
 # Keys that change how a stage runs or lays out bytes, never a stored value: recorded, not hashed.
 RUNTIME_KEYS = ("device", "batch_size", "models_dir", "extract.compression", "extract.chunk_rows",
-                "model.device_map", "model.gpus", "corpus.shards")
+                "extract.overlap", "model.device_map", "model.gpus", "corpus.shards")
 OUTPUT_FOLDERS = {"extract": "activations", "analysis": "metrics", "plot": "figures", "claims": "claims"}
 #: Keys of an experiment's config group that its analysis does not read: figure settings, and
 #: the claims judged on its results (each has a stage of its own).

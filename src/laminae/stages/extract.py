@@ -9,7 +9,7 @@ the same batches and keep only their results.
 what the experiments reading stored activations need; none when every experiment on these inputs
 runs during extraction) and `config["reductions"]` the experiments to run during extraction with
 their settings. `runtime` holds the unhashed settings (device, batch_size, models_dir,
-compression, chunk_rows). Inputs are prepared and checked before the model is loaded, so bad
+compression, chunk_rows, overlap). Inputs are prepared and checked before the model is loaded, so bad
 input fails in seconds; rows come out in input order whatever the batch size.
 
     activations/  layer_NN.h5 (when sites are stored), rows.tsv, config.yaml,
@@ -19,6 +19,7 @@ input fails in seconds; rows come out in input order whatever the batch size.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from contextlib import closing
 from functools import partial
@@ -97,10 +98,10 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, stage: dict[str,
                 if not all(callable(getattr(reducer, method, None)) for method in SHARD_METHODS):
                     raise ConfigError("corpus.shards", f"1 while {name}.during_extraction is true (its reducer offers "
                                                        "no partial/absorb to merge shards)", shard.count)
-        # runtime "overlap": False writes each batch after its forward, in this thread (benchmarks)
+        overlap = overlap_writes(runtime.get("overlap", "auto"), loaded.info.device)
+        log.info("writes %s", "overlapped with the forward (writer thread)" if overlap else "after each batch")
         run_plan(loaded, plan, runtime["batch_size"], writer=writer, sites=stored, reducers=reducers,
-                 storage_dtype=STORAGE_DTYPES[config["extract"]["storage_dtype"]],
-                 overlap=runtime.get("overlap", True))
+                 storage_dtype=STORAGE_DTYPES[config["extract"]["storage_dtype"]], overlap=overlap)
         for reducer, _ in reducers:
             reducer.partial() if shard is not None else reducer.finish()
         writer.set_rows(plan.rows, plan.columns, first_row=plan.first_row)
@@ -108,6 +109,22 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, stage: dict[str,
             (writer.tmp_dir / SHARD_RECORD).write_text(shard_record(
                 shard, plan.first_row, plan.n_rows, loaded.info.n_layers, widths, loaded.info.as_attrs()),
                 encoding="utf-8")
+
+
+def overlap_writes(setting: bool | str, device: str) -> bool:
+    """`extract.overlap`: true or false as set; `auto` overlaps the writes with the forward unless
+    the model runs on the CPU and torch's intra-op threads already take every core this process
+    may use (the writer thread would then slow the forward by as much as it hides).
+
+        >>> overlap_writes("auto", "cuda:0")
+        True
+    """
+    if setting != "auto":
+        return bool(setting)
+    if torch.device(device).type != "cpu":
+        return True
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return torch.get_num_threads() < cores
 
 
 def _folder(path: Path) -> Path:
