@@ -523,10 +523,21 @@ class Scratch:
         self._tmp = tempfile.TemporaryDirectory(prefix=prefix)
         self.root = Path(self._tmp.name)
         self._n = 0
+        self._handed: list[Path] = []
 
     def fresh(self) -> Path:
         self._n += 1
         return self.root / f"run{self._n}"
+
+    def out(self) -> Path:
+        """A fresh folder for a timed path's output, removed by the next `clear()`."""
+        self._handed.append(self.fresh())
+        return self._handed[-1]
+
+    def clear(self) -> None:
+        """Remove every folder `out()` handed out (between paired rounds, untimed)."""
+        while self._handed:
+            remove_tree(self._handed.pop())
 
     def cleanup(self) -> None:
         self._tmp.cleanup()

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
@@ -125,16 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for experiment in args.experiments:
                 ex = inputs[experiment]
                 plan, sites = ex.plan, ex.sites
-                last: list[Path] = []
-
-                def out() -> Path:
-                    last.append(scratch.fresh())
-                    return last[-1]
-
-                def cleanup() -> None:
-                    while last:
-                        remove_tree(last.pop())
-
+                out = scratch.out
                 variants = {
                     "bare": lambda: bare_forward(loaded, plan, args.batch_size),
                     "laminae": lambda: laminae_extract(loaded, ex, out()),
@@ -168,7 +158,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     remove_tree(folder)
                     checks[name] = f"{difference:.1e}"
                     print(f"  {experiment}: {name} vs laminae, max |diff| / max |value| = {checks[name]}", flush=True)
-                samples = paired_rounds(variants, repeats, label=f"{shape} {experiment}", cleanup=cleanup)
+                samples = paired_rounds(variants, repeats, label=f"{shape} {experiment}", cleanup=scratch.clear)
                 row = {"model": shape, "experiment": experiment, "tokens": n_tokens(plan), "rows": plan.n_rows,
                        "rounds": repeats, "store MiB": store_mb}
                 for name in variants:
@@ -191,7 +181,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for name in peers:
                     row[f"{PEERS[name]} max rel diff"] = checks[name]
                 results.append(row)
-                cleanup()
+                scratch.clear()
             for peer in peers.values():
                 peer.close()
             loaded = peers = None  # the next shape is built with this one freed

@@ -189,15 +189,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             else:
                 plan, batch_size = synthetic_plan(args.windows, args.window_tokens, True), args.dense_batch
             tokens = sum(len(s) for s in plan.sequences)
-            last: list[Path] = []
-
-            def out() -> Path:
-                last.append(scratch.fresh())
-                return last[-1]
-
-            def cleanup() -> None:
-                while last:
-                    remove_tree(last.pop())
+            out = scratch.out
 
             def synced(fn):
                 def call():
@@ -240,7 +232,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for name, peer in peers.items():
                 variants[name] = synced(lambda peer=peer: peer.extract(plan, sites, out(), batch_size,
                                                                        storage_dtype=args.storage_dtype))
-            samples = paired_rounds(variants, args.repeats, label=workload, cleanup=cleanup)
+            samples = paired_rounds(variants, args.repeats, label=workload, cleanup=scratch.clear)
             writes = None  # its recorded rows freed before the next workload
             row = {"workload": workload, "tokens": tokens, "rows": plan.n_rows, "store MiB": round(store_mib)}
             for name in variants:

@@ -93,21 +93,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 stage = record(run.stages[f"{experiment}.analysis"])  # its upstream: ex's hash
                 store = scratch.fresh()
                 laminae_extract(loaded, ex, store)
-                written = []
-
-                def fresh():
-                    written.append(scratch.fresh())
-                    return written[-1]
-
-                def cleanup():
-                    while written:
-                        remove_tree(written.pop())
-
+                fresh = scratch.out
                 variants = {"extraction": lambda: laminae_extract(loaded, ex, fresh()),
                             "metrics": lambda: run_metrics(experiment, stage, store, fresh(), run.runtime)}
                 if experiment == "adjustments":
                     variants["during extraction"] = lambda: laminae_extract(loaded, during, fresh())
-                samples = paired_rounds(variants, repeats, label=f"{shape} {experiment}", cleanup=cleanup)
+                samples = paired_rounds(variants, repeats, label=f"{shape} {experiment}", cleanup=scratch.clear)
                 if experiment == "adjustments":
                     inline = fresh()
                     laminae_extract(loaded, during, inline)
@@ -119,7 +110,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "during extraction s": median(s.wall for s in samples["during extraction"]),
                         "ratio": median(d.wall / t for d, t in zip(samples["during extraction"], sums)),
                         "activation store MiB": folder_mb(store), "during-extraction output MiB": folder_mb(inline)})
-                    cleanup()
+                    scratch.clear()
                 ratios = paired_ratios(samples, "metrics", "extraction")
                 results.append({"model": shape, "experiment": experiment, "tokens": n_tokens(plan), "rows": plan.n_rows,
                                 "rounds": repeats, "extraction s": median(s.wall for s in samples["extraction"]),
@@ -133,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     profile.enable()
                     run_metrics(experiment, stage, store, out, run.runtime)
                     profile.disable()
-                    cleanup()
+                    scratch.clear()
                     text = io.StringIO()
                     pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(18)
                     print(f"### cProfile: {shape} {experiment} metrics\n" + text.getvalue().strip() + "\n", flush=True)

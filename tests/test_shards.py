@@ -139,6 +139,19 @@ def test_shards_are_whole_batches_dealt_out_evenly():
                 assert max(sizes) - min(sizes) <= 1
 
 
+def _compare_metrics(metrics: dict[str, Path], sharded_metrics: dict[str, Path]) -> int:
+    """Every metrics table and HDF5 file of each experiment equal between the two runs; the
+    number of table values compared."""
+    compared = 0
+    for name in EXPERIMENTS:
+        for path in sorted(metrics[name].iterdir()):
+            if path.suffix == ".tsv":
+                compared += assert_tables_equal(path, sharded_metrics[name] / path.name)
+            elif path.suffix == ".h5":
+                assert_h5_equal(path, sharded_metrics[name] / path.name)
+    return compared
+
+
 def test_sharded_store_equals_unsharded(tmp_path, corpus, models_dir):
     full, metrics, joined, sharded_metrics, folders = pipelines(tmp_path, corpus, models_dir)
     assert (joined / "rows.tsv").read_bytes() == (full / "rows.tsv").read_bytes()
@@ -154,28 +167,14 @@ def test_sharded_store_equals_unsharded(tmp_path, corpus, models_dir):
     with h5py.File(joined / "layer_00.h5") as handle:
         assert handle["resid_post"].is_virtual and handle.attrs["shards"] == N_SHARDS
         assert all(not Path(source.file_name).is_absolute() for source in handle["resid_post"].virtual_sources())
-    compared = 0
-    for name in EXPERIMENTS:
-        for path in sorted(metrics[name].iterdir()):
-            if path.suffix == ".tsv":
-                compared += assert_tables_equal(path, sharded_metrics[name] / path.name)
-            elif path.suffix == ".h5":
-                assert_h5_equal(path, sharded_metrics[name] / path.name)
-    assert compared > 500
+    assert _compare_metrics(metrics, sharded_metrics) > 500
 
 
 def test_sharded_reductions_during_extraction_equal_unsharded(tmp_path, corpus, models_dir):
     full, metrics, joined, sharded_metrics, folders = pipelines(tmp_path, corpus, models_dir, *DURING)
     assert not list(joined.glob("layer_*.h5")) and not list(folders[0].glob("layer_*.h5"))
     assert (joined / "rows.tsv").read_bytes() == (full / "rows.tsv").read_bytes()
-    compared = 0
-    for name in EXPERIMENTS:
-        for path in sorted(metrics[name].iterdir()):
-            if path.suffix == ".tsv":
-                compared += assert_tables_equal(path, sharded_metrics[name] / path.name)
-            elif path.suffix == ".h5":
-                assert_h5_equal(path, sharded_metrics[name] / path.name)
-    assert compared > 500
+    assert _compare_metrics(metrics, sharded_metrics) > 500
     # and the tables of the during-extraction runs equal the two-stage ones of the first test's kind
     stored = _run(corpus, models_dir)
     two_stage = _analyse(stored, _extract_plain(tmp_path / "stored", stored), tmp_path / "stored")

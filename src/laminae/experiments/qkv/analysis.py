@@ -294,6 +294,48 @@ def read_qkv_table(path: str | os.PathLike) -> list[QkvRow]:
     return [QkvRow(*row) for row in read_table(path, TABLE_COLUMNS, n_int=1, n_text=2)]
 
 
+@dataclass(frozen=True)
+class LaminarTable:
+    """`qkv_laminar.tsv` as arrays: `get(metric, component, column)` -> (n_layers,)."""
+
+    n_layers: int
+    columns: dict[tuple[str, str], dict[str, np.ndarray]]   # (metric, component) -> column -> values
+
+    @classmethod
+    def read(cls, path: str | Path) -> "LaminarTable":
+        path = Path(path)
+        if not path.is_file():
+            raise InputFileError(path, "not found; run the qkv_metrics rule first")
+        try:
+            rows = read_qkv_table(path)
+        except ValueError as error:
+            raise InputFileError(path, f"is not a qkv_laminar table ({error})") from None
+        if not rows:
+            raise InputFileError(path, "has no rows")
+        n_layers = max(row.layer for row in rows) + 1
+        columns: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        for row in rows:
+            entry = columns.setdefault((row.metric, row.component), {
+                name: np.full(n_layers, np.nan) for name in ("value", "ci_low", "ci_high", "p_value", "q_value")})
+            for name in entry:
+                entry[name][row.layer] = getattr(row, name)
+        return cls(n_layers=n_layers, columns=columns)
+
+    def has(self, metric: str, component: str) -> bool:
+        return (metric, component) in self.columns
+
+    def get(self, metric: str, component: str, column: str = "value") -> np.ndarray:
+        return self.columns[(metric, component)][column]
+
+    def components(self, metric: str) -> list[str]:
+        """Components that have `metric`, in table order."""
+        return list(dict.fromkeys(c for m, c in self.columns if m == metric))
+
+    def categories(self) -> list[str]:
+        """Categories of the per-category selectivity rows, in table order."""
+        return list(dict.fromkeys(m.split(":", 1)[1] for m, _ in self.columns if m.startswith("selectivity:")))
+
+
 def _component_test(test: SelectivityTest, k: int) -> SelectivityTest:
     """Slice component k out of a test computed on (K, n_layers, ...) arrays."""
     obs = test.observed

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from laminae.experiment import CompareJob
-from laminae.experiments.qkv.analysis import TABLE_FILENAME
-from laminae.experiments.qkv.figures import LaminarTable, display_name
+from laminae.experiments.qkv.analysis import TABLE_FILENAME, LaminarTable
+from laminae.experiments.qkv.figures import display_name
 from laminae.plots.overlay import depth_axis, run_style
 from laminae.plots.style import NEUTRAL, plt
 

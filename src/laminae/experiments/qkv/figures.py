@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from laminae.experiment import FigureJob
-from laminae.experiments.qkv.analysis import SIMILARITY_FILENAME, TABLE_FILENAME, read_qkv_table
+from laminae.experiments.qkv.analysis import SIMILARITY_FILENAME, TABLE_FILENAME, LaminarTable
 from laminae.experiments.qkv.heads import HEADS_FILENAME, resolution
 from laminae.config.validate import resolve_layer
 from laminae.errors import InputFileError
@@ -55,48 +55,6 @@ UNSTABLE_COLOUR = "#D55E00"       # hatching of layers where the ratio form is n
 
 
 # ------------------------------------------------------------------------------------ reading
-@dataclass(frozen=True)
-class LaminarTable:
-    """`qkv_laminar.tsv` as arrays: `get(metric, component, column)` -> (n_layers,)."""
-
-    n_layers: int
-    columns: dict[tuple[str, str], dict[str, np.ndarray]]   # (metric, component) -> column -> values
-
-    @classmethod
-    def read(cls, path: str | Path) -> "LaminarTable":
-        path = Path(path)
-        if not path.is_file():
-            raise InputFileError(path, "not found; run the qkv_metrics rule first")
-        try:
-            rows = read_qkv_table(path)
-        except ValueError as error:
-            raise InputFileError(path, f"is not a qkv_laminar table ({error})") from None
-        if not rows:
-            raise InputFileError(path, "has no rows")
-        n_layers = max(row.layer for row in rows) + 1
-        columns: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-        for row in rows:
-            entry = columns.setdefault((row.metric, row.component), {
-                name: np.full(n_layers, np.nan) for name in ("value", "ci_low", "ci_high", "p_value", "q_value")})
-            for name in entry:
-                entry[name][row.layer] = getattr(row, name)
-        return cls(n_layers=n_layers, columns=columns)
-
-    def has(self, metric: str, component: str) -> bool:
-        return (metric, component) in self.columns
-
-    def get(self, metric: str, component: str, column: str = "value") -> np.ndarray:
-        return self.columns[(metric, component)][column]
-
-    def components(self, metric: str) -> list[str]:
-        """Components that have `metric`, in table order."""
-        return list(dict.fromkeys(c for m, c in self.columns if m == metric))
-
-    def categories(self) -> list[str]:
-        """Categories of the per-category selectivity rows, in table order."""
-        return list(dict.fromkeys(m.split(":", 1)[1] for m, _ in self.columns if m.startswith("selectivity:")))
-
-
 @dataclass(frozen=True)
 class SimilarityData:
     """`similarity.h5`: matrices per component (n_layers, n, n), words, labels, categories, attrs."""

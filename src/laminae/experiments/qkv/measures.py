@@ -16,7 +16,6 @@ applicable.
 
 from __future__ import annotations
 
-import numpy as np
 
 from laminae.experiment import MeasureJob
 from laminae.series import Series
@@ -31,16 +30,9 @@ def canonical_pair(pair: str) -> str:
 
 
 def measure(job: MeasureJob) -> dict[str, Series]:
-    from laminae.experiments.qkv.analysis import TABLE_FILENAME, read_qkv_table
+    from laminae.experiments.qkv.analysis import TABLE_FILENAME, LaminarTable
 
-    rows = read_qkv_table(job.metrics_dir / TABLE_FILENAME)
-    n_layers = max(row.layer for row in rows) + 1
-    columns: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    for row in rows:
-        entry = columns.setdefault((row.metric, row.component), {
-            name: np.full(n_layers, np.nan) for name in ("value", "ci_low", "ci_high", "p_value", "q_value")})
-        for name in entry:
-            entry[name][row.layer] = getattr(row, name)
+    columns = LaminarTable.read(job.metrics_dir / TABLE_FILENAME).columns
     confidence = f"{100 * float(job.settings.get('confidence', 0.95)):g}%"
     form = job.settings.get("selectivity", "ratio")
     out: dict[str, Series] = {}
