@@ -1,9 +1,13 @@
-"""The adapter table: family detection, shapes from configs, the llama-/bert-like types that
-`family: auto` accepts (tiny random models from configs, so no weights are needed), and the
-fused q/k/v layouts. The other families' sites are checked against TransformerLens in
+"""The adapter table: the lists derived from its entries (families, model types, the schema's
+choices) agree with them, family detection, shapes from configs (each family's `ConfigKeys`
+against its modules' real widths), the llama-/bert-like types that `family: auto` accepts (tiny
+random models from configs, so no weights are needed), and the fused q/k/v layouts. The other
+families' sites are checked against TransformerLens in
 tests/test_families.py."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,13 +19,15 @@ from laminae.models.adapters import (
     ADAPTERS,
     FAMILIES,
     MODEL_TYPE_FAMILY,
+    QKV_LAYOUTS,
     get_adapter,
+    index_adapters,
     model_dims,
     resolve_family,
     split_fused_qkv,
 )
 from laminae.config.validate import core_schema
-from tiny_families import FAMILY, tiny_config
+from tiny_families import CONFIGS, FAMILY, tiny_config
 
 # head_dim is explicit: gemma's and qwen3's defaults (256, 128) are not hidden_size / heads
 SMALL_LLAMA = dict(vocab_size=100, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
@@ -40,6 +46,58 @@ def test_every_mapped_type_is_tested() -> None:
     assert set(MODEL_TYPE_FAMILY) == {"gpt2", *LLAMA_LIKE, *BERT_LIKE, *FAMILY.values()}
     assert set(FAMILIES) == set(ADAPTERS) == set(MODEL_TYPE_FAMILY.values())
     assert core_schema()["properties"]["model"]["properties"]["family"]["enum"] == ["auto", *FAMILIES]
+
+
+def test_derived_lists_agree_with_the_entries() -> None:
+    """FAMILIES, MODEL_TYPE_FAMILY and the table's keys come from the entries, and nothing else."""
+    assert FAMILIES == tuple(adapter.family for adapter in ADAPTERS.values())
+    assert all(family == adapter.family for family, adapter in ADAPTERS.items())
+    claims = [(model_type, adapter.family) for adapter in ADAPTERS.values() for model_type in adapter.model_types]
+    assert len(claims) == len(MODEL_TYPE_FAMILY)  # no model_type claimed twice
+    assert sorted(claims) == sorted(MODEL_TYPE_FAMILY.items())  # each maps back to its adapter
+    for adapter in ADAPTERS.values():
+        assert adapter.model_types, f"{adapter.family}: `family: auto` never picks it"
+        assert len(set(adapter.model_types)) == len(adapter.model_types)
+
+
+def test_entries_are_consistent() -> None:
+    """A fused projection is one module for q, k and v; separate projections are three."""
+    for adapter in ADAPTERS.values():
+        paths = {adapter.module_path(site) for site in ("q", "k", "v")}
+        assert len(paths) == (1 if adapter.fused_qkv else 3), adapter.family
+        assert callable(adapter.qkv_layout) or adapter.qkv_layout in QKV_LAYOUTS
+        assert set(adapter.flat_sites) | set(adapter.copy_sites) <= set(SITES)
+
+
+def test_index_adapters_rejects_ambiguous_tables() -> None:
+    gpt2, bert = ADAPTERS["gpt2"], ADAPTERS["bert"]
+    assert list(index_adapters([bert, gpt2])) == ["bert", "gpt2"]
+    with pytest.raises(ValueError, match="'roberta'.*'bert'.*'bert_copy'"):
+        index_adapters([gpt2, bert, replace(bert, family="bert_copy", model_types=("roberta",))])
+    with pytest.raises(ValueError, match="two adapters of family 'gpt2'"):
+        index_adapters([gpt2, replace(gpt2, model_types=("gpt2_copy",))])
+    with pytest.raises(ValueError, match="unknown q/k/v layout 'interleaved'"):
+        index_adapters([replace(gpt2, qkv_layout="interleaved")])
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_config_keys_read_the_model_shapes(name: str) -> None:
+    """Each family's dims (read through its `ConfigKeys`) are the shapes its modules produce."""
+    config = tiny_config(name)
+    torch.manual_seed(0)
+    model = tf.AutoModel.from_config(config).eval()
+    adapter = get_adapter("auto", config)
+    dims = adapter.dims(config)
+    assert dims == model_dims(config, adapter.family)
+    assert dims.n_layers == len(adapter.blocks(model)) == 2
+    assert dims.max_positions == 128
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad(), SiteCapture(model, adapter, sites=SITES) as cap:
+        model(input_ids=ids)
+        out = cap.pop()
+    widths = adapter.site_widths(config)
+    assert {site: out[site][0].shape[-1] for site in SITES} == widths
+    assert widths["q"] == dims.n_heads * dims.head_dim and widths["resid_post"] == dims.d_model
 
 
 def _tiny(config_cls: type, kwargs: dict) -> torch.nn.Module:

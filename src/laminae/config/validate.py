@@ -30,7 +30,11 @@ from laminae.experiment import Experiment
 
 @functools.lru_cache(maxsize=1)
 def core_schema() -> dict[str, Any]:
-    return yaml.safe_load(resources.files("laminae.config").joinpath("schema.yaml").read_text())
+    from laminae.models.adapters import FAMILIES  # torch-free
+
+    schema = yaml.safe_load(resources.files("laminae.config").joinpath("schema.yaml").read_text())
+    schema["properties"]["model"]["properties"]["family"]["enum"] = ["auto", *FAMILIES]  # one per adapter
+    return schema
 
 
 def config_schema(registry: Mapping[str, Experiment]) -> dict[str, Any]:

@@ -1,5 +1,11 @@
 """Where the captured sites live inside each architecture family (the site table of
-docs/ARCHITECTURE.md, as attribute paths).
+docs/ARCHITECTURE.md, as attribute paths), and how to read the family's shape from its config.
+
+A family is ONE `Adapter` entry of `ADAPTERS`: its module paths, the `config.model_type` values
+that `family: auto` maps to it, and where its HF config keeps layers, width and heads. Every
+other list is derived from the entries: `FAMILIES` (what `model.family` accepts, in the
+config schema too), `MODEL_TYPE_FAMILY` (what `auto` accepts), `model_dims`. Adding a family is
+adding an entry (docs/ADDING_A_MODEL_FAMILY.md).
 
 Paths are relative to the *base* model (`AutoModel`: `GPT2Model`, `BertModel`, `LlamaModel`,
 `GPTNeoXModel`, ...), then to one block of its block list. A model with a head
@@ -26,12 +32,14 @@ Every family's sites mean the same thing:
     Conv1D(nf=96, nx=32)
     >>> adapter.site_widths(model.config)["k"]
     32
+    >>> MODEL_TYPE_FAMILY["qwen2"], ADAPTERS["llama"].model_types[:2]
+    ('llama', ('llama', 'mistral'))
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from laminae.errors import ConfigError
@@ -41,27 +49,7 @@ if TYPE_CHECKING:  # torch only for annotations: the preflight reads MODEL_TYPE_
     import torch
     from torch import nn
 
-FAMILIES = ("gpt2", "bert", "llama", "gpt_neox", "opt", "gptj", "gpt_neo", "phi", "phi3", "gemma2",
-            "gemma3_text", "olmo2", "falcon")
 QKV_LAYOUTS = ("concat", "grouped")
-
-#: `config.model_type` -> family, for `family: auto`. Only types whose module layout and
-#: residual structure match the family's row of the site table (checked in tests with tiny
-#: random models against TransformerLens or a manual computation).
-MODEL_TYPE_FAMILY = {
-    "gpt2": "gpt2",
-    "bert": "bert",
-    "roberta": "bert",
-    "xlm-roberta": "bert",
-    "camembert": "bert",
-    "electra": "bert",
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "llama",
-    "qwen3": "llama",  # q/k captured at q_proj/k_proj, i.e. before its per-head q_norm/k_norm
-    "gemma": "llama",
-    **{family: family for family in FAMILIES[3:]},
-}
 
 
 @dataclass(frozen=True)
@@ -77,20 +65,74 @@ class ModelDims:
 
 
 @dataclass(frozen=True)
-class Adapter:
-    """One family's row of the site table.
+class ConfigKeys:
+    """Where a family's HF config keeps its shape: attribute names (read with `getattr`, so a
+    config's `attribute_map` aliases count). The defaults are the names most families answer.
 
-    `blocks_path` is an attribute path on the base model; the other paths are inside a block.
-    With `fused_qkv`, `q`, `k` and `v` name the same module, whose output `split_qkv` cuts into
-    q, k and v by `qkv_layout` (a layout name, or a function of the HF config for families
-    whose checkpoints differ, like Falcon). `pre_norm` (or a function of the config) says
-    whether `resid_post == resid_pre + attn_out + mlp_out` holds. `flat_sites` are sites whose
-    module sees the tokens flattened to (batch * seq, width) (OPT's MLP); the capture restores
-    (batch, seq, width). `copy_sites` are sites whose module output the block later modifies
-    in place (Falcon adds the attention output into the MLP's); the capture copies them first.
+    `n_layers`, `d_model` and `n_heads` must be there. The others may be absent or None:
+    `n_kv_heads` then equals `n_heads` (a function of the config instead of a name, for
+    families whose key/value head count depends on several keys, like Falcon's), `head_dim` is
+    `d_model // n_heads` and `max_positions` is unknown. None for a name: the family has no
+    such key (GPT-2 has neither grouped-query attention nor a separate head width).
+
+        >>> from transformers import GPT2Config
+        >>> ConfigKeys(n_layers="n_layer", d_model="n_embd", n_heads="n_head", n_kv_heads=None,
+        ...            head_dim=None, max_positions="n_positions").read(GPT2Config(n_head=4))
+        ModelDims(n_layers=12, d_model=768, n_heads=4, n_kv_heads=4, head_dim=192, max_positions=1024)
+    """
+
+    n_layers: str = "num_hidden_layers"
+    d_model: str = "hidden_size"
+    n_heads: str = "num_attention_heads"
+    n_kv_heads: str | Callable[[Any], int] | None = "num_key_value_heads"
+    head_dim: str | None = "head_dim"
+    max_positions: str | None = "max_position_embeddings"
+
+    def read(self, config: Any) -> ModelDims:
+        """The `ModelDims` of `config` (AttributeError when a required key is missing)."""
+        n_layers, d_model = getattr(config, self.n_layers), getattr(config, self.d_model)
+        n_heads = getattr(config, self.n_heads)
+        if callable(self.n_kv_heads):
+            n_kv_heads = self.n_kv_heads(config)
+        else:
+            n_kv_heads = _optional(config, self.n_kv_heads) or n_heads
+        head_dim = _optional(config, self.head_dim) or d_model // n_heads
+        max_positions = _optional(config, self.max_positions)
+        return ModelDims(
+            n_layers=int(n_layers),
+            d_model=int(d_model),
+            n_heads=int(n_heads),
+            n_kv_heads=int(n_kv_heads),
+            head_dim=int(head_dim),
+            max_positions=None if max_positions is None else int(max_positions),
+        )
+
+
+def _optional(config: Any, name: str | None) -> Any:
+    return None if name is None else getattr(config, name, None)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One family: its row of the site table, the model types `auto` maps to it, and where its
+    config keeps its shape.
+
+    `model_types` are the `config.model_type` values whose module layout and residual structure
+    match this row (each checked in tests with tiny random models against TransformerLens or a
+    manual computation); no two adapters may claim one. `blocks_path` is an attribute path on
+    the base model; the other paths are inside a block. With `fused_qkv`, `q`, `k` and `v` name
+    the same module, whose output `split_qkv` cuts into q, k and v by `qkv_layout` (a layout
+    name, or a function of the HF config for families whose checkpoints differ, like Falcon).
+    `pre_norm` (or a function of the config) says whether
+    `resid_post == resid_pre + attn_out + mlp_out` holds. `flat_sites` are sites whose module
+    sees the tokens flattened to (batch * seq, width) (OPT's MLP); the capture restores
+    (batch, seq, width). `copy_sites` are sites whose module output the block later modifies in
+    place (Falcon adds the attention output into the MLP's); the capture copies them first.
+    `config_keys` says where the config keeps layers, width and heads (`dims`).
     """
 
     family: str
+    model_types: tuple[str, ...]
     blocks_path: str
     q: str
     k: str
@@ -102,6 +144,7 @@ class Adapter:
     pre_norm: bool | Callable[[Any], bool] = True
     flat_sites: tuple[str, ...] = ()
     copy_sites: tuple[str, ...] = ()
+    config_keys: ConfigKeys = field(default_factory=ConfigKeys)
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The block list of `model` (a base model or a model with a head)."""
@@ -122,9 +165,13 @@ class Adapter:
         path = self.module_path(site)
         return block if path is None else block.get_submodule(path)
 
+    def dims(self, config: Any) -> ModelDims:
+        """Layers, width, heads and context length of a model of this family with `config`."""
+        return self.config_keys.read(config)
+
     def site_widths(self, config: Any) -> dict[str, int]:
         """Width of each site's vectors. With GQA / MQA, k and v are narrower than q."""
-        dims = model_dims(config, self.family)
+        dims = self.dims(config)
         widths = dict.fromkeys(SITES, dims.d_model)
         widths["q"] = dims.n_heads * dims.head_dim
         widths["k"] = widths["v"] = dims.n_kv_heads * dims.head_dim
@@ -150,7 +197,7 @@ class Adapter:
             >>> q.tolist(), k.tolist(), v.tolist()     # per head [q, k, v]
             ([0.0, 1.0, 6.0, 7.0], [2.0, 3.0, 8.0, 9.0], [4.0, 5.0, 10.0, 11.0])
         """
-        dims = model_dims(config, self.family)
+        dims = self.dims(config)
         return split_fused_qkv(fused, self.layout(config), dims.n_heads, dims.n_kv_heads, dims.head_dim)
 
 
@@ -171,6 +218,32 @@ def split_fused_qkv(fused: torch.Tensor, layout: str, n_heads: int, n_kv_heads: 
     raise ValueError(f"unknown q/k/v layout {layout!r}; expected one of {', '.join(QKV_LAYOUTS)}")
 
 
+def index_adapters(adapters: Iterable[Adapter]) -> dict[str, Adapter]:
+    """family -> adapter, in the given order; ValueError when two adapters share a family or
+    claim the same `config.model_type` (`auto` could not choose), or a named q/k/v layout is
+    unknown.
+
+        >>> table = index_adapters([ADAPTERS["gpt2"], ADAPTERS["bert"]])
+        >>> list(table)
+        ['gpt2', 'bert']
+    """
+    table: dict[str, Adapter] = {}
+    claimed: dict[str, str] = {}
+    for adapter in adapters:
+        if adapter.family in table:
+            raise ValueError(f"two adapters of family {adapter.family!r}")
+        for model_type in adapter.model_types:
+            if model_type in claimed:
+                raise ValueError(f"model_type {model_type!r} is claimed by both {claimed[model_type]!r} "
+                                 f"and {adapter.family!r}")
+            claimed[model_type] = adapter.family
+        if not callable(adapter.qkv_layout) and adapter.qkv_layout not in QKV_LAYOUTS:
+            raise ValueError(f"adapter {adapter.family!r}: unknown q/k/v layout {adapter.qkv_layout!r}; "
+                             f"expected one of {', '.join(QKV_LAYOUTS)}")
+        table[adapter.family] = adapter
+    return table
+
+
 def _falcon_layout(config: Any) -> str:
     """Falcon-40B/180B (`new_decoder_architecture`): per KV group [q_1 .. q_g, k, v]; Falcon-7B
     (`multi_query`): [all q | k | v]; the rest (falcon-rw): per head [q, k, v]."""
@@ -179,17 +252,28 @@ def _falcon_layout(config: Any) -> str:
     return "concat" if getattr(config, "multi_query", False) else "grouped"
 
 
-def _post_norm_sublayers(family: str) -> Adapter:
+def _falcon_kv_heads(config: Any) -> int:
+    """Falcon's key/value heads: `num_kv_heads` groups under `new_decoder_architecture`, one
+    under `multi_query` (Falcon-7B), else one per query head (falcon-rw)."""
+    if config.new_decoder_architecture:
+        return config.num_kv_heads
+    return 1 if config.multi_query else config.num_attention_heads
+
+
+def _post_norm_sublayers(family: str, model_types: tuple[str, ...]) -> Adapter:
     """Gemma 2/3 and OLMo 2: Llama-like projections, but each sublayer's output is normalised
     before it is added to the residual stream, so attn_out / mlp_out are those norms' outputs."""
-    return Adapter(family=family, blocks_path="layers", q="self_attn.q_proj", k="self_attn.k_proj",
-                   v="self_attn.v_proj", attn_out="post_attention_layernorm",
+    return Adapter(family=family, model_types=model_types, blocks_path="layers", q="self_attn.q_proj",
+                   k="self_attn.k_proj", v="self_attn.v_proj", attn_out="post_attention_layernorm",
                    mlp_out="post_feedforward_layernorm")
 
 
-ADAPTERS: dict[str, Adapter] = {
-    "gpt2": Adapter(
+#: family -> adapter: the one table every other list is derived from. The order is the order
+#: `model.family`'s choices are listed in (errors, the config schema).
+ADAPTERS: dict[str, Adapter] = index_adapters([
+    Adapter(
         family="gpt2",
+        model_types=("gpt2",),
         blocks_path="h",
         q="attn.c_attn",
         k="attn.c_attn",
@@ -197,9 +281,12 @@ ADAPTERS: dict[str, Adapter] = {
         attn_out="attn.c_proj",
         mlp_out="mlp.c_proj",
         fused_qkv=True,
+        config_keys=ConfigKeys(n_layers="n_layer", d_model="n_embd", n_heads="n_head", n_kv_heads=None,
+                               head_dim=None, max_positions="n_positions"),
     ),
-    "bert": Adapter(
+    Adapter(
         family="bert",
+        model_types=("bert", "roberta", "xlm-roberta", "camembert", "electra"),
         blocks_path="encoder.layer",
         q="attention.self.query",
         k="attention.self.key",
@@ -208,8 +295,10 @@ ADAPTERS: dict[str, Adapter] = {
         mlp_out="output.dense",
         pre_norm=False,
     ),
-    "llama": Adapter(
+    Adapter(
         family="llama",
+        # qwen3: q/k captured at q_proj/k_proj, i.e. before its per-head q_norm/k_norm
+        model_types=("llama", "mistral", "qwen2", "qwen3", "gemma"),
         blocks_path="layers",
         q="self_attn.q_proj",  # before RoPE
         k="self_attn.k_proj",
@@ -217,8 +306,9 @@ ADAPTERS: dict[str, Adapter] = {
         attn_out="self_attn.o_proj",
         mlp_out="mlp.down_proj",
     ),
-    "gpt_neox": Adapter(  # parallel residual (Pythia) or sequential, by use_parallel_residual
+    Adapter(  # parallel residual (Pythia) or sequential, by use_parallel_residual
         family="gpt_neox",
+        model_types=("gpt_neox",),
         blocks_path="layers",
         q="attention.query_key_value",
         k="attention.query_key_value",
@@ -228,8 +318,9 @@ ADAPTERS: dict[str, Adapter] = {
         fused_qkv=True,
         qkv_layout="grouped",  # per head [q, k, v]
     ),
-    "opt": Adapter(
+    Adapter(
         family="opt",
+        model_types=("opt",),
         blocks_path="decoder.layers",
         q="self_attn.q_proj",  # before OPT's query scaling
         k="self_attn.k_proj",
@@ -239,8 +330,9 @@ ADAPTERS: dict[str, Adapter] = {
         pre_norm=lambda config: bool(config.do_layer_norm_before),  # False for OPT-350m
         flat_sites=("mlp_out",),
     ),
-    "gptj": Adapter(  # parallel: attention and MLP both read ln_1(resid_pre)
+    Adapter(  # parallel: attention and MLP both read ln_1(resid_pre)
         family="gptj",
+        model_types=("gptj",),
         blocks_path="h",
         q="attn.q_proj",
         k="attn.k_proj",
@@ -248,8 +340,9 @@ ADAPTERS: dict[str, Adapter] = {
         attn_out="attn.out_proj",
         mlp_out="mlp.fc_out",
     ),
-    "gpt_neo": Adapter(  # global and local (sliding-window) attention layers alternate
+    Adapter(  # global and local (sliding-window) attention layers alternate
         family="gpt_neo",
+        model_types=("gpt_neo",),
         blocks_path="h",
         q="attn.attention.q_proj",
         k="attn.attention.k_proj",
@@ -257,8 +350,9 @@ ADAPTERS: dict[str, Adapter] = {
         attn_out="attn.attention.out_proj",
         mlp_out="mlp.c_proj",
     ),
-    "phi": Adapter(  # parallel; q/k before the optional qk_layernorm and partial rotary
+    Adapter(  # parallel; q/k before the optional qk_layernorm and partial rotary
         family="phi",
+        model_types=("phi",),
         blocks_path="layers",
         q="self_attn.q_proj",
         k="self_attn.k_proj",
@@ -266,8 +360,9 @@ ADAPTERS: dict[str, Adapter] = {
         attn_out="self_attn.dense",
         mlp_out="mlp.fc2",
     ),
-    "phi3": Adapter(
+    Adapter(
         family="phi3",
+        model_types=("phi3",),
         blocks_path="layers",
         q="self_attn.qkv_proj",
         k="self_attn.qkv_proj",
@@ -276,11 +371,12 @@ ADAPTERS: dict[str, Adapter] = {
         mlp_out="mlp.down_proj",
         fused_qkv=True,  # [q | k | v], k and v narrower with grouped-query attention
     ),
-    "gemma2": _post_norm_sublayers("gemma2"),
-    "gemma3_text": _post_norm_sublayers("gemma3_text"),  # q/k before q_norm / k_norm
-    "olmo2": _post_norm_sublayers("olmo2"),  # q/k before q_norm / k_norm
-    "falcon": Adapter(
+    _post_norm_sublayers("gemma2", ("gemma2",)),
+    _post_norm_sublayers("gemma3_text", ("gemma3_text",)),  # q/k before q_norm / k_norm
+    _post_norm_sublayers("olmo2", ("olmo2",)),  # q/k before q_norm / k_norm
+    Adapter(
         family="falcon",
+        model_types=("falcon",),
         blocks_path="h",
         q="self_attention.query_key_value",
         k="self_attention.query_key_value",
@@ -290,8 +386,15 @@ ADAPTERS: dict[str, Adapter] = {
         fused_qkv=True,
         qkv_layout=_falcon_layout,
         copy_sites=("mlp_out",),
+        config_keys=ConfigKeys(n_kv_heads=_falcon_kv_heads),
     ),
-}
+])
+
+#: what `model.family` accepts besides `auto`, in the table's order
+FAMILIES: tuple[str, ...] = tuple(ADAPTERS)
+#: `config.model_type` -> family: what `family: auto` accepts (from each adapter's `model_types`)
+MODEL_TYPE_FAMILY: dict[str, str] = {model_type: adapter.family for adapter in ADAPTERS.values()
+                                     for model_type in adapter.model_types}
 
 
 def resolve_family(family: str | None, config: Any) -> str:
@@ -316,7 +419,7 @@ def resolve_family(family: str | None, config: Any) -> str:
                 f"auto with model_type {model_type!r}",
             )
         return detected
-    if family not in FAMILIES:
+    if family not in ADAPTERS:
         raise ConfigError("model.family", f"one of {', '.join(FAMILIES)} or auto", family)
     if detected is not None and detected != family:
         raise ConfigError(
@@ -333,7 +436,8 @@ def get_adapter(family: str | None, config: Any) -> Adapter:
 
 
 def model_dims(config: Any, family: str) -> ModelDims:
-    """Layers, width, heads and context length from a HF config of `family`.
+    """Layers, width, heads and context length from a HF config of `family` (the family's
+    `ConfigKeys`; `Adapter.dims` is the same for an adapter in hand).
 
         >>> from transformers import LlamaConfig
         >>> cfg = LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
@@ -341,28 +445,6 @@ def model_dims(config: Any, family: str) -> ModelDims:
         >>> model_dims(cfg, "llama")
         ModelDims(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, max_positions=128)
     """
-    if family not in FAMILIES:
+    if family not in ADAPTERS:
         raise ConfigError("model.family", f"one of {', '.join(FAMILIES)} or auto", family)
-    if family == "gpt2":
-        n_layers, d_model, n_heads = config.n_layer, config.n_embd, config.n_head
-        n_kv_heads, max_positions = n_heads, config.n_positions
-        head_dim = d_model // n_heads
-    else:
-        # every other family's config answers these names (directly or through attribute_map)
-        n_layers, d_model = config.num_hidden_layers, config.hidden_size
-        n_heads = config.num_attention_heads
-        if family == "falcon":
-            n_kv_heads = (config.num_kv_heads if config.new_decoder_architecture
-                          else 1 if config.multi_query else n_heads)
-        else:
-            n_kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
-        head_dim = getattr(config, "head_dim", None) or d_model // n_heads
-        max_positions = getattr(config, "max_position_embeddings", None)
-    return ModelDims(
-        n_layers=int(n_layers),
-        d_model=int(d_model),
-        n_heads=int(n_heads),
-        n_kv_heads=int(n_kv_heads),
-        head_dim=int(head_dim),
-        max_positions=None if max_positions is None else int(max_positions),
-    )
+    return ADAPTERS[family].dims(config)

@@ -24,6 +24,7 @@ import numpy as np
 
 from laminae.errors import ConfigError
 from laminae.experiment import FigureJob
+from laminae.models.adapters import ADAPTERS
 from laminae.plots.references import draw_references
 from laminae.plots.style import COMPONENT_COLOURS, NEUTRAL, OKABE_ITO, run_title
 
@@ -49,7 +50,8 @@ LENGTH_LABELS = {"pl_attn": "PL_attn = |attn_out|", "pl_mlp": "PL_mlp = |mlp_out
                  "displacement": "displacement |resid_post[l] \u2212 resid_pre[0]|"}
 LENGTH_COLOURS = {"pl_attn": COMPONENT_COLOURS["attn_out"], "pl_mlp": COMPONENT_COLOURS["mlp_out"],
                   "pl_hs": COMPONENT_COLOURS["resid_pre"], "cumulative": OKABE_ITO[2], "displacement": OKABE_ITO[3]}
-POST_NORM_FAMILIES = ("bert",)   # post-LayerNorm: the block's step is not attn_out + mlp_out
+#: post-LayerNorm families (every checkpoint): the block's step is not attn_out + mlp_out
+POST_NORM_FAMILIES = tuple(family for family, adapter in ADAPTERS.items() if adapter.pre_norm is False)
 
 
 def check_log_lengths(value: Any) -> str | bool:
