@@ -7,8 +7,8 @@
 # The config is composed with Hydra (conf/), validated, and split into per-stage configs whose
 # hashes name the output folders (see docs/ARCHITECTURE.md). Composition is deterministic, so
 # every cluster job that re-parses this file derives the same stages. The rules are generic:
-# one extraction per set of inputs, and one analysis, figure, claims and compare rule per
-# experiment; a sweep adds the claims matrix.
+# one extraction per set of inputs (or its shards and their gather), and one analysis, figure,
+# claims and compare rule per experiment; a sweep adds the claims matrix.
 import sys
 from pathlib import Path
 
@@ -58,6 +58,8 @@ rule all:
 
 
 onstart:
+    for note in PLAN.notes:
+        print(f"laminae: {note}", file=sys.stderr)
     try:
         PLAN.preflight(local=workflow.local_exec)
     except LaminaeError as error:

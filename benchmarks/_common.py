@@ -42,7 +42,8 @@ from laminae.models.random_models import build_random_model  # noqa: E402
 from laminae.registry import discover  # noqa: E402
 from laminae.sites import SITES  # noqa: E402
 from laminae.stages import extract as extract_stage  # noqa: E402
-from laminae.stages.extract import iter_batches, pad_right, write_extraction  # noqa: E402
+from laminae.capture import iter_batches, pad_right  # noqa: E402
+from laminae.stages.extract import write_extraction  # noqa: E402
 from laminae.store import layer_filename  # noqa: E402
 
 try:  # laminae's HDF5 settings; absent before they existed (the benchmarks also run on older trees)

@@ -57,7 +57,7 @@ from _common import (BATCH_SIZE, NNsightPath, Scratch, TransformerLensPath, Writ
                      paired_model_arguments, paired_ratios, paired_rounds, plans, print_header, print_table,
                      read_store, remove_tree, rounds_and_models, seeds_run, setup_torch, spread)
 
-from laminae.stages.extract import overlap_writes, run_plan
+from laminae.capture import overlap_writes, run_plan
 
 
 class _NullWriter:

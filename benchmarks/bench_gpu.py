@@ -49,8 +49,9 @@ from _common import (NNsightPath, Scratch, TransformerLensPath, build_model, max
 
 from laminae.capture import HostStaging  # noqa: E402
 from laminae.inputs import ExtractionPlan  # noqa: E402
-from laminae.stages import extract as extract_stage  # noqa: E402
-from laminae.stages.extract import STORAGE_DTYPES, iter_batches, pad_right, run_plan  # noqa: E402
+from laminae.capture import forward as capture_forward  # noqa: E402
+from laminae.capture import iter_batches, pad_right, run_plan  # noqa: E402
+from laminae.stages.extract import STORAGE_DTYPES  # noqa: E402
 from laminae.store import ActivationWriter  # noqa: E402
 
 WORKLOADS = {"sparse": ("q", "k", "v"), "dense": ("attn_out", "mlp_out", "resid_pre", "resid_post")}
@@ -108,7 +109,7 @@ def check_no_sync_in_hooks(loaded, plan, sites, batch_size, out_dir: Path, stora
     if torch.device(loaded.info.device).type != "cuda":
         return "skipped (not on CUDA)"
     originals = {name: getattr(HostStaging, name) for name in ("put", "end")}
-    original_selector = extract_stage.row_selector
+    original_selector = capture_forward.row_selector
 
     def strict(fn):
         def wrapped(*args, **kwargs):
@@ -125,12 +126,12 @@ def check_no_sync_in_hooks(loaded, plan, sites, batch_size, out_dir: Path, stora
     try:
         for name, fn in originals.items():
             setattr(HostStaging, name, strict(fn))
-        extract_stage.row_selector = strict_selector
+        capture_forward.row_selector = strict_selector
         laminae(loaded, plan, sites, batch_size, out_dir, storage)
     finally:
         for name, fn in originals.items():
             setattr(HostStaging, name, fn)
-        extract_stage.row_selector = original_selector
+        capture_forward.row_selector = original_selector
         remove_tree(out_dir)
     return "passed: no synchronising CUDA call in the hooks"
 

@@ -10,7 +10,7 @@ Each measurement is one fresh Python process running laminae's real code on a `.
 exactly the length): the whole extraction stage (`laminae.stages.extract.extract`: model load,
 tokenisation to the on-disk windows, rows.tsv streamed, hooks, HDF5 writes), and, with
 `--shards N`, each of the N shard jobs (the same function with `shard=`) and the gather
-(`laminae.shards.gather`: virtual datasets, rows.tsv concatenated). 1024-token windows (the
+(`laminae.stages.gather`: virtual datasets, rows.tsv concatenated). 1024-token windows (the
 model's context), batch 8, the four sites experiment adjustments reads. The peak is the child's
 `ru_maxrss`; a `load-only` child (imports + model load) gives the floor. `--during` runs the
 experiment during extraction instead (no store; its reducer holds per-token index columns).
@@ -75,10 +75,10 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from laminae.config import load_runs
-    from laminae.inputs import Shard
+    from laminae.shards import Shard
     from laminae.models.loading import load_model
     from laminae.registry import discover
-    from laminae.shards import gather
+    from laminae.stages.gather import gather
     from laminae.stages.extract import extract
 
     torch.set_num_threads(os.cpu_count() or 1)

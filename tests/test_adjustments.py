@@ -287,7 +287,7 @@ def test_gpt2_stored_adjustments_sum_to_residual_output(tiny_gpt2, tmp_path):
     resid_pre + attn_out + mlp_out equals the stored resid_post at every layer; then the stage
     runs on that store and exclude_first_token drops one row per window."""
     from laminae.inputs import corpus
-    from laminae.stages.extract import run_plan
+    from laminae.capture import run_plan
 
     doc = tmp_path / "corpus.txt"
     doc.write_text("Friedrich Nietzsche was a German philosopher whose work on morality, culture and "

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from laminae.errors import ConfigError
-from laminae.inputs import Shard
+from laminae.shards import Shard
 from laminae.inputs.corpus import corpus_windows, sources, validate, window_rows
 from laminae.inputs.windows import TokenWindows
 from laminae.store import RowTable, read_tsv, write_tsv

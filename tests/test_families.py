@@ -26,7 +26,7 @@ from laminae.capture import SiteCapture
 from laminae.inputs import ExtractionPlan, input_kind
 from laminae.models.loading import LoadedModel, load_model
 from laminae.sites import SITES
-from laminae.stages.extract import iter_batches
+from laminae.capture import iter_batches
 from tiny_families import CONFIGS, FAMILY, WINDOW, build_tiny
 
 # `tiny_dir` (conftest.py): name -> the folder of that tiny checkpoint, built once per session

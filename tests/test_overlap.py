@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from laminae.capture import HostStaging, SiteCapture, select_rows
+from laminae.capture import (HostStaging, SiteCapture, forward, iter_batches, overlap_writes, pad_right, row_selector,
+                             run_plan, select_rows)
 from laminae.inputs import ExtractionPlan
 from laminae.models.loading import LoadedModel
 from laminae.sites import SITES
-from laminae.stages import extract as extract_stage
-from laminae.stages.extract import iter_batches, overlap_writes, row_selector, run_plan
+from laminae.stages.extract import STORAGE_DTYPES
 from laminae.store import ActivationWriter, BackgroundWriter, layer_filename
 
 CUDA = torch.cuda.is_available()
@@ -51,7 +51,7 @@ def extract_to(loaded: LoadedModel, plan: ExtractionPlan, out: Path, overlap: bo
     with ActivationWriter(out, loaded.info.n_layers, plan.n_rows, {"stage_hash": "h"},
                           storage_dtype=storage) as writer:
         run_plan(loaded, plan, batch_size, writer=writer, sites=sites, reducers=reducers,
-                 storage_dtype=extract_stage.STORAGE_DTYPES[storage], overlap=overlap)
+                 storage_dtype=STORAGE_DTYPES[storage], overlap=overlap)
         writer.set_rows(plan.rows, plan.columns)
     return out
 
@@ -142,7 +142,7 @@ def test_iter_batches_equals_the_capture_of_each_batch(tiny_gpt2):
     row = 0
     for start in range(0, 5, 2):
         sequences, keep = plan.sequences[start:start + 2], plan.keep[start:start + 2]
-        ids, mask = extract_stage.pad_right(sequences, tiny_gpt2.tokenizer.pad_token_id, torch.device("cpu"))
+        ids, mask = pad_right(sequences, tiny_gpt2.tokenizer.pad_token_id, torch.device("cpu"))
         with torch.inference_mode(), SiteCapture(tiny_gpt2.model, tiny_gpt2.adapter, ("q", "attn_out"),
                                                  reuse_buffers=True) as cap:
             cap.select = row_selector(keep, False, torch.device("cpu"))
@@ -245,10 +245,10 @@ def test_an_error_in_the_forward_pass_stops_the_writer_and_leaves_nothing(tiny_g
 def test_layers_in_flight_never_exceed_the_ring(tiny_gpt2, tmp_path, monkeypatch):
     """A slow writer makes the forward wait: at most the ring's layers of rows are staged
     (here 2: OVERLAP_DEPTH, as OVERLAP_BYTES holds less than a layer), and the store is the same."""
-    monkeypatch.setattr(extract_stage, "OVERLAP_DEPTH", 2)
-    monkeypatch.setattr(extract_stage, "OVERLAP_BYTES", 1)
+    monkeypatch.setattr(forward, "OVERLAP_DEPTH", 2)
+    monkeypatch.setattr(forward, "OVERLAP_BYTES", 1)
     in_flight, peak, lock = [0], [0], threading.Lock()
-    original_write = extract_stage._write_layer
+    original_write = forward._write_layer
 
     def slow_write(writer, sites, staged):
         time.sleep(0.01)
@@ -265,7 +265,7 @@ def test_layers_in_flight_never_exceed_the_ring(tiny_gpt2, tmp_path, monkeypatch
             peak[0] = max(peak[0], in_flight[0])
         original_end(self, slot)
 
-    monkeypatch.setattr(extract_stage, "_write_layer", slow_write)
+    monkeypatch.setattr(forward, "_write_layer", slow_write)
     monkeypatch.setattr(HostStaging, "end", counting_end)
     plan = make_plan(6)
     extract_to(tiny_gpt2, plan, tmp_path / "a", overlap=True, batch_size=2)
@@ -286,14 +286,14 @@ def test_small_layers_go_to_the_writer_in_jobs_of_several(tiny_gpt2, tmp_path, m
     monkeypatch.setattr(BackgroundWriter, "submit", counting)
     extract_to(tiny_gpt2, make_plan(6), tmp_path / "a", overlap=True, batch_size=2)
     n_layers = tiny_gpt2.info.n_layers  # 4: ring of 4 (tiny layers), jobs of 2 layers, 3 batches
-    assert extract_stage._ring_depth(tiny_gpt2, make_plan(6), SITES, 2, torch.float32, n_layers) == n_layers
+    assert forward._ring_depth(tiny_gpt2, make_plan(6), SITES, 2, torch.float32, n_layers) == n_layers
     assert jobs == [2, 2] * 3
 
 
 @pytest.mark.parametrize("threads,cores,expected", [(2, 2, False), (1, 2, True), (4, 8, True), (8, 8, False)])
 def test_auto_overlaps_on_the_cpu_only_when_a_core_is_left_for_the_writer(monkeypatch, threads, cores, expected):
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    monkeypatch.setattr(extract_stage.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(forward.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     assert overlap_writes("auto", "cpu") is expected
     assert overlap_writes("auto", "cuda:1") is True      # the GPU computes; the host's cores are free
     assert overlap_writes(True, "cpu") is True and overlap_writes(False, "cuda") is False

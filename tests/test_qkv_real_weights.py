@@ -13,7 +13,7 @@ from laminae.experiments.qkv.analysis import analyse_qkv
 from laminae.experiments.qkv.heads import analyse_qkv_heads, layout_from_store
 from laminae.config import load_runs
 from laminae.inputs import stimuli
-from laminae.stages.extract import run_plan
+from laminae.capture import run_plan
 from laminae.store import ActivationStore, ActivationWriter
 
 N_PERMUTATIONS = 199  # smallest possible p = 1/200 = 0.005 < 0.01

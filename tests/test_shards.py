@@ -22,9 +22,10 @@ import pytest
 
 from laminae.config import load_runs
 from laminae.errors import ConfigError, InputFileError
-from laminae.inputs import Shard
+from laminae.shards import Shard
 from laminae.registry import discover
-from laminae.shards import gather, shard_name, shard_windows
+from laminae.shards import shard_name, shard_windows
+from laminae.stages.gather import gather
 from laminae.stages.analysis import run_analysis
 from laminae.stages.extract import extract
 from laminae.store import ActivationStore, read_tsv
@@ -247,7 +248,7 @@ def test_snakemake_sharded_run_keeps_finished_shards(tmp_path, corpus):
     assert stamps
     activations = str(plan.stages[digest].output_dir)   # the gather (the analysis jobs after it are not at stake)
     scheduled = scheduled_rules(snakemake(tmp_path, sharded, "-n", activations))
-    assert scheduled == {"extract_shard": 1, "extract": 1}, scheduled
+    assert scheduled == {"extract_shard": 1, "gather": 1}, scheduled
     snakemake(tmp_path, sharded, "--cores", "2", activations)
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items()), "finished shards were remade"
     assert (tmp_path / activations / "reductions" / "rotations" / "rotations.tsv").is_file()

@@ -45,7 +45,7 @@ from workflow_helpers import PROJECT_ROOT, snakemake
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 SHARDS = 4
-CLUSTER_RULES = {"extract_shard": SHARDS, "extract": 1, "adjustments_analysis": 1, "adjustments_figures": 1,
+CLUSTER_RULES = {"extract_shard": SHARDS, "gather": 1, "adjustments_analysis": 1, "adjustments_figures": 1,
                  "adjustments_claims": 1}
 RTOL = 1e-12
 
@@ -161,12 +161,13 @@ def test_memory_and_time_requests_are_the_workflow_plans(runs):
     plan = _plan(runs)
     for job in runs["jobs"]:
         stage = plan.stages[job["digest"]]
-        assert stage.kind == {"extract": "extract", "extract_shard": "extract", "adjustments_analysis": "analysis",
+        assert stage.kind == {"gather": "extract", "extract_shard": "extract", "adjustments_analysis": "analysis",
                               "adjustments_claims": "claims"}.get(job["rule"], "plot"), job
-        wanted = plan.shard_resources(job["digest"]) if job["rule"] == "extract_shard" else plan.resources(job["digest"])
+        wanted = {"extract_shard": plan.shard_resources, "gather": plan.gather_resources}.get(
+            job["rule"], plan.resources)(job["digest"])
         assert job["req"]["mem"] == f"{wanted['mem_mb']}M" and job["minutes"] == wanted["runtime"], (job, wanted)
-        if stage.kind == "extract":
-            assert plan.wants_gpu(job["digest"], shard=job["rule"] == "extract_shard") == (job["rule"] == "extract_shard")
+        if job["rule"] == "extract_shard":
+            assert plan.wants_gpu(job["digest"]) == 1
 
 
 def test_jobs_on_the_nodes_derived_the_same_stage_hashes(runs):

@@ -116,7 +116,8 @@ def test_building_the_dag_imports_no_torch():
     code = (
         "import sys; from pathlib import Path; from laminae.workflow import WorkflowPlan\n"
         f"plan = WorkflowPlan.from_snakemake_config({{'overrides': ['model=tiny-gpt2']}}, Path({str(PROJECT_ROOT)!r}))\n"
-        "plan.targets(); [plan.extract_inputs(h) for h, s in plan.stages.items() if s.kind == 'extract']\n"
+        "plan.targets(); [plan.source_inputs(h) for h, s in plan.stages.items() if s.kind == 'extract']\n"
+        "plan.extraction_hashes(gathered=True); plan.extraction_hashes(gathered=False)\n"
         "[plan.resources(h) for h in plan.stages]\n"
         "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))\n"
     )

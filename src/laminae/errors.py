@@ -36,5 +36,14 @@ class InputFileError(LaminaeError):
         super().__init__(f"file '{path}': {problem}")
 
 
+class ExperimentError(LaminaeError):
+    """An experiment breaks the plug-in contract: its declaration, or a hook that did not write
+    what the declaration promises."""
+
+    def __init__(self, name: str, where: str, problem: str):
+        self.name = name
+        super().__init__(f"experiment {name!r} ({where}): {problem}")
+
+
 class ModelUnavailableError(LaminaeError):
     """Model weights cannot be reached (offline and not cached, or a missing directory)."""

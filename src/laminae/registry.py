@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from laminae.errors import ConfigError, LaminaeError
+from laminae.errors import ConfigError, ExperimentError, LaminaeError
 from laminae.experiment import INPUT_KINDS, MEASURE_KINDS, Experiment, Figure, Measure, Variant
 from laminae.sites import SITES
 
@@ -46,14 +46,6 @@ RESERVED_NAMES = frozenset({"model", "stimuli", "template", "corpus", "extract",
                             "sweeps", "hydra"})
 HOOKS = ("plot", "analyse", "reducer", "compare", "validate", "resources", "measure")
 MEASURE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(:[a-z0-9][a-z0-9_.-]*)*$")
-
-
-class ExperimentError(LaminaeError):
-    """An experiment's declaration breaks the plug-in contract."""
-
-    def __init__(self, name: str, where: str, problem: str):
-        self.name = name
-        super().__init__(f"experiment {name!r} ({where}): {problem}")
 
 
 Registry = Mapping[str, Experiment]

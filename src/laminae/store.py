@@ -33,13 +33,12 @@ import h5py
 import numpy as np
 
 from laminae.errors import InputFileError
-from laminae.provenance import atomic_dir
+from laminae.atomic import atomic_dir
+from laminae.provenance import MODEL_ATTRS
 
 ROWS_FILE = "rows.tsv"
 CONFIG_FILE = "config.yaml"
-# Model attributes of a store that its analyses copy onto their outputs (prefixed `activations_`).
-MODEL_ATTRS = ("model_id", "model_revision", "family", "random_weights", "n_layers", "d_model", "n_heads",
-               "n_kv_heads", "storage_dtype")
+REDUCTIONS = "reductions"   # activations/reductions/<experiment>/: what reducers computed during extraction
 # Working-set target of one streamed chunk (every site as read, float32 for float16/32 stores).
 CHUNK_BYTES = 256 * 2**20
 # what to do about a damaged or foreign activation folder (Snakemake then reruns its extraction)

@@ -9,7 +9,8 @@ made for:
     ['qkv', 'adjustments']
     >>> plan.targets()[:1]
     ['results/tiny-gpt2/stimuli/space_furniture_fruit.next_word-f1b84d50bc/qkv/analysis-.../metrics/qkv_laminar.tsv']
-    >>> plan.stage_record(digest)      # {"stage": "qkv.analysis", "hash": ..., "config": {...}}
+    >>> plan.stage_record(digest)      # {"stage": "qkv.analysis", "hash": ..., "config": {...}}: params.stage
+    ...                                # (the job parses it into its typed record, laminae.stages.records)
     >>> plan.claims_matrix.files       # a sweep whose runs judge claims: results/sweeps/claims-<h>/...
 
 Nothing here imports torch: parsing the Snakefile stays fast (a no-op rerun takes seconds).
@@ -104,7 +105,9 @@ class WorkflowPlan:
     experiments: dict[str, Experiment] = field(default_factory=dict)   # enabled in some run, in order
     comparisons: dict[str, Comparison] = field(default_factory=dict)
     claims_matrix: ClaimsMatrix | None = None
+    notes: list[str] = field(default_factory=list)   # said once before the jobs (the Snakefile's onstart)
     _input_sizes: dict[str, int] = field(default_factory=dict, repr=False)  # extraction hash -> bytes
+    _store_shards: dict[str, list[Any]] = field(default_factory=dict, repr=False)  # extraction hash -> shards
 
     def __post_init__(self) -> None:
         for run in self.runs:
@@ -136,13 +139,15 @@ class WorkflowPlan:
     def _comparison(self, experiment: Experiment) -> Comparison | None:
         """Runs whose analyses differ, each labelled by the sweep values it does not share with
         runs of the same analysis (a template sweep does not split the corpus experiments)."""
-        if experiment.compare is None:
-            return None
         groups: dict[str, list[Run]] = {}
         for run in self.runs:
             if f"{experiment.name}.analysis" in run.stages:
                 groups.setdefault(run.stages[f"{experiment.name}.analysis"].hash, []).append(run)
         if len(groups) < 2:
+            return None
+        if experiment.compare is None:
+            self.notes.append(f"experiment {experiment.name!r} declares no compare hook: the sweep makes no "
+                              f"comparison figure of its {len(groups)} analyses (each run's own figures are made)")
             return None
         from laminae.models.locate import weights_note
 
@@ -265,9 +270,9 @@ class WorkflowPlan:
                 "analysis": analysis_settings(cfg, experiment)}
 
     def shards(self, digest: str) -> list[Any]:
-        """The shards (`laminae.inputs.Shard`) of an extraction run with `corpus.shards` > 1, in
+        """The shards (`laminae.shards.Shard`) of an extraction run with `corpus.shards` > 1, in
         order; [] for one that runs as one job."""
-        from laminae.inputs import Shard
+        from laminae.shards import Shard
 
         stage = self.stages[digest]
         runtime = self.run_of[digest].runtime
@@ -277,33 +282,38 @@ class WorkflowPlan:
         return [Shard(index, count, runtime["batch_size"]) for index in range(count)]
 
     def shard_dirs(self, digest: str) -> list[str]:
-        """The shards' folders: `<extraction>/shards/shard-K-of-N-bB` (laminae.shards)."""
+        """The folders of the shards an extraction's store is gathered from (rule `gather`'s
+        inputs): `<extraction>/shards/shard-K-of-N-bB` (laminae.shards)."""
         from laminae.shards import SHARDS_FOLDER, shard_name
 
         stage = self.stages[digest]
-        return [str(stage.dir / SHARDS_FOLDER / shard_name(shard)) for shard in self.shards(digest)]
+        return [str(stage.dir / SHARDS_FOLDER / shard_name(shard)) for shard in self.store_shards(digest)]
 
-    def extract_inputs(self, digest: str) -> dict[str, Any]:
-        """What rule `extract` reads: for a sharded extraction, its shards' folders (the rule
-        then gathers them); else `source_inputs`. A store that exists keeps the inputs it was
-        made from (its config.yaml says how many shards): its values do not depend on the
-        split, so another `corpus.shards` reruns nothing (Snakemake reruns a job whose set of
-        inputs changes)."""
-        stage = self.stages[digest]
-        shards = self.shards(digest)
-        record = stage.output_dir / "config.yaml"
-        if stage.output_dir.is_dir() and record.is_file():
-            from laminae.inputs import Shard
-            from laminae.provenance import read_stage_record
+    def store_shards(self, digest: str) -> list[Any]:
+        """The shards an extraction's store is gathered from; [] for a store one job makes (rule
+        `extract`). A store that exists keeps the split it was made from (its config.yaml says
+        how many shards): its values do not depend on the split, so another `corpus.shards`
+        reruns nothing (Snakemake reruns a job whose rule or inputs change)."""
+        if digest not in self._store_shards:
+            stage = self.stages[digest]
+            shards = self.shards(digest)
+            record = stage.output_dir / "config.yaml"
+            if stage.output_dir.is_dir() and record.is_file():
+                from laminae.shards import Shard
+                from laminae.provenance import read_stage_record
 
-            runtime = read_stage_record(record).get("runtime") or {}
-            count, batch = runtime.get("shards") or 1, runtime.get("batch_size")
-            shards = [Shard(index, count, batch) for index in range(count)] if count > 1 and batch else []
-        if shards:
-            from laminae.shards import SHARDS_FOLDER, shard_name
+                runtime = read_stage_record(record).get("runtime") or {}
+                count, batch = runtime.get("shards") or 1, runtime.get("batch_size")
+                shards = [Shard(index, count, batch) for index in range(count)] if count > 1 and batch else []
+            self._store_shards[digest] = shards
+        return self._store_shards[digest]
 
-            return {"shards": [str(stage.dir / SHARDS_FOLDER / shard_name(shard)) for shard in shards]}
-        return self.source_inputs(digest)
+    def extraction_hashes(self, gathered: bool) -> str:
+        """A wildcard constraint matching the hashes of the extractions whose store rule `gather`
+        makes (`gathered`) or rule `extract` does (the rest), so each store has one rule."""
+        hashes = [digest for digest, stage in self.stages.items()
+                  if stage.kind == "extract" and bool(self.store_shards(digest)) == gathered]
+        return "|".join(hashes) or "(?!)"   # (?!) matches nothing
 
     def source_inputs(self, digest: str) -> dict[str, Any]:
         """Files an extraction (or one of its shards) reads: its input documents (relative to
@@ -343,19 +353,25 @@ class WorkflowPlan:
         stage = self.stages[digest]
         cfg = self._with_checkpoint_shape(self.run_of[digest].config)
         if stage.kind == "extract":
-            count = len(self.shards(digest))
-            if count:   # the gather: no model; the reductions' finish runs here
-                request = {"mem_mb": resources.ANALYSIS_FLOOR["mem_mb"], "runtime": 10}
-                for name in stage.config["reductions"]:
-                    analysis = resources.stage_resources("analysis", self.experiments[name], cfg, self.input_bytes(digest))
-                    request = {"mem_mb": max(request["mem_mb"], analysis["mem_mb"]),
-                               "runtime": request["runtime"] + analysis["runtime"]}
-                return request
             return self.shard_resources(digest, 1)
         experiment = self.experiments[stage.group]
         # a claims job reads back what the figures read (the metrics), and does less with it
         kind = "plot" if stage.kind == "claims" else stage.kind
         return resources.stage_resources(kind, experiment, cfg, self.input_bytes(digest))
+
+    def gather_resources(self, digest: str) -> dict[str, int]:
+        """mem_mb and runtime of the gather of a sharded extraction: no model; the finish of the
+        reductions run during extraction happens here."""
+        from laminae import resources
+
+        stage = self.stages[digest]
+        cfg = self._with_checkpoint_shape(self.run_of[digest].config)
+        request = {"mem_mb": resources.ANALYSIS_FLOOR["mem_mb"], "runtime": 10}
+        for name in stage.config["reductions"]:
+            analysis = resources.stage_resources("analysis", self.experiments[name], cfg, self.input_bytes(digest))
+            request = {"mem_mb": max(request["mem_mb"], analysis["mem_mb"]),
+                       "runtime": request["runtime"] + analysis["runtime"]}
+        return request
 
     def shard_resources(self, digest: str, count: int | None = None) -> dict[str, int]:
         """mem_mb and runtime of one of `count` (default: the configured number of) jobs that
@@ -404,18 +420,12 @@ class WorkflowPlan:
             self._input_sizes[stage.hash] = sum(path.stat().st_size for path in documents)
         return self._input_sizes[stage.hash]
 
-    def wants_gpu(self, digest: str, shard: bool = False) -> int:
-        """GPUs an extraction job asks for: `model.gpus` (1 unless `model.device_map` spreads
-        the blocks over several), none when the run pins device=cpu (auto uses one if present),
-        and none for the gather of a sharded extraction (its shards, `shard=True`, ask)."""
+    def wants_gpu(self, digest: str) -> int:
+        """GPUs a job forwarding an extraction's inputs (or a shard of them) asks for:
+        `model.gpus` (1 unless `model.device_map` spreads the blocks over several), none when the
+        run pins device=cpu (auto uses one if present). A gather asks for none."""
         config = self.run_of[digest].config
-        if self.shards(digest) and not shard:
-            return 0
         return 0 if config["device"] == "cpu" else int(config["model"]["gpus"])
-
-    def extract_threads(self, digest: str) -> int:
-        """Threads of rule `extract`: EXTRACT_THREADS for a forward, 1 for a gather."""
-        return 1 if self.shards(digest) else EXTRACT_THREADS
 
     def preflight(self, local: bool = True) -> None:
         """Before any job: every model whose activations are still missing must be reachable,

@@ -1,8 +1,10 @@
 # Extraction: model + inputs -> activations/ (layer_NN.h5 of the sites the experiments reading
 # these inputs need, rows.tsv, reductions/ of those that run during extraction). One job per
-# model and set of inputs, shared by every experiment on them.
+# model and set of inputs, shared by every experiment on them; or, with corpus.shards=N, N shard
+# jobs and a gather. Each store has one rule: `extract` or `gather`, told apart by its hash.
+from laminae.workflow import EXTRACT_THREADS
+
 EXTRACTION = f"{RESULTS}/{{model}}/{{inputs}}/{{label}}-{{xh}}"
-EXTRACT_THREADS = 4   # laminae.workflow.EXTRACT_THREADS
 
 # Building a random model takes seconds: on a cluster it runs in the submitting process rather
 # than waiting in the queue as a job of its own.
@@ -25,17 +27,18 @@ rule random_model:
 
 
 rule extract:
-    """Forward the model over the inputs; hook and store every layer's sites. With
-    corpus.shards > 1: gather the shards (laminae.shards) into one store instead."""
+    """Forward the model over the inputs; hook and store every layer's sites (laminae.stages.extract)."""
     input:
-        unpack(lambda w: PLAN.extract_inputs(w.xh)),
+        unpack(lambda w: PLAN.source_inputs(w.xh)),
     output:
         directory(f"{EXTRACTION}/activations"),
     log:
         f"{EXTRACTION}/extract.log",
     params:
         stage=lambda w: PLAN.stage_record(w.xh),
-    threads: lambda w: PLAN.extract_threads(w.xh)
+    wildcard_constraints:
+        xh=PLAN.extraction_hashes(gathered=False),
+    threads: EXTRACT_THREADS
     resources:
         gpu=lambda w: PLAN.wants_gpu(w.xh),
         mem_mb=lambda w: PLAN.resources(w.xh)["mem_mb"],
@@ -47,8 +50,8 @@ rule extract:
 
 
 # corpus.shards=N: N jobs, each forwarding whole batches of the corpus's windows into a store of
-# its own (and its reducers' partial states); rule extract then gathers them. A shard that
-# finished is kept when another fails; a rerun makes only the missing ones.
+# its own (and its reducers' partial states); rule gather then makes one store of them. A shard
+# that finished is kept when another fails; a rerun makes only the missing ones.
 rule extract_shard:
     """Forward the model over one shard of a corpus's windows (laminae.shards)."""
     input:
@@ -61,10 +64,32 @@ rule extract_shard:
         stage=lambda w: PLAN.stage_record(w.xh),
     threads: EXTRACT_THREADS
     resources:
-        gpu=lambda w: PLAN.wants_gpu(w.xh, shard=True),
+        gpu=lambda w: PLAN.wants_gpu(w.xh),
         mem_mb=lambda w: PLAN.shard_resources(w.xh)["mem_mb"],
         runtime=lambda w: PLAN.shard_resources(w.xh)["runtime"],
     conda:
         "../../envs/laminae.yaml"
     script:
         "../scripts/extract_shard.py"
+
+
+rule gather:
+    """One store from a sharded extraction's shards: no model (laminae.stages.gather)."""
+    input:
+        shards=lambda w: PLAN.shard_dirs(w.xh),
+    output:
+        directory(f"{EXTRACTION}/activations"),
+    log:
+        f"{EXTRACTION}/extract.log",
+    params:
+        stage=lambda w: PLAN.stage_record(w.xh),
+    wildcard_constraints:
+        xh=PLAN.extraction_hashes(gathered=True),
+    threads: 1
+    resources:
+        mem_mb=lambda w: PLAN.gather_resources(w.xh)["mem_mb"],
+        runtime=lambda w: PLAN.gather_resources(w.xh)["runtime"],
+    conda:
+        "../../envs/laminae.yaml"
+    script:
+        "../scripts/gather.py"

@@ -9,7 +9,7 @@
     >>> kind.documents(cfg, root)                    # input files (Snakemake inputs), [] for stimuli
     >>> kind.validate(cfg, root)                     # ConfigError naming the key, before any job
     >>> plan = kind.plan(stage_config, tokenizer, max_positions, root)   # in the extraction job
-    >>> plan = kind.plan(stage_config, tokenizer, max_positions, root, shard=Shard(2, 4, batch_size=8))
+    >>> plan = kind.plan(stage_config, tokenizer, max_positions, root, shard=Shard(2, 4, batch_size=8))   # laminae.shards.Shard
     >>> kind.estimate(cfg, input_bytes)              # (stored rows, tokens, tokens per forward)
 
 `stimuli`: category words in a template, one stored row per word (experiment 1's input).
@@ -50,16 +50,6 @@ class ExtractionPlan:
     @property
     def n_rows(self) -> int:
         return len(self.rows)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard `index` of `count` of an extraction's inputs, cut at multiples of `batch_size`
-    inputs so that each shard forwards exactly the batches an unsharded run forwards."""
-
-    index: int
-    count: int
-    batch_size: int
 
 
 def input_kind(name: str) -> ModuleType:

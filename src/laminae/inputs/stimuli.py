@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from laminae.errors import ConfigError
-from laminae.inputs import ExtractionPlan, Shard
+from laminae.inputs import ExtractionPlan
+from laminae.shards import Shard
 
 log = logging.getLogger(__name__)
 POSITIONS = ("target_last", "last", "target_mean")

@@ -146,9 +146,9 @@ def _publish(target: Path, write: Any) -> None:
     """Run `write(temp)` into a hidden sibling of `target`, then rename it into place. Temp
     folders of crashed writers (dead PIDs) are removed first; if another writer got there first
     (possible where the filesystem has no locks), its complete copy is kept and this one dropped."""
-    from laminae.provenance import _remove_stale_siblings
+    from laminae.atomic import remove_stale_siblings
 
-    _remove_stale_siblings(target)
+    remove_stale_siblings(target)
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()

@@ -1,11 +1,11 @@
 """The analysis stage of any experiment: activation store -> `metrics/`.
 
-    >>> run_analysis(experiment, stage, Path(".../activations"), Path(".../qkv/analysis-<h>/metrics"))
+    >>> run_analysis(experiment, record, Path(".../activations"), Path(".../qkv/analysis-<h>/metrics"))
     [PosixPath('.../metrics/qkv_laminar.tsv'), PosixPath('.../metrics/similarity.h5'), PosixPath('.../metrics/config.yaml')]
 
-`stage` is the record the Snakefile passes (`{"stage", "hash", "config"}`): `config[<name>]`
-holds the experiment's settings and `config["upstream"]` the extraction's hash, which the store
-must carry (a store from another config is refused with one line). The metrics folder appears
+`record` (`AnalysisRecord`, or the `{"stage", "hash", "config"}` dict the Snakefile passes)
+holds the experiment's settings and the extraction's hash (`upstream`), which the store must
+carry (a store from another config is refused with one line). The metrics folder appears
 complete or not at all; its `config.yaml` records the stage, and every HDF5 file the
 experiment writes gets the provenance attributes it is handed.
 
@@ -26,25 +26,28 @@ from typing import Any
 
 import h5py
 
-from laminae.errors import InputFileError
+from laminae.atomic import atomic_dir
+from laminae.errors import ExperimentError, InputFileError
 from laminae.experiment import AnalysisJob, Experiment, ReducerJob
-from laminae.provenance import atomic_dir, provenance_attrs, read_stage_record, stage_config_record
-from laminae.store import CONFIG_FILE, ActivationStore
+from laminae.provenance import provenance_attrs, read_stage_record, stage_config_record, upstream_attrs
+from laminae.stages.records import AnalysisRecord, Runtime
+from laminae.store import CONFIG_FILE, REDUCTIONS, ActivationStore
 
 log = logging.getLogger(__name__)
-REDUCTIONS = "reductions"   # activations/reductions/<experiment>/: what reducers computed during extraction
 
 
-def run_analysis(experiment: Experiment, stage: dict[str, Any], activations_dir: str | Path,
-                 metrics_dir: str | Path, runtime: Mapping[str, Any] | None = None,
+def run_analysis(experiment: Experiment, record: AnalysisRecord | Mapping[str, Any], activations_dir: str | Path,
+                 metrics_dir: str | Path, runtime: Runtime | Mapping[str, Any] | None = None,
                  chunk_rows: int | None = None) -> list[Path]:
     """Run the stage (see module docstring); returns the written paths, config.yaml last.
     `chunk_rows`: rows per streamed chunk (default: what fits `laminae.store.CHUNK_BYTES`)."""
-    settings = stage["config"][experiment.name]
+    stage = AnalysisRecord.parse(record)
+    runtime = None if runtime is None else Runtime.parse(runtime)
+    settings = stage.settings
     activations_dir, metrics_dir = Path(activations_dir), Path(metrics_dir)
     if experiment.streams and settings.get("during_extraction"):
         return publish_reduction(experiment, stage, activations_dir, metrics_dir, runtime)
-    store = ActivationStore(activations_dir, expected_hash=stage["config"]["upstream"])
+    store = ActivationStore(activations_dir, expected_hash=stage.upstream)
     store.require(experiment.sites, f"experiment {experiment.name!r}")
     attrs = {**provenance_attrs(stage, runtime), **upstream_attrs(store.attrs)}
     log.info("experiment %s over %d layers, %d rows; sites %s", experiment.name, store.n_layers, store.n_rows,
@@ -65,20 +68,20 @@ def run_analysis(experiment: Experiment, stage: dict[str, Any], activations_dir:
         return _finished(experiment, stage, runtime, tmp, metrics_dir)
 
 
-def publish_reduction(experiment: Experiment, stage: dict[str, Any], activations_dir: Path, metrics_dir: Path,
-                      runtime: Mapping[str, Any] | None = None) -> list[Path]:
+def publish_reduction(experiment: Experiment, stage: AnalysisRecord, activations_dir: Path, metrics_dir: Path,
+                      runtime: Runtime | None = None) -> list[Path]:
     """The analysis of an experiment that ran during extraction: check the extraction is the
     upstream one, then copy its reduction into `metrics_dir` with this stage's provenance (the
     extraction's own attributes become `activations_*`)."""
     source = activations_dir / REDUCTIONS / experiment.name
     record_path = activations_dir / CONFIG_FILE
     record = read_stage_record(record_path)
-    if record.get("hash") != stage["config"]["upstream"]:
+    if record.get("hash") != stage.upstream:
         raise InputFileError(record_path, f"stage hash {record.get('hash')!r} does not match the config's "
-                                          f"{stage['config']['upstream']!r}; these results come from another config: "
+                                          f"{stage.upstream!r}; these results come from another config: "
                                           "delete the activations folder and rerun")
     attrs = {**provenance_attrs(stage, runtime), "computed_during_extraction": True}
-    files = experiment.metrics_for(experiment.active_variants(stage["config"][experiment.name]))
+    files = experiment.metrics_for(experiment.active_variants(stage.settings))
     with atomic_dir(metrics_dir) as tmp:
         for name in files:
             path = source / name
@@ -92,15 +95,6 @@ def publish_reduction(experiment: Experiment, stage: dict[str, Any], activations
         return _finished(experiment, stage, runtime, tmp, metrics_dir)
 
 
-def upstream_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """The upstream output's model and provenance attributes, prefixed `activations_`, so a
-    metrics file says which model and extraction it comes from without opening the store."""
-    from laminae.store import MODEL_ATTRS
-
-    keys = (*MODEL_ATTRS, "stage_hash")
-    return {f"activations_{key}": attrs[key] for key in keys if key in attrs}
-
-
 def _restamp(path: Path, attrs: Mapping[str, Any]) -> None:
     """Add this stage's provenance to an HDF5 file the extraction wrote (it already carries the
     extraction's attributes as `activations_*`, see laminae.stages.extract)."""
@@ -108,13 +102,14 @@ def _restamp(path: Path, attrs: Mapping[str, Any]) -> None:
         handle.attrs.update(attrs)
 
 
-def _finished(experiment: Experiment, stage: dict[str, Any], runtime: Mapping[str, Any] | None, tmp: Path,
+def _finished(experiment: Experiment, stage: AnalysisRecord, runtime: Runtime | None, tmp: Path,
               metrics_dir: Path) -> list[Path]:
-    files = experiment.metrics_for(experiment.active_variants(stage["config"][experiment.name]))
+    files = experiment.metrics_for(experiment.active_variants(stage.settings))
     missing = [name for name in files if not (tmp / name).is_file()]
     if missing:
-        raise RuntimeError(f"experiment {experiment.name!r}: its analysis did not write {', '.join(missing)} "
-                           f"(declared in its metrics)")
-    (tmp / CONFIG_FILE).write_text(stage_config_record(stage, dict(runtime or {})), encoding="utf-8")
+        hook = "analyse" if experiment.analyse is not None else "reducer"
+        raise ExperimentError(experiment.name, f"its {hook} hook", f"did not write {', '.join(missing)}, declared in "
+                              "its metrics: write each declared file into job.out_dir, or declare only what it writes")
+    (tmp / CONFIG_FILE).write_text(stage_config_record(stage, runtime), encoding="utf-8")
     log.info("wrote %s", ", ".join(files))
     return [metrics_dir / name for name in (*files, CONFIG_FILE)]

@@ -2,14 +2,14 @@
 `compare` hook, into `results/sweeps/<experiment>-<hash>/compare_<experiment>.png|pdf`, with
 `sweep.yaml` listing the runs and the metrics folders they come from.
 
-    >>> run_comparison(experiment, stage, [".../analysis-<h1>/metrics", ".../analysis-<h2>/metrics"], out_png)
+    >>> run_comparison(experiment, record, [".../analysis-<h1>/metrics", ".../analysis-<h2>/metrics"], out_png)
 
-`stage["config"]` holds `runs` (one `{label, analysis, settings}` per metrics folder, in order)
-and `plot` (`dpi`, and the experiment's `plot` keys of the first run). When the runs are training
-checkpoints of one model (`steps`), `run_training` also draws the experiment's headline metrics
-(the measures it declares with a `headline` label) across training:
+The record (`CompareRecord`) holds `runs` (one `{label, analysis, settings}` per metrics folder,
+in order), `dpi` and `plot` (the experiment's `plot` keys of the first run). When the runs are
+training checkpoints of one model (`steps`), `run_training` also draws the experiment's headline
+metrics (the measures it declares with a `headline` label) across training:
 
-    >>> run_training(experiment, stage, metrics_dirs, Path(".../training_qkv.png"))
+    >>> run_training(experiment, record, metrics_dirs, Path(".../training_qkv.png"))
 """
 
 from __future__ import annotations
@@ -18,35 +18,39 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from laminae.atomic import atomic_write_text
 from laminae.experiment import CompareJob, Experiment
 from laminae.plots.style import save_figure
+from laminae.provenance import dump_yaml
 from laminae.stages.claims import measurements_of
-from laminae.provenance import atomic_write_text, dump_yaml
+from laminae.stages.records import CompareRecord
 
 
-def run_comparison(experiment: Experiment, stage: Mapping[str, Any], metrics_dirs: Sequence[str | Path],
-                   out_png: Path) -> list[Path]:
-    config = stage["config"]
-    runs = config["runs"]
+def run_comparison(experiment: Experiment, record: CompareRecord | Mapping[str, Any],
+                   metrics_dirs: Sequence[str | Path], out_png: Path) -> list[Path]:
+    stage = CompareRecord.parse(record)
+    runs = stage.runs
     job = CompareJob(metrics_dirs=[Path(d) for d in metrics_dirs], labels=[run["label"] for run in runs],
-                     settings=[run["settings"] for run in runs], plot=config["plot"][experiment.name])
+                     settings=[run["settings"] for run in runs], plot=stage.plot)
     figure = experiment.hook("compare")(job)
-    written = save_figure(figure, out_png, dpi=config["plot"]["dpi"])
-    record = {"stage": stage["stage"], "hash": stage["hash"],
-              "runs": [{**run, "metrics": str(path)} for run, path in zip(runs, metrics_dirs)]}
-    atomic_write_text(out_png.with_name("sweep.yaml"), dump_yaml(record))
+    written = save_figure(figure, out_png, dpi=stage.dpi)
+    sweep = {"stage": stage.name, "hash": stage.hash,
+             "runs": [{**run, "metrics": str(path)} for run, path in zip(runs, metrics_dirs)]}
+    atomic_write_text(out_png.with_name("sweep.yaml"), dump_yaml(sweep))
     return [*written, out_png.with_name("sweep.yaml")]
 
 
-def run_training(experiment: Experiment, stage: Mapping[str, Any], metrics_dirs: Sequence[str | Path],
-                 out_png: Path) -> list[Path]:
-    """The headline metrics of every checkpoint (`stage["config"]["steps"]`): heatmaps and curves."""
+def run_training(experiment: Experiment, record: CompareRecord | Mapping[str, Any],
+                 metrics_dirs: Sequence[str | Path], out_png: Path) -> list[Path]:
+    """The headline metrics of every checkpoint (the record's `steps`): heatmaps and curves."""
     from laminae.plots.training import plot_across_training
 
-    config = stage["config"]
+    stage = CompareRecord.parse(record)
+    if stage.steps is None:
+        raise ValueError(f"stage {stage.name} ({stage.hash}): its runs are not checkpoints of one model (no steps)")
     headlines = [measure for measure in experiment.measures if measure.headline and measure.kind == "layers"]
-    measured = [measurements_of(experiment, folder, run["settings"]) for folder, run in zip(metrics_dirs, config["runs"])]
+    measured = [measurements_of(experiment, folder, run["settings"]) for folder, run in zip(metrics_dirs, stage.runs)]
     series = {measure.headline: [run[measure.name] for run in measured] for measure in headlines
               if all(measure.name in run for run in measured)}
-    title = f"{experiment.title} across training: {len(config['steps'])} checkpoints"
-    return save_figure(plot_across_training(series, config["steps"], title), out_png, dpi=config["plot"]["dpi"])
+    title = f"{experiment.title} across training: {len(stage.steps)} checkpoints"
+    return save_figure(plot_across_training(series, list(stage.steps), title), out_png, dpi=stage.dpi)

@@ -2,15 +2,15 @@
 every layer into the activation store; experiments whose reducer runs during extraction get
 the same batches and keep only their results.
 
-    >>> extract(stage, runtime, out_dir=Path(".../activations"), project_root=Path("."), registry=discover())
+    >>> extract(record, runtime, out_dir=Path(".../activations"), project_root=Path("."), registry=discover())
 
-`stage` is a stage record from the Snakefile (`{"stage": "corpus.extract", "hash": ..., "config":
-...}`): `config["inputs"]` is the input kind, `config["sites"]` the sites to store (the union of
-what the experiments reading stored activations need; none when every experiment on these inputs
-runs during extraction) and `config["reductions"]` the experiments to run during extraction with
-their settings. `runtime` holds the unhashed settings (device, batch_size, models_dir,
-compression, chunk_rows, overlap). Inputs are prepared and checked before the model is loaded, so bad
-input fails in seconds; rows come out in input order whatever the batch size.
+`record` (`ExtractionRecord`, or the `{"stage", "hash", "config"}` dict the Snakefile passes)
+names the input kind, the sites to store (the union of what the experiments reading stored
+activations need; none when every experiment on these inputs runs during extraction) and the
+experiments to run during extraction with their settings (`reductions`). `runtime` holds the
+unhashed settings (device, batch_size, models_dir, compression, chunk_rows, overlap). Inputs are
+prepared and checked before the model is loaded, so bad input fails in seconds; rows come out
+in input order whatever the batch size. The forward loop itself is laminae.capture.forward.
 
     activations/  layer_NN.h5 (when sites are stored), rows.tsv, config.yaml,
                   reductions/<experiment>/<its metrics files>
@@ -19,77 +19,69 @@ input fails in seconds; rows come out in input order whatever the batch size.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
-from contextlib import closing
-from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from laminae.capture import HostStaging, SiteCapture, StagedLayer, select_rows, to_device
+from laminae.capture.forward import overlap_writes, run_plan
 from laminae.errors import ConfigError
-from laminae.experiment import SHARD_METHODS, Experiment, Reducer, ReducerJob
-from laminae.inputs import ExtractionPlan, Shard, input_kind
+from laminae.experiment import SHARD_METHODS, Experiment, ReducerJob
+from laminae.inputs import ExtractionPlan, input_kind
 from laminae.models.loading import LoadedModel, load_model, open_model, resolve_device
 from laminae.models.placement import placement_summary
-from laminae.provenance import provenance_attrs, stage_config_record
-from laminae.sites import SITES
-from laminae.stages.analysis import REDUCTIONS, upstream_attrs
-from laminae.stages.runner import progress_stream
-from laminae.shards import SHARD_RECORD, shard_record
-from laminae.store import ActivationWriter, BackgroundWriter
+from laminae.provenance import dump_yaml, provenance_attrs, stage_config_record, upstream_attrs
+from laminae.shards import SHARD_RECORD, Shard, shard_record
+from laminae.stages.records import ExtractionRecord, Runtime
+from laminae.store import REDUCTIONS, ActivationWriter
 
 log = logging.getLogger(__name__)
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-def extract(stage: dict[str, Any], runtime: dict[str, Any], out_dir: Path, project_root: Path,
-            registry: Mapping[str, Experiment], shard: Shard | None = None) -> None:
+def extract(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime | Mapping[str, Any], out_dir: Path,
+            project_root: Path, registry: Mapping[str, Experiment], shard: Shard | None = None) -> None:
     """Run one extraction stage end to end (see module docstring), or one `shard` of it
     (laminae.shards: its windows only, its reducers' partial states)."""
-    config = stage["config"]
-    resolve_device(runtime["device"])  # fail on `cuda` without CUDA before loading anything
+    record, runtime = ExtractionRecord.parse(record), Runtime.parse(runtime)
+    resolve_device(runtime.device)  # fail on `cuda` without CUDA before loading anything
     # config and tokenizer first (seconds): bad inputs fail before the weights load
-    files = open_model(config["model"], runtime["models_dir"], project_root)
-    plan = input_kind(config["inputs"]).plan(config, files.tokenizer, files.dims.max_positions, project_root,
-                                             shard=shard)
+    files = open_model(record.model, runtime.models_dir, project_root)
+    plan = input_kind(record.inputs).plan(record.config, files.tokenizer, files.dims.max_positions, project_root,
+                                          shard=shard)
     # where the blocks run is a runtime setting, not hashed (model.device_map, model.gpus)
-    model_cfg = {**config["model"], "device_map": runtime.get("device_map"), "gpus": runtime.get("gpus") or 1}
-    loaded = load_model(model_cfg, runtime["device"], runtime["models_dir"], project_root, files=files)
-    write_extraction(loaded, plan, stage, runtime, out_dir, registry, shard=shard)
+    model_cfg = {**record.model, "device_map": runtime.device_map, "gpus": runtime.gpus or 1}
+    loaded = load_model(model_cfg, runtime.device, runtime.models_dir, project_root, files=files)
+    write_extraction(loaded, plan, record, runtime, out_dir, registry, shard=shard)
     log.info("wrote %s", out_dir)
 
 
-def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, stage: dict[str, Any], runtime: dict[str, Any],
+def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: ExtractionRecord, runtime: Runtime,
                      out_dir: Path, registry: Mapping[str, Experiment], shard: Shard | None = None) -> None:
     """The extraction with the model loaded and the inputs planned: an ActivationWriter (one
     layer file per block, provenance attributes, atomic folder; no layer file when no site is
     stored) fed by `run_plan`, the reducers of the experiments computed during extraction, their
     results, and rows.tsv. A `shard` writes its reducers' partial states (`Reducer.partial`)
     instead of their results, and shard.yaml (laminae.shards)."""
-    config = stage["config"]
-    stored = tuple(config["sites"])
-    reducing = {name: registry[name] for name in config["reductions"]}
+    record, runtime = ExtractionRecord.parse(record), Runtime.parse(runtime)
+    stored = record.sites
+    reducing = {name: registry[name] for name in record.reductions}
     spread = placement_summary(loaded.model)
     log.info("model %s (%s, %d layers, d_model %d) on %s; %d inputs -> %d rows; stored sites %s%s",
              loaded.info.model_id, loaded.info.family, loaded.info.n_layers, loaded.info.d_model,
              f"{loaded.info.device} (modules: {spread})" if spread else loaded.info.device,
              len(plan.sequences), plan.n_rows, ",".join(stored) or "none",
              f"; computed during extraction: {', '.join(reducing)}" if reducing else "")
-    attrs = {**provenance_attrs(stage, runtime), **loaded.info.as_attrs()}
-    writer = ActivationWriter(out_dir, loaded.info.n_layers, plan.n_rows, attrs,
-                              storage_dtype=config["extract"]["storage_dtype"],
-                              compression=runtime["compression"], chunk_rows=runtime["chunk_rows"],
-                              config_text=stage_config_record(stage, runtime, model=loaded.info.to_dict()),
+    attrs = {**provenance_attrs(record, runtime), **loaded.info.as_attrs()}
+    writer = ActivationWriter(out_dir, loaded.info.n_layers, plan.n_rows, attrs, storage_dtype=record.storage_dtype,
+                              compression=runtime.compression, chunk_rows=runtime.chunk_rows,
+                              config_text=stage_config_record(record, runtime, model=loaded.info.to_dict()),
                               store_layers=bool(stored))
     widths = loaded.adapter.site_widths(loaded.model.config)
     with writer:
         reducers = [(experiment.hook("reducer")(ReducerJob(
-            settings=config["reductions"][name]["settings"], rows=plan.rows, n_layers=loaded.info.n_layers,
+            settings=record.reductions[name].settings, rows=plan.rows, n_layers=loaded.info.n_layers,
             widths=widths, model_attrs=loaded.info.as_attrs(),
             out_dir=_folder(writer.tmp_dir / REDUCTIONS / name), attrs=upstream_attrs(attrs))), experiment.sites)
             for name, experiment in reducing.items()]
@@ -98,228 +90,19 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, stage: dict[str,
                 if not all(callable(getattr(reducer, method, None)) for method in SHARD_METHODS):
                     raise ConfigError("corpus.shards", f"1 while {name}.during_extraction is true (its reducer offers "
                                                        "no partial/absorb to merge shards)", shard.count)
-        overlap = overlap_writes(runtime.get("overlap", "auto"), loaded.info.device)
+        overlap = overlap_writes(runtime.overlap, loaded.info.device)
         log.info("writes %s", "overlapped with the forward (writer thread)" if overlap else "after each batch")
-        run_plan(loaded, plan, runtime["batch_size"], writer=writer, sites=stored, reducers=reducers,
-                 storage_dtype=STORAGE_DTYPES[config["extract"]["storage_dtype"]], overlap=overlap)
+        run_plan(loaded, plan, runtime.batch_size, writer=writer, sites=stored, reducers=reducers,
+                 storage_dtype=STORAGE_DTYPES[record.storage_dtype], overlap=overlap)
         for reducer, _ in reducers:
             reducer.partial() if shard is not None else reducer.finish()
         writer.set_rows(plan.rows, plan.columns, first_row=plan.first_row)
         if shard is not None:
-            (writer.tmp_dir / SHARD_RECORD).write_text(shard_record(
-                shard, plan.first_row, plan.n_rows, loaded.info.n_layers, widths, loaded.info.as_attrs()),
+            (writer.tmp_dir / SHARD_RECORD).write_text(dump_yaml(shard_record(
+                shard, plan.first_row, plan.n_rows, loaded.info.n_layers, widths, loaded.info.as_attrs())),
                 encoding="utf-8")
-
-
-def overlap_writes(setting: bool | str, device: str) -> bool:
-    """`extract.overlap`: true or false as set; `auto` overlaps the writes with the forward unless
-    the model runs on the CPU and torch's intra-op threads already take every core this process
-    may use (the writer thread would then slow the forward by as much as it hides).
-
-        >>> overlap_writes("auto", "cuda:0")
-        True
-    """
-    if setting != "auto":
-        return bool(setting)
-    if torch.device(device).type != "cpu":
-        return True
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return torch.get_num_threads() < cores
 
 
 def _folder(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-#: Host buffers between the forward pass and the writer thread: a ring of as many layers' kept
-#: rows as fit in OVERLAP_BYTES (estimated from the first batch), at least OVERLAP_DEPTH, at most
-#: every layer; the forward waits when the writer is that far behind.
-OVERLAP_DEPTH = 4
-OVERLAP_BYTES = 256 * 2**20
-#: The writer thread gets a job per this many bytes of rows (and at the end of every pass), not
-#: one per layer: waking a thread costs about as much as writing a small layer.
-JOB_BYTES = 8 * 2**20
-
-
-def run_plan(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int, *, writer: ActivationWriter | None = None,
-             sites: Sequence[str] = (), reducers: Sequence[tuple[Reducer, Sequence[str]]] = (),
-             storage_dtype: torch.dtype = torch.float32, overlap: bool = True) -> None:
-    """Forward `plan.sequences` in right-padded batches; write every kept row of `sites` with
-    `writer`, and feed each `(reducer, its sites)` the batch's rows as (n_layers, rows, width)
-    arrays. Reducers see float32 (exact for any storage dtype); the writer alone may store
-    float16.
-
-    With `overlap` (the default), each layer's rows go to the writer as soon as its block has
-    run: copied to host buffers (`HostStaging`; asynchronously on a GPU) and written by one
-    writer thread (`BackgroundWriter`) while the next blocks and batches compute, through a ring
-    of host buffers (`_ring_depth` layers, ~OVERLAP_BYTES; all layers when reducers read whole
-    batches), so memory stays flat; the thread gets layers in jobs of ~JOB_BYTES.
-    Reducers run in this thread after each batch, on the same host buffers. An error in the
-    writer thread is raised here, and no write runs after this returns. Without `overlap`, each
-    batch is written in this thread after its forward pass (`iter_batches`): the same values, in
-    the same files."""
-    reduced = {site for _, wanted in reducers for site in wanted}
-    stored = tuple(sites) if writer is not None else ()
-    captured = tuple(site for site in SITES if site in stored or site in reduced)
-    dtype = torch.float32 if reducers else storage_dtype
-    if not captured:
-        return
-    if not overlap or not stored:
-        with closing(iter_batches(loaded, plan, captured, batch_size, dtype)) as batches:  # hooks off on error
-            for row, batch in batches:
-                if stored:
-                    writer.write(row, {site: batch[site] for site in stored})
-                _reduce(reducers, reduced, row, batch)
-                del batch  # before the next forward
-        return
-
-    n_layers = len(loaded.adapter.blocks(loaded.model))
-    depth = n_layers if reducers else _ring_depth(loaded, plan, captured, batch_size, dtype, n_layers)
-    with BackgroundWriter() as background:
-        layers: list[StagedLayer] = []   # this batch's, for the reducers
-        pending: list[StagedLayer] = []  # staged, not yet handed to the writer
-        most = max(1, depth // 2)        # never hold more unsubmitted: the rest of the ring keeps moving
-
-        def on_layer(staged: StagedLayer) -> None:  # in a hook, as the block ends
-            pending.append(staged)
-            if reducers:
-                layers.append(staged)
-            if (staged.slot == n_layers - 1 or len(pending) >= most
-                    or sum(_nbytes(s) for s in pending) >= JOB_BYTES):
-                job = tuple(pending)
-                pending.clear()
-                background.submit(partial(_write_layers, writer, stored, job),
-                                  done=partial(_release, staging, job))
-
-        staging = HostStaging(captured, depth=depth, dtype=dtype, on_layer=on_layer,
-                              consumers=2 if reducers else 1, check=background.check)
-        with closing(_forward_batches(loaded, plan, captured, batch_size, staging)) as batches:  # hooks off on error
-            for row, _ in batches:
-                if not reducers:
-                    continue
-                _reduce(reducers, reduced, row, _assemble(layers, captured))
-                _release(staging, layers)
-                layers.clear()
-
-
-def _ring_depth(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[str], batch_size: int,
-                dtype: torch.dtype, n_layers: int) -> int:
-    """Layers in the host ring: OVERLAP_BYTES over one layer's kept rows in the first batch."""
-    keep = plan.keep[:batch_size]
-    rows = len(keep) if plan.average else sum(len(positions) for positions in keep)
-    widths = loaded.adapter.site_widths(loaded.model.config)
-    layer_bytes = max(1, rows) * sum(widths[site] for site in sites) * dtype.itemsize
-    return int(min(n_layers, max(OVERLAP_DEPTH, OVERLAP_BYTES // layer_bytes)))
-
-
-def _nbytes(staged: StagedLayer) -> int:
-    return sum(array.nbytes for array in staged.arrays.values())
-
-
-def _release(staging: HostStaging, layers: Sequence[StagedLayer]) -> None:
-    for staged in layers:
-        staging.release(staged)
-
-
-def _write_layers(writer: ActivationWriter, sites: Sequence[str], layers: Sequence[StagedLayer]) -> None:
-    """In the writer thread: some layers' rows of `sites`, once their copies to the host are done."""
-    for staged in layers:
-        _write_layer(writer, sites, staged)
-
-
-def _write_layer(writer: ActivationWriter, sites: Sequence[str], staged: StagedLayer) -> None:
-    """In the writer thread: one layer's rows of `sites`, once their copy to the host is done."""
-    staged.wait()
-    writer.write_layer(staged.slot, staged.row, {site: staged.arrays[site] for site in sites})
-
-
-def _reduce(reducers: Sequence[tuple[Reducer, Sequence[str]]], reduced: set[str], row: int,
-            batch: Mapping[str, Sequence[np.ndarray]]) -> None:
-    if not reducers:
-        return
-    chunk = {site: np.stack(batch[site]) for site in reduced}   # (n_layers, rows, width)
-    for reducer, wanted in reducers:
-        reducer.update(row, {site: chunk[site] for site in wanted})
-
-
-def _assemble(layers: Sequence[StagedLayer], sites: Sequence[str]) -> dict[str, list[np.ndarray]]:
-    """{site: [(rows, width) per layer]} of one pass's staged layers, once their copies are done."""
-    ordered = sorted(layers, key=lambda staged: staged.slot)
-    for staged in ordered:
-        staged.wait()
-    return {site: [staged.arrays[site] for staged in ordered] for site in sites}
-
-
-def iter_batches(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[str], batch_size: int,
-                 dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, dict[str, list[np.ndarray]]]]:
-    """Forward `plan.sequences` in right-padded batches; after each, yield `(first row, {site:
-    [(rows, width) array per layer]})` for every site in `sites`, in `dtype`, on the CPU, valid
-    until the next batch (consume it before asking for the next). Nothing is kept between
-    batches, so memory does not grow with the number of inputs."""
-    layers: list[StagedLayer] = []
-    # one host buffer per layer and site (HostStaging with depth = every layer), overwritten by
-    # every batch: hence "valid until the next batch"
-    staging = HostStaging(sites, depth=len(loaded.adapter.blocks(loaded.model)), dtype=dtype,
-                          on_layer=layers.append)
-    with closing(_forward_batches(loaded, plan, sites, batch_size, staging)) as batches:  # hooks off when closed
-        for row, _ in batches:
-            batch = _assemble(layers, sites)
-            yield row, batch
-            del batch  # before the next forward: one batch of activations alive at a time
-            _release(staging, layers)
-            layers.clear()
-
-
-@torch.inference_mode()
-def _forward_batches(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[str], batch_size: int,
-                     staging: HostStaging) -> Iterator[tuple[int, int]]:
-    """Forward `plan.sequences` in right-padded batches with `staging` as the capture's sink;
-    after each, yield `(first row, rows)` of the batch. The plan is read only through
-    `sequences`, `keep` and `average`; nothing here waits for the device."""
-    device = loaded.info.device
-    pad_id = loaded.tokenizer.pad_token_id
-    row = 0
-    with SiteCapture(loaded.model, loaded.adapter, sites, sink=staging) as capture:
-        for start in tqdm(range(0, len(plan.sequences), batch_size), desc="extract", unit="batch",
-                          total=-(-len(plan.sequences) // batch_size), mininterval=1.0, file=progress_stream()):
-            sequences = plan.sequences[start : start + batch_size]
-            keep = plan.keep[start : start + batch_size]
-            input_ids, attention_mask = pad_right(sequences, pad_id, device)
-            capture.select = row_selector(keep, plan.average, device, seq=input_ids.shape[1])
-            staging.row = row
-            loaded.model(input_ids=input_ids, attention_mask=attention_mask)
-            rows = len(keep) if plan.average else sum(len(positions) for positions in keep)
-            yield row, rows
-            row += rows
-
-
-def pad_right(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded `input_ids` and `attention_mask`, both (batch, max_len). Right padding keeps
-    every real token's position ids unchanged, so no position_ids fix is needed. Built on the
-    host and copied to a GPU without blocking (`to_device`)."""
-    longest = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for i, sequence in enumerate(sequences):
-        input_ids[i, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        attention_mask[i, : len(sequence)] = 1
-    return to_device(input_ids, device), to_device(attention_mask, device)
-
-
-def row_selector(keep: Sequence[Sequence[int]], average: bool, device: torch.device, seq: int | None = None):
-    """A function (batch, seq, width) -> (rows, width) picking the kept positions, in order;
-    with `average`, each input's kept positions are averaged into one row. Indices (and the
-    averaging weights) are built on the host and copied to `device` without blocking; with
-    `seq`, the batch's padded length, the flat index too, so the hooks never wait for a GPU."""
-    batch_index = torch.tensor([b for b, positions in enumerate(keep) for _ in positions], dtype=torch.long)
-    position_index = torch.tensor([p for positions in keep for p in positions], dtype=torch.long)
-    gather = select_rows(batch_index, position_index, seq=seq, device=device)  # (n_kept, width)
-    if not average or all(len(positions) == 1 for positions in keep):
-        return gather
-    weights = torch.zeros(len(keep), len(position_index))  # (rows, n_kept)
-    weights[batch_index, torch.arange(len(position_index))] = torch.tensor(
-        [1.0 / len(positions) for positions in keep for _ in positions])
-    weights = to_device(weights, device)
-    return lambda act: weights.to(device=act.device, dtype=act.dtype) @ gather(act)  # any block's device

@@ -8,6 +8,10 @@ A workflow script is three lines:
     run_stage(snakemake, lambda smk, ctx: extract(ctx.stage, ctx.runtime, Path(smk.output[0]), ctx.root,
                                                   ctx.registry()))
 
+`ctx.stage` is the stage's typed record (laminae.stages.records: `ExtractionRecord`,
+`AnalysisRecord`, ... by the stage's kind), parsed here once from `params.stage`; `ctx.runtime`
+the extraction's `Runtime` (None for stages that have none).
+
 Messages from `LaminaeError` go to the log and, as `laminae: <message>`, to stderr, and the job
 exits 1 without a traceback; any other exception is a bug and keeps its traceback.
 """
@@ -20,25 +24,21 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
 from laminae.errors import LaminaeError
 from laminae.experiment import Experiment
+from laminae.progress import set_progress_stream
+from laminae.stages.records import Runtime, StageRecord, record_of
 
 # set by the Snakefile: {"root": str, "runtime": {stage hash: {...}}, "experiment_packages": [...]}
 WORKFLOW_CONFIG_KEY = "_laminae"
-_progress_stream: TextIO = sys.stderr
-
-
-def progress_stream() -> TextIO:
-    """Where tqdm bars go: the terminal when stderr is one, else the rule's log file."""
-    return _progress_stream
 
 
 @dataclass(frozen=True)
 class StageContext:
-    stage: dict[str, Any]      # {"stage": name, "hash": ..., "config": {...}} from the Snakefile
-    runtime: dict[str, Any]    # unhashed settings: device, batch_size, models_dir, ...
+    stage: StageRecord         # the stage's typed record, from the Snakefile's params.stage
+    runtime: Runtime | None    # unhashed settings of an extraction: device, batch_size, models_dir, ...
     context: dict[str, Any]    # labels for figures and reports (model, template, ...)
     root: Path                 # the project root
     experiment_packages: tuple[str, ...] = ()
@@ -54,13 +54,12 @@ class StageContext:
 
 
 def configure_logging(log_path: str | os.PathLike | None) -> None:
-    global _progress_stream
     handlers: list[logging.Handler] = []
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
         if not sys.stderr.isatty():
-            _progress_stream = handlers[0].stream
+            set_progress_stream(handlers[0].stream)
     handlers.append(logging.StreamHandler(sys.stderr))
     handlers[-1].setLevel(logging.WARNING)
     # a user error reaches stderr once, as `laminae: <message>` (run_stage prints it)
@@ -86,15 +85,16 @@ def run_stage(smk: Any, main: Callable[[Any, StageContext], None]) -> None:
     # Runtime settings and the project root travel in the workflow config, not in params, so
     # that changing them (or moving the project) does not trigger Snakemake's params rerun.
     injected = smk.config.get(WORKFLOW_CONFIG_KEY, {})
+    runtime = injected.get("runtime", {}).get(params.stage["hash"])
     context = StageContext(
-        stage=params.stage,
-        runtime=injected.get("runtime", {}).get(params.stage["hash"], {}),
+        stage=record_of(params.stage),
+        runtime=None if runtime is None else Runtime.parse(runtime),
         context=dict(params.context) if hasattr(params, "context") else {},
         root=Path(injected.get("root", Path.cwd())),
         experiment_packages=tuple(injected.get("experiment_packages", ())),
     )
     log = logging.getLogger("laminae")
-    log.info("stage %s (hash %s), rule %s", context.stage["stage"], context.stage["hash"], smk.rule)
+    log.info("stage %s (hash %s), rule %s", context.stage.name, context.stage.hash, smk.rule)
     try:
         main(smk, context)
     except LaminaeError as error:
@@ -102,5 +102,5 @@ def run_stage(smk: Any, main: Callable[[Any, StageContext], None]) -> None:
         print(f"laminae: {error}", file=sys.stderr)
         sys.exit(1)
     except Exception:
-        log.exception("unexpected error in stage %s", context.stage["stage"])
+        log.exception("unexpected error in stage %s", context.stage.name)
         raise

@@ -63,7 +63,7 @@ from laminae.metrics.similarity import cosine_similarity
 from laminae.experiments.qkv.heads import analyse_qkv_heads, layout_from_store, resolution, write_heads_table
 from laminae.experiments.qkv.seeds import resampling_seeds
 from laminae.experiments.qkv.tables import format_table, read_table
-from laminae.provenance import atomic_file
+from laminae.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 TABLE_COLUMNS = ("layer", "component", "metric", "value", "ci_low", "ci_high", "p_value", "q_value")

@@ -50,7 +50,7 @@ from laminae.metrics.multiple_testing import bh_q_values
 from laminae.metrics.rsa import rsa, rsa_bootstrap
 from laminae.metrics.selectivity import Selectivity, SelectivityTest, check_labels, selectivity_permutation_test
 from laminae.metrics.similarity import cosine_similarity
-from laminae.provenance import atomic_file
+from laminae.atomic import atomic_file
 
 if TYPE_CHECKING:
     from laminae.store import ActivationStore
