@@ -133,6 +133,9 @@ PARSE_TIME = {
     "unknown_device": ([*TINY, "device=tpu"], ["config key 'device'", "auto, cpu, cuda or cuda:N", "got 'tpu'"]),
     "zero_batch_size": ([*TINY, "batch_size=0"], ["config key 'batch_size'", "an integer >= 1", "got 0"]),
     "misspelt_key": ([*TINY, "qkv.n_permutation=10"], ["config key 'qkv.n_permutation'", "an existing key of 'qkv'"]),
+    "undeclared_key": ([*TINY, "+rotations.plot.bin=30"],
+                       ["config key 'rotations.plot.bin'", "a key that experiment 'rotations' declares",
+                        "declared here: bins, depth_bands, error_bar", "it comes from an override"]),
 }
 
 

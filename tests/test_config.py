@@ -188,3 +188,40 @@ def test_empty_corpus_file_is_rejected(tmp_path):
 def test_sweep_over_results_dir_is_rejected():
     with pytest.raises(ConfigError, match="results_dir"):
         load_runs(BASE, ["results_dir=a,b"], project_root=ROOT)
+
+
+# ------------------------------------------------------------------ keys no schema declares
+def test_a_typo_in_an_experiments_default_yaml_names_the_key_and_the_file(tmp_path):
+    """conf/qkv/default.yaml with `n_bootstrapp`: one line naming the key and the file, before
+    anything runs (qkv's schema says additionalProperties: false; the check does not need it)."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    default = conf / "qkv" / "default.yaml"
+    default.write_text(default.read_text().replace("\nseed: 0", "\nseed: 0\nn_bootstrapp: 100"))
+    with pytest.raises(ConfigError) as raised:
+        load_runs(BASE, project_root=ROOT, config_dir=conf)
+    message = str(raised.value)
+    assert message.startswith("config key 'qkv.n_bootstrapp': expected a key that experiment 'qkv' declares"), message
+    assert "n_bootstrap" in message and f"it is set in {default}" in message and "\n" not in message
+
+
+def test_an_undeclared_key_from_an_override_names_the_key():
+    with pytest.raises(ConfigError) as raised:
+        load_runs([*BASE, "+qkv.plot.similarity_layer=[0]"], project_root=ROOT)
+    message = str(raised.value)
+    assert message.startswith("config key 'qkv.plot.similarity_layer': expected a key"), message
+    assert "(declared here: similarity_layers)" in message and "an override, not from conf/qkv/default.yaml" in message
+
+
+def test_every_declared_key_passes():
+    from laminae.config.schema_check import first_undeclared
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "free": {"type": "object",
+              "additionalProperties": True}, "named": {"type": "object", "additionalProperties": {"type": "object",
+              "properties": {"x": {}}}}, "n": {"type": "integer"}}}
+    assert first_undeclared({"a": 1, "free": {"anything": 1}, "named": {"k": {"x": 1}}}, schema) is None
+    assert first_undeclared({"named": {"k": {"y": 1}}}, schema) == (("named", "k", "y"), ["x"])
+    assert first_undeclared({"n": {"a": 1}}, schema) is None          # a wrong type is the schema check's
+    assert first_undeclared({"b": 1}, schema) == (("b",), ["a", "free", "n", "named"])

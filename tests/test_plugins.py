@@ -136,6 +136,39 @@ def test_an_external_experiment_gets_its_config_group_and_schema():
         load_runs([*TINY, EXAMPLES, "anisotropy.exclude_first_token=3"], project_root=PROJECT_ROOT)
 
 
+
+# A schema that declares its keys but leaves additionalProperties out: JSON schema alone would let
+# any other key through, to fail later inside a job.
+OPEN_SCHEMA = ('{"type": "object", "properties": {"plot": {"type": "object", '
+               '"properties": {"colour": {"type": "string"}}}}}')
+
+
+def test_an_undeclared_key_of_an_external_experiment_is_refused_whatever_its_schema(tmp_path):
+    from laminae.errors import ConfigError
+
+    write_experiment(tmp_path / "lab" / "norms", {"default.yaml": "plot:\n  colour: red\n  colr: blue\n"},
+                     schema=OPEN_SCHEMA)
+    with pytest.raises(ConfigError) as raised:
+        load_runs([*TINY, f"experiment_packages=[{tmp_path / 'lab'}]"], project_root=PROJECT_ROOT)
+    message = str(raised.value)
+    assert message.startswith("config key 'norms.plot.colr': expected a key that experiment 'norms' declares"), message
+    assert f"it is set in {tmp_path / 'lab' / 'norms' / 'default.yaml'}" in message
+    # the example's `plot` sets no additionalProperties either: an added key is refused all the same
+    with pytest.raises(ConfigError, match=r"config key 'anisotropy.plot.color': expected a key .*\(declared here: "
+                                          r"colour\); it comes from an override"):
+        load_runs([*TINY, EXAMPLES, "+anisotropy.plot.color=red"], project_root=PROJECT_ROOT)
+
+
+def test_an_undeclared_key_stops_the_command_line_with_one_line(tmp_path):
+    from test_bad_inputs import assert_nothing_written, assert_one_line_error
+
+    write_experiment(tmp_path / "lab" / "norms", {"default.yaml": "plot:\n  colr: blue\n"}, schema=OPEN_SCHEMA)
+    result = snakemake(tmp_path / "work", [*TINY, f"experiment_packages=[{tmp_path / 'lab'}]"], "-n", check=False)
+    assert_one_line_error(result, "config key 'norms.plot.colr'", "declared here: colour",
+                          f"it is set in {tmp_path / 'lab' / 'norms' / 'default.yaml'}")
+    assert_nothing_written(tmp_path / "work")
+
+
 # ---------------------------------------------------------------------------- shared extraction
 def test_experiments_on_one_corpus_share_one_extraction_of_the_union_of_their_sites():
     (alone,) = load_runs([*TINY, EXAMPLES, "experiments=[anisotropy]"], project_root=PROJECT_ROOT)

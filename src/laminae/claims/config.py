@@ -16,13 +16,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from laminae.claims.kinds import KINDS, depth_layers, named, seed_layer_range
+from laminae.config.schema_check import check_against_schema
 from laminae.errors import ConfigError
 from laminae.experiment import Experiment
 
 #: What the core schema says about every config group's `claims` (the details are per kind).
 CLAIMS_SCHEMA = {"type": "array",
+                 "description": "the findings judged on every run, each a mapping with an id and a kind "
+                                "(docs/EXPERIMENTS.md, \"Claims\"); editing them reruns only the claims stage "
+                                "and the figures",
                  "items": {"type": "object", "required": ["id", "kind"],
-                           "properties": {"kind": {"enum": list(KINDS)}}}}
+                           "properties": {"kind": {"enum": list(KINDS),
+                                                   "description": "the predicate that judges the claim"}}}}
 
 
 def claims_of(cfg: Mapping[str, Any], experiment: Experiment) -> list[dict[str, Any]]:
@@ -32,8 +37,6 @@ def claims_of(cfg: Mapping[str, Any], experiment: Experiment) -> list[dict[str, 
 
 def check_claims(cfg: Mapping[str, Any], experiment: Experiment) -> None:
     """Raise ConfigError for the first problem in the experiment's claims."""
-    from laminae.config.validate import check_against_schema
-
     claims = claims_of(cfg, experiment)
     if not claims:
         return

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from laminae.config.compose import compose_config, expand_sweep, experiment_packages
+from laminae.config.compose import compose_config, expand_sweep, experiment_packages, group_files
 from laminae.config.keys import get_key, select_keys, stable_hash
 from laminae.config.model_source import resolve_model_keys
 from laminae.config.stages import RUNTIME_KEYS, Run, Stage, analysis_settings, plan_run
@@ -44,7 +44,7 @@ def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_
         cfg = compose_config(run_overrides, config_dir, registry)
         if isinstance(cfg.get("model"), dict):  # model=auto, or a preset pointed at another checkpoint
             cfg["model"] = resolve_model_keys(cfg["model"], run_overrides, config_dir, root)
-        validate_config(cfg, root, registry)
+        validate_config(cfg, root, registry, group_files(run_overrides, config_dir, registry))
         runs.append(plan_run(cfg, root, registry, combination))
     if len({run.config["results_dir"] for run in runs}) > 1:
         raise ConfigError("results_dir", "one value for every run of a sweep", sorted({r.config["results_dir"] for r in runs}))

@@ -87,24 +87,50 @@ def _with_experiment_groups(overrides: list[str], config_dir: Path, registry: Ma
     unless an override picks another), and groups found only in an experiment's folder
     registered with Hydra."""
     from hydra.core.config_store import ConfigStore
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from laminae.registry import default_config
 
-    chosen: dict[str, str] = {}
-    kept = []
-    for text, override in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
-        name = override.key_or_group
-        if name in registry and not override.is_delete() and isinstance(override.value(), str):
-            chosen[name] = override.value()
-        else:
-            kept.append(text)
+    chosen, kept = _chosen_options(overrides, registry)
     for experiment in registry.values():
         path = default_config(experiment, config_dir)
         if path is not None:
             node = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             ConfigStore.instance().store(group=experiment.name, name="default", node=node)
     return [*(f"+{name}={chosen.get(name, 'default')}" for name in registry), *kept]
+
+
+def _chosen_options(overrides: Sequence[str], registry: Mapping[str, Experiment]) -> tuple[dict[str, str], list[str]]:
+    """The option each `<experiment>=<option>` override picks, and the other overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    chosen: dict[str, str] = {}
+    kept = []
+    for text, override in zip(overrides, OverridesParser.create().parse_overrides(list(overrides))):
+        name = override.key_or_group
+        if name in registry and not override.is_delete() and isinstance(override.value(), str):
+            chosen[name] = override.value()
+        else:
+            kept.append(text)
+    return chosen, kept
+
+
+def group_files(overrides: Sequence[str], config_dir: str | Path, registry: Mapping[str, Experiment]) -> dict[str, Path]:
+    """The file each experiment's config group is composed from: `conf/<name>/<option>.yaml`
+    (option `default` unless an override picks another), else the `default.yaml` in the
+    experiment's folder. Error messages name it; composition does not read it from here."""
+    from laminae.registry import default_config
+
+    config_dir = Path(config_dir)
+    chosen, _ = _chosen_options([str(o) for o in overrides], registry)
+    files = {}
+    for name, experiment in registry.items():
+        option = chosen.get(name, "default")
+        path = config_dir / name / f"{option}.yaml"
+        if path.is_file():
+            files[name] = path
+        elif option == "default":
+            files[name] = default_config(experiment, config_dir) or path
+    return files
 
 
 def expand_sweep(sweep: Iterable[str]) -> list[tuple[str, ...]]:

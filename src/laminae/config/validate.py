@@ -5,8 +5,10 @@
     >>> validate_config(cfg, ".", registry)
     ConfigError: config key 'qkv.n_permutations': expected an integer >= 0, got -5
 
-Four layers: the JSON schema (the core's `schema.yaml` with each experiment's own schema under
-its name: types, ranges, allowed values, unknown keys); the claims of each enabled experiment
+Five layers: every key of an experiment's config group declared by its schema (whether or not
+the schema sets `additionalProperties: false`; the error names the group's file when the key is
+in it); the JSON schema (the core's `schema.yaml` with each experiment's own schema under its
+name: types, ranges, allowed values, unknown keys; `laminae.config.schema_check`); the claims of each enabled experiment
 (`<name>.claims`: each against its predicate kind's schema, and naming measurements the
 experiment declares; `laminae.claims.config`); the checks of each input kind that an enabled
 experiment reads (a template with exactly one `{word}`, an existing non-empty corpus); and each
@@ -24,8 +26,11 @@ from typing import Any
 
 import yaml
 
+from laminae.config.schema_check import check_against_schema, first_undeclared
 from laminae.errors import ConfigError
 from laminae.experiment import Experiment
+
+__all__ = ["check_against_schema", "config_schema", "core_schema", "resolve_layer", "validate_config"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,23 +52,44 @@ def config_schema(registry: Mapping[str, Experiment]) -> dict[str, Any]:
     schema = copy.deepcopy(core_schema())
     schema["properties"]["experiments"]["items"] = {"enum": list(registry)}
     for name, experiment in registry.items():
-        group = load_schema(experiment)
+        group = copy.deepcopy(load_schema(experiment))
+        properties = group.setdefault("properties", {})
         if experiment.streams:
-            group.setdefault("properties", {})["during_extraction"] = {"type": "boolean"}
-        group.setdefault("properties", {})["claims"] = CLAIMS_SCHEMA
+            properties["during_extraction"] = {**DURING_EXTRACTION_SCHEMA,
+                                               **_description(properties.get("during_extraction"))}
+        properties["claims"] = {**CLAIMS_SCHEMA, **_description(properties.get("claims"))}
         schema["properties"][name] = group
         schema["required"].append(name)
     return schema
 
 
-def validate_config(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[str, Experiment]) -> None:
-    """Raise ConfigError for the first problem in `cfg`; paths are relative to `project_root`."""
+#: What laminae adds to the group of every experiment whose analysis is a reducer.
+DURING_EXTRACTION_SCHEMA = {
+    "type": "boolean",
+    "description": "run the reducer inside the extraction job, on the model's batches, and store only its results, "
+                   "not the activations (unless another enabled experiment on the same inputs reads them); the "
+                   "extraction stage then hashes this group's analysis keys too",
+}
+
+
+def _description(schema: Any) -> dict[str, Any]:
+    """An experiment's own description of a key laminae adds, which then wins over laminae's."""
+    return {"description": schema["description"]} if isinstance(schema, Mapping) and "description" in schema else {}
+
+
+def validate_config(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[str, Experiment],
+                    group_files: Mapping[str, Path] | None = None) -> None:
+    """Raise ConfigError for the first problem in `cfg`; paths are relative to `project_root`.
+    `group_files` (experiment name -> the file its config group was composed from, see
+    `laminae.config.compose.group_files`) lets an undeclared key's error name its file."""
     from laminae.claims.config import check_claims
     from laminae.inputs import input_kind
 
     if isinstance(cfg.get("model"), dict):
         _check_model(cfg["model"])  # first: model=auto without model.pretrained has no name either
-    _check_schema(cfg, registry)
+    schema = config_schema(registry)
+    _check_declared(cfg, schema, registry, Path(project_root), group_files or {})
+    check_against_schema(cfg, schema)
     enabled = [registry[name] for name in cfg["experiments"]]
     for experiment in enabled:
         check_claims(cfg, experiment)
@@ -73,6 +99,45 @@ def validate_config(cfg: dict[str, Any], project_root: str | Path, registry: Map
     for experiment in enabled:
         if experiment.validate is not None:
             experiment.hook("validate")(cfg)
+
+
+def _check_declared(cfg: Mapping[str, Any], schema: Mapping[str, Any], registry: Mapping[str, Experiment],
+                    root: Path, group_files: Mapping[str, Path]) -> None:
+    """Every key of every experiment's config group is one its schema declares, whether or not
+    the schema sets `additionalProperties: false` (`schema_check.first_undeclared`): a typo in a
+    group's yaml or a `+<name>.<key>=...` override stops here, naming the key and, when the key
+    is in it, the group's file, instead of as a KeyError inside a job."""
+    for name in registry:
+        found = first_undeclared(cfg.get(name), schema["properties"][name])
+        if found is None:
+            continue
+        path, declared = found
+        key = ".".join((name, *path))
+        where = _where_set(path, group_files.get(name), root)
+        raise ConfigError(key, f"a key that experiment {name!r} declares in its schema (declared here: "
+                               f"{', '.join(declared) or 'none'}){where}", has_value=False)
+
+
+def _where_set(path: tuple[str, ...], file: Path | None, root: Path) -> str:
+    """`; it is set in <file>` when the group's file holds the key, else that an override set it."""
+    if file is None or not file.is_file():
+        return ""
+    try:
+        node: Any = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return ""
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return f"; it comes from an override, not from {_shown(file, root)}"
+        node = node[part]
+    return f"; it is set in {_shown(file, root)}"
+
+
+def _shown(file: Path, root: Path) -> str:
+    try:
+        return str(file.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(file)
 
 
 def _check_shards(cfg: dict[str, Any], enabled: list[Experiment]) -> None:
@@ -97,59 +162,6 @@ def resolve_layer(index: int | str, n_layers: int, key: str) -> int:
     if not -n_layers <= index < n_layers:
         raise ConfigError(key, f"layer indices in [{-n_layers}, {n_layers - 1}] for a {n_layers}-layer model", index)
     return index % n_layers
-
-
-def _check_schema(cfg: dict[str, Any], registry: Mapping[str, Experiment]) -> None:
-    check_against_schema(cfg, config_schema(registry))
-
-
-def check_against_schema(instance: Any, schema: Mapping[str, Any], prefix: str = "") -> None:
-    """Raise ConfigError for the first violation of `schema` by `instance`, naming the key as
-    `<prefix>.<path>` (the path inside `instance`)."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
-    if error is None:
-        return
-    # anyOf failures: report the sub-error on the deepest path, which names the real key
-    while error.context:
-        error = max(error.context, key=lambda e: len(e.absolute_path))
-    key = ".".join([*([prefix] if prefix else []), *(str(part) for part in error.absolute_path)]) or "<root>"
-    kind, rule = error.validator, error.validator_value
-    if kind == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - set(allowed))
-        name = f"{key}.{unknown[0]}" if key != "<root>" else unknown[0]
-        raise ConfigError(name, f"a known key (allowed here: {', '.join(allowed)})", has_value=False)
-    if kind == "required":
-        missing = [name for name in rule if name not in error.instance]
-        name = f"{key}.{missing[0]}" if key != "<root>" else missing[0]
-        raise ConfigError(name, "a value (the key is required here)", has_value=False)
-    expectations = {
-        "enum": lambda: f"one of {rule}",
-        "type": lambda: _TYPE_NAMES.get(str(rule), f"a value of type {rule}"),
-        "minimum": lambda: f"{_article(error.schema)} >= {rule}",
-        "maximum": lambda: f"{_article(error.schema)} <= {rule}",
-        "exclusiveMinimum": lambda: f"a number > {rule}",
-        "exclusiveMaximum": lambda: f"a number < {rule}",
-        "minItems": lambda: f"a list of at least {rule} item(s)",
-        "uniqueItems": lambda: "a list without repeated items",
-        "minLength": lambda: "a non-empty string",
-        "pattern": lambda: error.schema.get("description", f"a string matching {rule}"),
-        "const": lambda: f"{rule!r}",
-        "maxItems": lambda: f"a list of at most {rule} item(s)",
-    }
-    expected = expectations.get(kind, lambda: error.message)()
-    raise ConfigError(key, expected, error.instance)
-
-
-_TYPE_NAMES = {"array": "a list, e.g. [a,b]", "object": "a mapping, e.g. {key: value}", "integer": "an integer",
-               "number": "a number", "boolean": "true or false", "string": "a string"}
-
-
-def _article(schema: dict[str, Any]) -> str:
-    return "an integer" if schema.get("type") == "integer" else "a number"
 
 
 def _check_model(model: dict[str, Any]) -> None:
