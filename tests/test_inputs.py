@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from laminae.config import compose_config
-from laminae.inputs.corpus import corpus_windows, special_tokens_around, window_rows
+from laminae.inputs.corpus import corpus_windows, window_rows
+from laminae.inputs.windowing import special_tokens_around
 from laminae.errors import ConfigError
 from laminae.models.gpt2_tokenizer import gpt2_tokenizer
 from laminae.inputs.stimuli import build_stimuli, encode_stimuli, stimulus_rows

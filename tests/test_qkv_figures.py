@@ -16,11 +16,11 @@ from laminae.experiments.qkv.analysis import category_labels, read_qkv_table
 from laminae.experiments.qkv.figures import (
     LaminarTable,
     SimilarityData,
-    nice_log_ticks,
     plot_laminar,
     plot_similarity,
     resolve_similarity_layers,
 )
+from laminae.experiments.qkv.plotting import nice_log_ticks
 from laminae.registry import discover
 from laminae.stages.analysis import run_analysis
 from laminae.stages.figures import run_figures

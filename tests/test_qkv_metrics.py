@@ -346,7 +346,9 @@ def naive_bh(p: list[float]) -> list[float]:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_bh_q_values_match_the_definition_and_scipy(seed):
+def test_bh_q_values_match_the_definition(seed):
+    """bh_q_values calls scipy's false_discovery_control: checked here against the definition
+    computed independently (`naive_bh`, a loop over the sorted p-values), NaN set aside."""
     from laminae.metrics.multiple_testing import bh_q_values
 
     rng = np.random.default_rng(seed)
@@ -359,7 +361,6 @@ def test_bh_q_values_match_the_definition_and_scipy(seed):
     np.testing.assert_array_equal(np.isnan(q), np.isnan(p))
     np.testing.assert_allclose(q.ravel(), naive_bh(p.ravel().tolist()), rtol=1e-12)
     finite = ~np.isnan(p)
-    np.testing.assert_allclose(q[finite], scipy.stats.false_discovery_control(p[finite], method="bh"), rtol=1e-12)
     assert (q[finite] >= p[finite]).all() and (q[finite] <= 1).all()
 
 

@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from laminae.errors import ConfigError
-from laminae.inputs import ExtractionPlan, Shard
+from laminae.inputs import ExtractionPlan
+from laminae.shards import Shard
 from laminae.inputs.texts import SUFFIXES, TextSources
+from laminae.inputs.windowing import ROW_COLUMNS, special_tokens_around
 
-ROW_COLUMNS = ("document", "window", "position", "token_id", "token")
 #: The config keys that determine a corpus extraction's activations (plus the files' content);
 #: `hashed` drops those that do not (corpus.shards) or cannot (a text_field without .jsonl).
 CONFIG_KEYS = ("corpus",)
@@ -102,7 +103,7 @@ def plan(config: dict[str, Any], tokenizer, max_positions: int | None, project_r
          shard: Shard | None = None) -> ExtractionPlan:
     """The windows and rows of an extraction stage's `config` (every token kept), or of one
     shard of them. The windows are tokenised to a temporary folder, read back batch by batch."""
-    from laminae.inputs.windows import TokenWindows
+    from laminae.inputs.windows import TokenWindows   # numpy: not when the workflow's DAG is built
     from laminae.shards import shard_windows
 
     corpus = config["corpus"]
@@ -197,14 +198,6 @@ def window_length(window_tokens: int | None, max_positions: int | None) -> int:
     if window_tokens > max_positions:
         raise ConfigError("corpus.window_tokens", f"at most the model's context of {max_positions} tokens", window_tokens)
     return window_tokens
-
-
-def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
-    """The special token ids the tokenizer puts before and after a text (e.g. [CLS], [SEP])."""
-    content = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    start = next(i for i in range(len(full)) if full[i : i + len(content)] == content)
-    return full[:start], full[start + len(content) :]
 
 
 def corpus_windows(documents: Sequence[Path], tokenizer, window: int, windowing: bool = True,

@@ -34,8 +34,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from laminae.errors import ConfigError
-from laminae.inputs.corpus import ROW_COLUMNS, special_tokens_around
 from laminae.inputs.texts import Document, TextSources
+from laminae.inputs.windowing import ROW_COLUMNS, special_tokens_around
 from laminae.store import RowTable
 
 log = logging.getLogger(__name__)

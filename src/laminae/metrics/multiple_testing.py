@@ -11,13 +11,18 @@ With the m finite p-values sorted, p_(1) <= ... <= p_(m),
 
     q_(i) = min over j >= i of  m * p_(j) / j,   capped at 1
 
-(Benjamini & Hochberg 1995; `scipy.stats.false_discovery_control(p, method="bh")`, which
-refuses NaN). Rejecting every test with q <= alpha is the BH step-up procedure at level alpha.
+(Benjamini & Hochberg 1995), computed by `scipy.stats.false_discovery_control(p, method="bh")`
+on the finite p-values (scipy refuses NaN; this module sets NaN aside and puts it back).
+scipy scales p_(j) by (m / j); the hand-written loop it replaced (laminae <= 2026-12-03)
+computed m p_(j) / j, so a q-value can differ from that version's in its last bit (<= 4e-16
+relative, about 4 in 10 values): below any threshold one would set.
+Rejecting every test with q <= alpha is the BH step-up procedure at level alpha.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.stats
 from numpy.typing import ArrayLike
 
 
@@ -37,12 +42,6 @@ def bh_q_values(p: ArrayLike) -> np.ndarray:
     if values.size and (not np.isfinite(values).all() or values.min() < 0.0 or values.max() > 1.0):
         raise ValueError(f"p-values must lie in [0, 1] (or be NaN), got range [{values.min()}, {values.max()}]")
     q = np.full(flat.shape, np.nan)
-    m = values.size
-    if m:
-        order = np.argsort(values, kind="stable")
-        scaled = values[order] * m / np.arange(1, m + 1)       # m p_(j) / j
-        adjusted = np.minimum.accumulate(scaled[::-1])[::-1]    # min over j >= i
-        out = np.empty(m)
-        out[order] = np.minimum(adjusted, 1.0)
-        q[finite] = out
+    if values.size:
+        q[finite] = scipy.stats.false_discovery_control(values, method="bh")
     return q.reshape(p.shape)

@@ -3,6 +3,14 @@ table, with a check that the file holds every byte its header promises. Imports 
 nor numpy nor the `gguf` package, so the workflow's preflight and the figure titles (computed
 while Snakemake builds the DAG) can use it.
 
+Why not `gguf.GGUFReader` (measured 2026-12-03, gguf 0.19.0, numpy 2.4.6, SmolLM2-135M-Instruct
+Q4_1, 98 MB, on the 2 shared cores of docs/PERFORMANCE.md; paired fresh processes, 6 rounds):
+`import gguf` takes 0.19-0.25 s and imports numpy, which the DAG build must not (tests/
+test_workflow_resources.py); `GGUFReader(path)` then takes 2.5-3.7 s, since it makes a numpy view
+of every item of every metadata array (the 49k-token vocabulary and its merges). This reader:
+0.03-0.07 s to import (the `laminae` package included) and 0.026-0.042 s to read the same
+header. Command and numbers: docs/PERFORMANCE.md, "GGUF header reader".
+
     >>> header = read_gguf_header("SmolLM2-135M-Instruct.Q4_1.gguf")      # doctest: +SKIP
     >>> header.architecture, header.file_type, header.tensor_types
     ('llama', 'Q4_1', {'F32': 61, 'Q4_1': 210, 'Q8_0': 1})

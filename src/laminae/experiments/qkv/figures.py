@@ -32,6 +32,9 @@ import numpy as np
 from laminae.experiment import FigureJob
 from laminae.experiments.qkv.analysis import SIMILARITY_FILENAME, TABLE_FILENAME, LaminarTable
 from laminae.experiments.qkv.heads import HEADS_FILENAME, resolution
+from laminae.experiments.qkv.heads_figure import HEADS_FIGURE, HeadsTable, plot_heads
+from laminae.experiments.qkv.plotting import (ALPHA, NULL_LINE, display_name, nice_log_ticks,
+                                              settings_line)
 from laminae.config.validate import resolve_layer
 from laminae.errors import InputFileError
 from laminae.experiments.qkv.measures import canonical_pair
@@ -48,9 +51,7 @@ log = logging.getLogger(__name__)
 LAMINAR_FIGURE = "qkv_laminar"
 SIMILARITY_FIGURE = "qkv_similarity"
 LAYERS_KEY = "qkv.plot.similarity_layers"
-ALPHA = 0.05                      # false discovery rate of the markers (q-values)
 BAND_ALPHA = 0.18                 # shading of CI / null bands
-NULL_LINE = {"ratio": 1.0, "difference": 0.0}
 UNSTABLE_COLOUR = "#D55E00"       # hatching of layers where the ratio form is not interpretable
 
 
@@ -102,35 +103,8 @@ class SimilarityData:
 
 
 # ----------------------------------------------------------------------------------- helpers
-def display_name(component: str) -> str:
-    """`q` -> `Q`, `q-k` -> `Q–K`, `attn_out` unchanged."""
-    return "–".join(part.upper() if len(part) == 1 else part for part in component.split("-"))
-
-
 def _colour(component: str, fallback_index: int) -> str:
     return COMPONENT_COLOURS.get(component, OKABE_ITO[fallback_index % len(OKABE_ITO)])
-
-
-def _settings_line(context: Mapping[str, Any], settings: Mapping[str, Any], n_items: int | None = None,
-                   n_categories: int | None = None) -> str:
-    """The stimuli, then (on a second line) the analysis settings that shape the numbers."""
-    inputs = []
-    if "stimuli" in context:
-        counts = ", ".join(x for x in (f"{n_items} words" if n_items else "",
-                                       f"{n_categories} categories" if n_categories else "") if x)
-        inputs.append(f"stimuli {context['stimuli']}" + (f" ({counts})" if counts else ""))
-    if "position" in context:
-        inputs.append(f"position {context['position']}")
-    lines = ["; ".join(inputs)] if inputs else []
-    if settings:
-        lines.append(", ".join([
-            f"{settings.get('selectivity', '?')} selectivity",
-            f"{str(settings.get('rsa_method', '?')).capitalize()} RSA",
-            f"{settings.get('n_permutations', '?')} permutations",
-            f"{settings.get('n_bootstrap', '?')} bootstraps",
-            "z-scored dimensions" if settings.get("zscore") else "raw cosines",
-        ]))
-    return "\n".join(lines)
 
 
 def _analysis_settings(context: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -296,7 +270,7 @@ def plot_laminar(table: LaminarTable | str | Path, context: Mapping[str, Any],
         _panel_label(ax, letter)
     names = ", ".join(display_name(c) for c in components)
     fig.suptitle(run_title(context, f"Laminar profile of {names}: RSA and category selectivity") + "\n"
-                 + _settings_line(context, settings, None, len(categories)), fontsize=10)
+                 + settings_line(context, settings, None, len(categories)), fontsize=10)
     return fig, {"rsa": ax_rsa, "selectivity": ax_sel, "category": cat_axes, "legend": legend, "log_scale": log_axis}
 
 
@@ -320,32 +294,6 @@ def _log_ratio_axis(ax: plt.Axes) -> None:
     ax.yaxis.set_major_locator(FixedLocator(nice_log_ticks(low, high)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_locator(NullLocator())
-
-
-def nice_log_ticks(low: float, high: float, max_ticks: int = 7) -> list[float]:
-    """Round numbers between `low` and `high` (> 0) for a log axis: the roundest set of
-    mantissas (1; 1-2-5; 1-1.5-2-3-5-7; ...) giving at least 4 ticks (at most `max_ticks`);
-    a narrow range (under a factor 1.5) gets linear ticks, since log is nearly linear there.
-
-        >>> nice_log_ticks(0.9, 5.0)
-        [1.0, 1.5, 2.0, 3.0, 5.0]
-        >>> nice_log_ticks(0.95, 1.3)
-        [1.0, 1.1, 1.2, 1.3]
-    """
-    if high / low < 1.5:
-        return _linear_ticks(low, high)
-    tiers = ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0),
-             (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0))
-    exponents = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
-    best: list[float] = []
-    for mantissas in tiers:
-        ticks = sorted({round(m * 10.0 ** e, 10) for e in exponents for m in mantissas if low <= m * 10.0 ** e <= high})
-        if len(ticks) > max_ticks:
-            break
-        best = ticks
-        if len(ticks) >= 4:
-            break
-    return best or _linear_ticks(low, high)
 
 
 def _unstable_ratio_layers(table: LaminarTable, components: Sequence[str], form: str) -> list[int]:
@@ -411,11 +359,6 @@ def _draw_null_bands(ax: plt.Axes, table: LaminarTable, components: Sequence[str
         for edge in (low, high):
             ax.plot(layers, edge, color=colour, linewidth=0.6, alpha=0.55, zorder=2)
     return "per_component"
-
-
-def _linear_ticks(low: float, high: float) -> list[float]:
-    locator = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10])
-    return [round(float(v), 10) for v in locator.tick_values(low, high) if low <= v <= high]
 
 
 def _rsa_limits(ax: plt.Axes) -> None:
@@ -511,7 +454,7 @@ def plot_similarity(data: SimilarityData | str | Path, layers: Sequence[int | st
     colourbar.set_label("cosine similarity" + (" (z-scored dimensions)" if settings.get("zscore") else ""))
     colourbar.ax.axhline(0, color="black", linewidth=0.6)
     what = "Cosine similarity between words in " + ", ".join(display_name(c) for c in components)
-    fig.suptitle(run_title(context, what) + "\n" + _settings_line(context, {}, n, len(data.categories))
+    fig.suptitle(run_title(context, what) + "\n" + settings_line(context, {}, n, len(data.categories))
                  + "\nwords grouped by category (blocks outlined); diagonal (= 1) left blank", fontsize=10)
     return fig, axes
 
@@ -548,9 +491,6 @@ def plot(job: FigureJob) -> None:
                                               f"{table.n_layers}; the metrics folder mixes runs, rerun qkv_analysis")
     heads = None
     if resolution(job.settings) == "heads":
-        # Imported here: heads_figure builds on this module's helpers.
-        from laminae.experiments.qkv.heads_figure import HEADS_FIGURE, HeadsTable, plot_heads
-
         heads_path = job.metrics_dir / HEADS_FILENAME
         heads = HeadsTable.read(heads_path)
         if heads.n_layers != table.n_layers:

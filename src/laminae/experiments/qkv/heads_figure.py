@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from laminae.errors import InputFileError
-from laminae.experiments.qkv.figures import ALPHA, NULL_LINE, _settings_line, display_name, nice_log_ticks
 from laminae.experiments.qkv.heads import HEADS_FILENAME, read_heads_table
+from laminae.experiments.qkv.plotting import ALPHA, NULL_LINE, display_name, nice_log_ticks, settings_line
 from laminae.plots.style import DIVERGING_CMAP, run_title
 
 import matplotlib.pyplot as plt  # noqa: E402  (after style, which selects the Agg backend)
@@ -149,7 +149,7 @@ def plot_heads(table: HeadsTable | str | Path, context: Mapping[str, Any],
 
     axes["legend"] = _legend(fig, table, components, form, settings, group, marker)
     fig.suptitle(run_title(context, "Per-head selectivity and RSA of " + ", ".join(display_name(c) for c in components))
-                 + "\n" + _settings_line(context, settings), fontsize=10)
+                 + "\n" + settings_line(context, settings), fontsize=10)
     return fig, axes
 
 
