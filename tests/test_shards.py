@@ -208,6 +208,33 @@ def test_gather_names_a_missing_or_foreign_shard_and_a_store_with_a_missing_shar
         ActivationStore(tmp_path / "activations")
 
 
+def test_each_store_has_one_rule_and_keeps_the_split_it_was_made_from(tmp_path, corpus):
+    """Rule `gather` makes the store of a sharded corpus extraction, rule `extract` every other
+    (their wildcard constraints split the hashes); a store that exists keeps its own split, and a
+    stimuli store, which records `corpus.shards` as a runtime setting too, is never gathered."""
+    import re
+
+    import yaml
+
+    from laminae.workflow import WorkflowPlan
+
+    config = {"overrides": ["model=tiny-gpt2", f"corpus.path={corpus}", "corpus.window_tokens=16", "batch_size=3",
+                            f"results_dir={tmp_path}", "corpus.shards=3"]}
+    plan = WorkflowPlan.from_snakemake_config(config, ROOT)
+    extractions = {stage.group: digest for digest, stage in plan.stages.items() if stage.kind == "extract"}
+    gathered, extracted = plan.extraction_hashes(gathered=True), plan.extraction_hashes(gathered=False)
+    assert re.fullmatch(gathered, extractions["corpus"]) and not re.fullmatch(gathered, extractions["stimuli"])
+    assert re.fullmatch(extracted, extractions["stimuli"]) and not re.fullmatch(extracted, extractions["corpus"])
+    assert [Path(d).name for d in plan.shard_dirs(extractions["corpus"])] == [f"shard-{k}-of-3-b3" for k in range(3)]
+    for group, shards in (("corpus", 1), ("stimuli", 3)):   # stores made unsharded, recorded with shards=3
+        stage = plan.stages[extractions[group]]
+        stage.output_dir.mkdir(parents=True)
+        (stage.output_dir / "config.yaml").write_text(yaml.safe_dump({"runtime": {"shards": shards, "batch_size": 3}}))
+    plan = WorkflowPlan.from_snakemake_config(config, ROOT)
+    assert plan.extraction_hashes(gathered=True) == "(?!)" and plan.shard_dirs(extractions["stimuli"]) == []
+    assert set(plan.extraction_hashes(gathered=False).split("|")) == set(extractions.values())
+
+
 def test_more_shards_than_batches_and_reducers_without_merge_are_refused(tmp_path, corpus, models_dir):
     run = _run(corpus, models_dir, "experiments=[adjustments]", "corpus.shards=40")
     with pytest.raises(ConfigError, match=r"corpus.shards': expected at most \d+: this corpus's \d+ windows"):

@@ -293,12 +293,13 @@ class WorkflowPlan:
         """The shards an extraction's store is gathered from; [] for a store one job makes (rule
         `extract`). A store that exists keeps the split it was made from (its config.yaml says
         how many shards): its values do not depend on the split, so another `corpus.shards`
-        reruns nothing (Snakemake reruns a job whose rule or inputs change)."""
+        reruns nothing (Snakemake reruns a job whose rule or inputs change). Only a corpus is
+        sharded: a stimuli store records `corpus.shards` too, as a runtime setting it ignores."""
         if digest not in self._store_shards:
             stage = self.stages[digest]
             shards = self.shards(digest)
             record = stage.output_dir / "config.yaml"
-            if stage.output_dir.is_dir() and record.is_file():
+            if stage.group == "corpus" and stage.output_dir.is_dir() and record.is_file():
                 from laminae.shards import Shard
                 from laminae.provenance import read_stage_record
 

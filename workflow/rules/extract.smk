@@ -1,10 +1,8 @@
 # Extraction: model + inputs -> activations/ (layer_NN.h5 of the sites the experiments reading
-# these inputs need, rows.tsv, reductions/ of those that run during extraction). One job per
-# model and set of inputs, shared by every experiment on them; or, with corpus.shards=N, N shard
-# jobs and a gather. Each store has one rule: `extract` or `gather`, told apart by its hash.
-from laminae.workflow import EXTRACT_THREADS
-
+# these inputs need, rows.tsv, reductions/ of those that run during extraction), shared by every
+# experiment on them: one job, or with corpus.shards=N N shard jobs and a gather (rule `gather`).
 EXTRACTION = f"{RESULTS}/{{model}}/{{inputs}}/{{label}}-{{xh}}"
+from laminae.workflow import EXTRACT_THREADS  # noqa: E402
 
 # Building a random model takes seconds: on a cluster it runs in the submitting process rather
 # than waiting in the queue as a job of its own.
