@@ -16,12 +16,13 @@ The selector runs inside the hook, on the module's full output, so a (batch, seq
 fused projection is reduced to (rows, 3 * d_model) before anything is kept; the adapter then
 splits it by the family's layout (`Adapter.split_qkv`). A module whose output the block later
 modifies in place (Falcon's MLP) is copied before it is kept, and one that sees the tokens
-flattened to (batch * seq, width) (OPT's MLP) is given back its (batch, seq) shape. It must index only
-the leading (batch, seq) dimensions with index tensors on the model's device (copied once to
-each other device of a model dispatched over several), so that a hook never waits for the GPU. Kept tensors are detached and stay on the model's device, in its
+flattened to (batch * seq, width) (OPT's MLP) is given back its (batch, seq) shape. The
+selector must index only the leading (batch, seq) dimensions with index tensors on the model's
+device (copied once to each other device of a model dispatched over several), so that a hook
+never waits for the GPU. Kept tensors are detached and stay on the model's device, in its
 compute dtype; several forward passes before one `pop()` are concatenated on the row dimension.
 
-With `reuse_buffers=True` (what the extraction uses), kept rows are copied into one buffer per
+With `reuse_buffers=True` (for a caller that pops after every pass), kept rows are copied into one buffer per
 site, allocated on the first pass and reused by every later one, and `pop()` returns views into
 it that the next pass overwrites: the model's own outputs are then freed as in an unhooked
 forward, so memory stays at one buffer however many batches run (keeping the outputs themselves
@@ -36,7 +37,7 @@ the sink's job (`laminae.capture.staging.HostStaging`), not the hooks'.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
