@@ -297,6 +297,44 @@ def test_a_broken_external_experiment_stops_the_command_line_with_one_line(tmp_p
     assert_nothing_written(tmp_path)
 
 
+def test_hooks_that_do_not_write_their_declared_files_are_named_in_one_error(tmp_path):
+    """The plug-in author's mistake, not a bug of laminae: an ExperimentError (one `laminae:`
+    line in a job) naming the experiment, the hook and the files; nothing under the final name."""
+    from test_pathlength import N_LAYERS, WIDTH, WINDOWS, UPSTREAM, write_store
+
+    from laminae.errors import ExperimentError
+    from laminae.stages.analysis import run_analysis
+    from laminae.stages.figures import run_figures
+
+    write_experiment(tmp_path / "lab" / "norms", reducer=None, analyse='".work:analyse"',
+                     files={"work.py": "def analyse(job): ...\ndef plot(job): ...\n"})
+    norms = discover([str(tmp_path / "lab")], PROJECT_ROOT)["norms"]
+    zeros = np.zeros((N_LAYERS, sum(WINDOWS), WIDTH), dtype=np.float32)
+    store = write_store(tmp_path / "activations", {"attn_out": zeros, "resid_post": zeros})
+    record = {"stage": "norms.analysis", "hash": "0" * 10, "config": {"norms": {}, "upstream": UPSTREAM}}
+    with pytest.raises(ExperimentError, match=r"experiment 'norms' \(its analyse hook\): did not write norms.tsv"):
+        run_analysis(norms, record, store, tmp_path / "metrics")
+    figures = {"stage": "norms.plot", "hash": "0" * 10, "config": {"plot": {"dpi": 50}, "norms": {"plot": {}}}}
+    with pytest.raises(ExperimentError, match=r"experiment 'norms' \(its plot hook\): did not save norms.png, norms.pdf"):
+        run_figures(norms, figures, {}, tmp_path, tmp_path / "figures")
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "figures").exists()
+
+
+def test_a_sweep_over_an_experiment_without_compare_says_it_makes_no_comparison(tmp_path):
+    from laminae.workflow import WorkflowPlan
+
+    schema = ('{"type": "object", "properties": {"level": {"type": "integer"}, "plot": {"type": "object"}}}')
+    write_experiment(tmp_path / "lab" / "norms", {"default.yaml": "level: 1\nplot: {}\n"}, schema=schema)
+    overrides = [*TINY, f"experiment_packages=[{tmp_path / 'lab'}]", "experiments=[norms,adjustments]"]
+    plan = WorkflowPlan.from_snakemake_config({"overrides": overrides, "sweep": ["norms.level=1,2"]}, PROJECT_ROOT)
+    assert plan.notes == ["experiment 'norms' declares no compare hook: the sweep makes no comparison figure of "
+                          "its 2 analyses (each run's own figures are made)"]
+    assert not plan.comparisons   # adjustments has a compare hook, but its analysis is the same in both runs
+    swept = WorkflowPlan.from_snakemake_config({"overrides": overrides, "sweep": ["adjustments.exclude_first_token=true,false"]},
+                                               PROJECT_ROOT)
+    assert swept.notes == [] and [c.experiment for c in swept.comparisons.values()] == ["adjustments"]
+
+
 def test_the_guide_shows_the_example_as_it_is():
     guide = (PROJECT_ROOT / "docs" / "WRITING_AN_EXPERIMENT.md").read_text()
     folder = PROJECT_ROOT / "examples" / "anisotropy"
