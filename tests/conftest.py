@@ -3,6 +3,7 @@ session in a temporary models_dir (the random models are built there on first us
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,17 @@ from laminae.models.loading import LoadedModel, load_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONF = PROJECT_ROOT / "conf" / "model"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (make test, make check), each worker gets its share of the cores for
+    torch's threads: n workers each running torch with every core's threads would oversubscribe
+    the CPU (Snakemake's jobs are subprocesses and set their own threads)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def read_model_cfg(name: str) -> dict[str, Any]:

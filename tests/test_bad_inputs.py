@@ -139,6 +139,7 @@ PARSE_TIME = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(PARSE_TIME))
 def test_config_error_stops_before_any_job(case, tmp_path):
     overrides, expected = PARSE_TIME[case]
@@ -165,6 +166,7 @@ def test_overrides_not_a_list_is_named(tmp_path):
     assert_nothing_written(tmp_path)
 
 
+@pytest.mark.slow
 def test_cuda_without_cuda_stops_in_the_preflight(tmp_path):
     """device=cuda on a machine without CUDA, jobs running locally: the onstart preflight stops
     the run before any job (a cluster run checks it in the extraction job, on its node)."""
@@ -178,6 +180,7 @@ def test_cuda_without_cuda_stops_in_the_preflight(tmp_path):
     assert_nothing_written(tmp_path)
 
 
+@pytest.mark.slow
 def test_unreachable_hub_model_stops_within_seconds(tmp_path, monkeypatch):
     """model=gpt2-large offline with an empty HF cache: the preflight names model.pretrained
     and points at the offline models, instead of from_pretrained's retries."""
@@ -192,6 +195,7 @@ def test_unreachable_hub_model_stops_within_seconds(tmp_path, monkeypatch):
     assert_nothing_written(tmp_path / "work")
 
 
+@pytest.mark.slow
 def test_missing_local_model_directory_is_named(tmp_path):
     result = snakemake(tmp_path, ["model=gpt2", "model.pretrained=./no/such/folder"], "--cores", "2", check=False)
     assert_one_line_error(result, "config key 'model.pretrained'", "'./no/such/folder' does not exist")

@@ -34,6 +34,7 @@ def run():
     return run
 
 
+@pytest.mark.smoke
 def test_every_output_exists_in_the_documented_layout(workdir, run):
     for experiment, files in {
         "qkv": ["qkv_laminar.tsv", "similarity.h5", "qkv_laminar.png", "qkv_laminar.pdf", "qkv_similarity.png"],
@@ -55,20 +56,24 @@ def test_every_output_exists_in_the_documented_layout(workdir, run):
             assert record["versions"]["laminae_version"]
 
 
+@pytest.mark.smoke
 def test_rerun_with_the_same_config_schedules_nothing(workdir):
     assert scheduled_rules(snakemake(workdir, OVERRIDES, "-n")) == {}
 
 
+@pytest.mark.smoke
 def test_plot_change_schedules_only_figure_jobs(workdir):
     dry = snakemake(workdir, [*OVERRIDES, "adjustments.plot.error_bar=sd"], "-n")
     assert scheduled_rules(dry) == {"adjustments_figures": 1, "all": 1}
 
 
+@pytest.mark.smoke
 def test_new_template_schedules_only_experiment_1(workdir):
     dry = snakemake(workdir, [*OVERRIDES, "template=mid_sentence"], "-n")
     assert scheduled_rules(dry) == {"extract": 1, "qkv_analysis": 1, "qkv_figures": 1, "qkv_claims": 1, "all": 1}
 
 
+@pytest.mark.smoke
 def test_hdf5_attributes_carry_provenance(workdir, run):
     stage = run.extraction("qkv")
     with h5py.File(workdir / stage.output_dir / "layer_03.h5") as handle:
@@ -86,6 +91,7 @@ def _reference(workdir: Path, input_ids: list[int]) -> dict[str, list[np.ndarray
     return reference_gpt2_sites(load_file(folder / "model.safetensors"), n_heads=4, input_ids=input_ids)
 
 
+@pytest.mark.smoke
 def test_stimulus_activations_match_an_independent_numpy_gpt2(workdir, run):
     store = ActivationStore(workdir / run.extraction("qkv").output_dir)
     q, k, v = (store.read(site) for site in ("q", "k", "v"))  # (layers, words, 64)
@@ -100,6 +106,7 @@ def test_stimulus_activations_match_an_independent_numpy_gpt2(workdir, run):
                 np.testing.assert_allclose(stored[layer, index], reference[site][layer][position], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.smoke
 def test_corpus_activations_match_an_independent_numpy_gpt2(workdir, run):
     store = ActivationStore(workdir / run.extraction("adjustments").output_dir)
     token_ids = [int(t) for t in store.column("token_id")]
