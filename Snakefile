@@ -58,7 +58,7 @@ rule all:
 
 
 onstart:
-    for note in PLAN.notes:
+    for note in [*PLAN.notes, *PLAN.identical_weights()]:
         print(f"laminae: {note}", file=sys.stderr)
     try:
         PLAN.preflight(local=workflow.local_exec)

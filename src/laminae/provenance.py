@@ -22,7 +22,7 @@ from laminae.stages.records import Runtime, StageRecord
 VERSIONED_PACKAGES = ("laminae", "torch", "transformers", "numpy", "scipy", "h5py")
 # Model attributes of a store that its analyses copy onto their outputs (prefixed `activations_`).
 MODEL_ATTRS = ("model_id", "model_revision", "family", "random_weights", "n_layers", "d_model", "n_heads",
-               "n_kv_heads", "storage_dtype")
+               "n_kv_heads", "storage_dtype", "weights_fingerprint")
 
 
 def package_versions() -> dict[str, str]:
@@ -46,6 +46,8 @@ def provenance_attrs(stage: StageRecord, runtime: Runtime | None = None) -> dict
         "config_yaml": dump_yaml(stage.config),
         **package_versions(),
     }
+    if stage.weights is not None:
+        attrs["weights_fingerprint"] = stage.weights
     for key, value in _runtime_dict(runtime).items():
         attrs[f"runtime_{key}"] = "null" if value is None else value if isinstance(value, (int, float, str)) else str(value)
     return attrs
@@ -67,6 +69,8 @@ def stage_config_record(stage: StageRecord, runtime: Runtime | None = None,
     """The `config.yaml` written beside a stage's outputs; `model`: what the extraction loaded
     (`ModelInfo.to_dict()`: revision, shape, and for GGUF files their sha256 and quantization)."""
     record = {**stage.as_dict(), "runtime": _runtime_dict(runtime), "versions": package_versions()}
+    if stage.weights is not None:
+        record["weights"] = stage.weights
     if model is not None:
         record["loaded_model"] = model
     return dump_yaml(record)

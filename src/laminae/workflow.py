@@ -108,6 +108,8 @@ class WorkflowPlan:
     notes: list[str] = field(default_factory=list)   # said once before the jobs (the Snakefile's onstart)
     _input_sizes: dict[str, int] = field(default_factory=dict, repr=False)  # extraction hash -> bytes
     _store_shards: dict[str, list[Any]] = field(default_factory=dict, repr=False)  # extraction hash -> shards
+    _weights: dict[str, str | None] = field(default_factory=dict, repr=False)     # model config hash -> fingerprint
+    _fingerprints: Any = field(default=None, repr=False)                           # FingerprintCache
 
     def __post_init__(self) -> None:
         for run in self.runs:
@@ -208,8 +210,47 @@ class WorkflowPlan:
         live into the workflow config, where `laminae.stages.runner` finds them (see there for
         why not in params)."""
         runtime = {h: self.run_of[h].runtime for h, s in self.stages.items() if s.kind == "extract"}
+        weights = {digest: self.weights(digest) for digest in self.stages}
         config[WORKFLOW_CONFIG_KEY] = {"root": str(self.root), "runtime": runtime,
+                                       "weights": {h: w for h, w in weights.items() if w is not None},
                                        "experiment_packages": self.experiment_packages}
+
+    def weights(self, digest: str) -> str | None:
+        """The fingerprint of the weights a stage's results come from (laminae.models.fingerprint:
+        a checkpoint's files hashed once per path, size and mtime; a hub revision's commit), once
+        per model config; None for a random model. An extraction's rules take it as a param, so
+        changed weights rerun it in place. A model that cannot be had now gives the fingerprint its
+        existing store recorded (the store still holds what those weights made)."""
+        from laminae.models.fingerprint import FingerprintCache, weights_fingerprint
+
+        model = self.run_of[digest].config["model"]
+        key = stable_hash({k: model[k] for k in ("pretrained", "revision", "random_init")})
+        if key not in self._weights:
+            if self._fingerprints is None:
+                self._fingerprints = FingerprintCache(Path(self.models_dir) / ".fingerprints.json")
+            self._weights[key] = weights_fingerprint(model, self.root, self._fingerprints)
+        found = self._weights[key]
+        stage = self.stages[digest]
+        while found is None and model["random_init"] is None and stage.kind != "extract":
+            stage = self.stages[stage.upstream]
+        if found is None and model["random_init"] is None and stage.kind == "extract":
+            from laminae.provenance import read_stage_record
+
+            found = read_stage_record(stage.output_dir / "config.yaml").get("weights")
+        return found
+
+    def identical_weights(self) -> list[str]:
+        """One line per set of runs whose configs differ but whose weights are identical (e.g. two
+        checkpoint revisions that serve the same files): their results are not two checkpoints."""
+        runs: dict[str, list[str]] = {}
+        for run in self.runs:
+            extraction = next((d for d, s in self.stages.items() if s.kind == "extract" and self.run_of[d] is run), None)
+            fingerprint = self.weights(extraction) if extraction else None
+            if fingerprint is not None:
+                runs.setdefault(fingerprint, []).append(run.label)
+        return [f"runs {', '.join(labels)} have identical weights ({fingerprint[:24]}...): their results are those "
+                "of one model, not of different checkpoints"
+                for fingerprint, labels in runs.items() if len(labels) > 1]
 
     def stage_record(self, digest: str) -> dict[str, Any]:
         stage = self.stages[digest]

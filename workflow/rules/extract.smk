@@ -34,6 +34,7 @@ rule extract:
         f"{EXTRACTION}/extract.log",
     params:
         stage=lambda w: PLAN.stage_record(w.xh),
+        weights=lambda w: PLAN.weights(w.xh),   # changed weights rerun the extraction
     wildcard_constraints:
         xh=PLAN.extraction_hashes(gathered=False),
     threads: EXTRACT_THREADS
@@ -60,6 +61,7 @@ rule extract_shard:
         f"{EXTRACTION}/shards/{{shard}}.log",
     params:
         stage=lambda w: PLAN.stage_record(w.xh),
+        weights=lambda w: PLAN.weights(w.xh),   # changed weights rerun the extraction
     threads: EXTRACT_THREADS
     resources:
         gpu=lambda w: PLAN.wants_gpu(w.xh),
@@ -81,6 +83,7 @@ rule gather:
         f"{EXTRACTION}/extract.log",
     params:
         stage=lambda w: PLAN.stage_record(w.xh),
+        weights=lambda w: PLAN.weights(w.xh),   # changed weights rerun the extraction
     wildcard_constraints:
         xh=PLAN.extraction_hashes(gathered=True),
     threads: 1

@@ -81,13 +81,13 @@ def locate_model(
     if is_gguf(pretrained):
         return str(check_gguf(pretrained, root)[0])
     if pretrained.startswith(PKG_SCHEME):
-        return _model_folder(_package_path(pretrained), pretrained)
+        return _model_folder(package_folder(pretrained), pretrained)
     local = Path(pretrained).expanduser()
     if not local.is_absolute():
         local = root / local
     if local.is_dir():
         return _model_folder(local, pretrained)
-    if _looks_like_path(pretrained):
+    if looks_like_path(pretrained):
         raise ModelUnavailableError(
             f"config key 'model.pretrained': local directory '{pretrained}' does not exist "
             f"(looked for {local})"
@@ -115,7 +115,7 @@ def check_model_reachable(model_cfg: dict[str, Any],
     locate_model(model_cfg, project_root=project_root)
 
 
-def _looks_like_path(value: str) -> bool:
+def looks_like_path(value: str) -> bool:
     """A path, not a hub id. `org/name` (one slash) is read as a hub id when no such local
     folder exists, since hub ids contain '/' too."""
     if value.startswith(("./", "../", "/", "~", ".\\", "..\\")) or value in (".", ".."):
@@ -125,7 +125,7 @@ def _looks_like_path(value: str) -> bool:
     return not _HUB_ID.match(value)
 
 
-def _package_path(spec: str, kind: str = "folder") -> Path:
+def package_folder(spec: str, kind: str = "folder") -> Path:
     """`pkg://package/sub/folder` -> that folder inside the installed package (with `kind="file"`:
     that file), found through `importlib.util.find_spec` without importing the package (its
     `__init__` may be heavy)."""
@@ -165,7 +165,7 @@ def gguf_path(pretrained: str, project_root: str | os.PathLike = ".") -> Path:
     """The GGUF file `pretrained` names (`pkg://package/file.gguf`, or a path, relative to
     `project_root` unless absolute), or a one-line ModelUnavailableError if there is none."""
     if pretrained.startswith(PKG_SCHEME):
-        return _package_path(pretrained, kind="file")
+        return package_folder(pretrained, kind="file")
     path = Path(pretrained).expanduser()
     if not path.is_absolute():
         path = Path(project_root).expanduser() / path
@@ -239,11 +239,16 @@ def package_version(spec: str) -> str | None:
         return None
 
 
+def offline() -> bool:
+    """Whether the Hugging Face hub must not be asked (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)."""
+    return _env_true("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
 def _env_true(*names: str) -> bool:
     return any((os.environ.get(n) or "").upper() in {"1", "ON", "YES", "TRUE"} for n in names)
 
 
-def _hub_cache_dir() -> str:
+def hub_cache_dir() -> str:
     """The hub cache as huggingface_hub computes it, but from the environment of now (its
     constants are frozen at import time, so a later HF_HOME would be missed)."""
     if os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE"):
@@ -265,7 +270,7 @@ def _locate_on_hub(repo: str, revision: str | None, also_local: str = "") -> str
         RevisionNotFoundError,
     )
 
-    cache_dir = _hub_cache_dir()
+    cache_dir = hub_cache_dir()
     try:
         cached = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision)
     except Exception:  # a malformed id or an unreadable cache: treat as not cached
@@ -278,7 +283,7 @@ def _locate_on_hub(repo: str, revision: str | None, also_local: str = "") -> str
     shown = f"{repo!r}" + (f" (revision {revision!r})" if revision else "")
     not_cached = (f"it is not in the HF cache ({cache_dir}; set HF_HOME or HF_HUB_CACHE if the "
                   f"cache is elsewhere)")
-    if _env_true("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    if offline():
         raise ModelUnavailableError(
             f"config key 'model.pretrained': cannot load {shown}: {also_local}the Hugging Face "
             f"hub is unreachable (HF_HUB_OFFLINE is set) and {not_cached}; {OFFLINE_HINT}"

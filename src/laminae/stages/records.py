@@ -28,7 +28,7 @@ stage reads into fields, so no stage reads its config by string keys:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
 R = TypeVar("R", bound="StageRecord")
@@ -41,6 +41,9 @@ class StageRecord:
     name: str
     hash: str
     config: Mapping[str, Any]
+    #: The fingerprint of the weights its results come from (laminae.models.fingerprint), given by
+    #: the workflow; recorded in provenance, not hashed (a change reruns the extraction in place).
+    weights: str | None = field(default=None, kw_only=True)
 
     KIND: ClassVar[str] = ""
 
@@ -49,11 +52,12 @@ class StageRecord:
         """The typed record of `record` (a `{"stage", "hash", "config"}` dict or another record)."""
         if isinstance(record, cls):
             return record
+        weights = record.weights if isinstance(record, StageRecord) else None
         if isinstance(record, StageRecord):
             record = record.as_dict()
         try:
             name, digest, config = record["stage"], record["hash"], record["config"]
-            return cls(name=name, hash=digest, config=config, **cls._fields(name, config))
+            return cls(name=name, hash=digest, config=config, weights=weights, **cls._fields(name, config))
         except (KeyError, TypeError) as error:
             raise ValueError(f"not a {cls.KIND or 'stage'} record ({error!r} missing): {dict(record)!r:.200}") from None
 
@@ -207,14 +211,15 @@ RECORD_KINDS: dict[str, type[StageRecord]] = {
                                  ClaimsMatrixRecord, ModelBuildRecord)}
 
 
-def record_of(record: Mapping[str, Any]) -> StageRecord:
-    """The typed record of a `{"stage", "hash", "config"}` dict, by its stage's kind.
+def record_of(record: Mapping[str, Any], weights: str | None = None) -> StageRecord:
+    """The typed record of a `{"stage", "hash", "config"}` dict, by its stage's kind, with the
+    fingerprint of the weights its results come from.
 
         >>> record_of({"stage": "qkv.analysis", "hash": "2d059d2549", "config": {"qkv": {}, "upstream": "f1"}}).upstream
         'f1'
     """
     kind = str(record["stage"]).rsplit(".", 1)[-1]
-    return RECORD_KINDS.get(kind, StageRecord).parse(record)
+    return replace(RECORD_KINDS.get(kind, StageRecord).parse(record), weights=weights)
 
 
 @dataclass(frozen=True)

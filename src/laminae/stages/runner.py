@@ -31,7 +31,8 @@ from laminae.experiment import Experiment
 from laminae.progress import set_progress_stream
 from laminae.stages.records import Runtime, StageRecord, record_of
 
-# set by the Snakefile: {"root": str, "runtime": {stage hash: {...}}, "experiment_packages": [...]}
+# set by the Snakefile: {"root": str, "runtime": {stage hash: {...}}, "weights": {stage hash: fingerprint},
+# "experiment_packages": [...]}
 WORKFLOW_CONFIG_KEY = "_laminae"
 
 
@@ -87,7 +88,7 @@ def run_stage(smk: Any, main: Callable[[Any, StageContext], None]) -> None:
     injected = smk.config.get(WORKFLOW_CONFIG_KEY, {})
     runtime = injected.get("runtime", {}).get(params.stage["hash"])
     context = StageContext(
-        stage=record_of(params.stage),
+        stage=record_of(params.stage, weights=injected.get("weights", {}).get(params.stage["hash"])),
         runtime=None if runtime is None else Runtime.parse(runtime),
         context=dict(params.context) if hasattr(params, "context") else {},
         root=Path(injected.get("root", Path.cwd())),
