@@ -244,7 +244,7 @@ class WorkflowPlan:
         checkpoint revisions that serve the same files): their results are not two checkpoints."""
         runs: dict[str, list[str]] = {}
         for run in self.runs:
-            extraction = next((d for d, s in self.stages.items() if s.kind == "extract" and self.run_of[d] is run), None)
+            extraction = next((stage.hash for stage in run.stages.values() if stage.kind == "extract"), None)
             fingerprint = self.weights(extraction) if extraction else None
             if fingerprint is not None:
                 runs.setdefault(fingerprint, []).append(run.label)
