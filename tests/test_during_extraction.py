@@ -52,7 +52,7 @@ def test_during_extraction_equals_the_two_stage_pipeline(tmp_path, models_dir, e
     run, inline, during = pipeline(tmp_path / "during", models_dir, setting, "adjustments.during_extraction=true")
 
     assert sorted(p.name for p in stored.glob("layer_*.h5")) == [f"layer_0{i}.h5" for i in range(4)]
-    assert sorted(p.name for p in inline.iterdir()) == ["config.yaml", "reductions", "rows.tsv"]  # no activations
+    assert sorted(p.name for p in inline.iterdir()) == ["config.yaml", "fidelity.tsv", "reductions", "rows.tsv"]  # no activations
     assert sorted(p.name for p in (inline / "reductions" / "adjustments").iterdir()) == ["adjustment_cosine.h5",
                                                                                          "adjustments.tsv"]
     assert read_tsv(inline / "rows.tsv") == read_tsv(stored / "rows.tsv")

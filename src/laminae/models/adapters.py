@@ -128,7 +128,9 @@ class Adapter:
     sees the tokens flattened to (batch * seq, width) (OPT's MLP); the capture restores
     (batch, seq, width). `copy_sites` are sites whose module output the block later modifies in
     place (Falcon adds the attention output into the MLP's); the capture copies them first.
-    `config_keys` says where the config keeps layers, width and heads (`dims`).
+    `config_keys` says where the config keeps layers, width and heads (`dims`). `final_modules`
+    are the paths on the base model of what it applies to the last block's output, in order (the
+    final norm; OPT-350m's projection): the model's last hidden state (`final_hidden`).
     """
 
     family: str
@@ -145,11 +147,23 @@ class Adapter:
     flat_sites: tuple[str, ...] = ()
     copy_sites: tuple[str, ...] = ()
     config_keys: ConfigKeys = field(default_factory=ConfigKeys)
+    final_modules: tuple[str, ...] = ("norm",)
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The block list of `model` (a base model or a model with a head)."""
         base = getattr(model, "base_model", model)
         return base.get_submodule(self.blocks_path)
+
+    def final_hidden(self, model: nn.Module, resid: torch.Tensor) -> torch.Tensor:
+        """The model's last hidden state from its last block's output `resid` (..., d_model):
+        `final_modules` applied in order; a module a checkpoint lacks (None) is skipped."""
+        base = getattr(model, "base_model", model)
+        for path in self.final_modules:
+            parent, _, name = path.rpartition(".")
+            module = getattr(base.get_submodule(parent) if parent else base, name, None)
+            if module is not None:
+                resid = module(resid)
+        return resid
 
     def module_path(self, site: str) -> str | None:
         """Path inside a block of the module whose output is `site`; None for the residual
@@ -283,6 +297,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         fused_qkv=True,
         config_keys=ConfigKeys(n_layers="n_layer", d_model="n_embd", n_heads="n_head", n_kv_heads=None,
                                head_dim=None, max_positions="n_positions"),
+        final_modules=("ln_f",),
     ),
     Adapter(
         family="bert",
@@ -294,6 +309,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         attn_out="attention.output.dense",  # before dropout + LayerNorm(x + residual)
         mlp_out="output.dense",
         pre_norm=False,
+        final_modules=(),  # the last block's output is the last hidden state
     ),
     Adapter(
         family="llama",
@@ -317,6 +333,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         mlp_out="mlp.dense_4h_to_h",
         fused_qkv=True,
         qkv_layout="grouped",  # per head [q, k, v]
+        final_modules=("final_layer_norm",),
     ),
     Adapter(
         family="opt",
@@ -329,6 +346,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         mlp_out="fc2",
         pre_norm=lambda config: bool(config.do_layer_norm_before),  # False for OPT-350m
         flat_sites=("mlp_out",),
+        final_modules=("decoder.final_layer_norm", "decoder.project_out"),  # None where a checkpoint has none
     ),
     Adapter(  # parallel: attention and MLP both read ln_1(resid_pre)
         family="gptj",
@@ -339,6 +357,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="attn.v_proj",
         attn_out="attn.out_proj",
         mlp_out="mlp.fc_out",
+        final_modules=("ln_f",),
     ),
     Adapter(  # global and local (sliding-window) attention layers alternate
         family="gpt_neo",
@@ -349,6 +368,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="attn.attention.v_proj",
         attn_out="attn.attention.out_proj",
         mlp_out="mlp.c_proj",
+        final_modules=("ln_f",),
     ),
     Adapter(  # parallel; q/k before the optional qk_layernorm and partial rotary
         family="phi",
@@ -359,6 +379,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="self_attn.v_proj",
         attn_out="self_attn.dense",
         mlp_out="mlp.fc2",
+        final_modules=("final_layernorm",),
     ),
     Adapter(
         family="phi3",
@@ -387,6 +408,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         qkv_layout=_falcon_layout,
         copy_sites=("mlp_out",),
         config_keys=ConfigKeys(n_kv_heads=_falcon_kv_heads),
+        final_modules=("ln_f",),
     ),
 ])
 

@@ -12,7 +12,8 @@ unhashed settings (device, batch_size, models_dir, compression, chunk_rows, over
 prepared and checked before the model is loaded, so bad input fails in seconds; rows come out
 in input order whatever the batch size. The forward loop itself is laminae.capture.forward.
 
-    activations/  layer_NN.h5 (when sites are stored), rows.tsv, config.yaml,
+    activations/  layer_NN.h5 (when sites are stored), rows.tsv, config.yaml, fidelity.tsv (the
+                  first batch's captured sites checked against the model: laminae.capture.fidelity),
                   reductions/<experiment>/<its metrics files>
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from laminae.capture.fidelity import fidelity_attrs, measure_fidelity, require_fidelity, write_fidelity
 from laminae.capture.forward import overlap_writes, run_plan
 from laminae.errors import ConfigError
 from laminae.experiment import SHARD_METHODS, Experiment, ReducerJob
@@ -34,7 +36,7 @@ from laminae.models.placement import placement_summary
 from laminae.provenance import dump_yaml, provenance_attrs, stage_config_record, upstream_attrs
 from laminae.shards import SHARD_RECORD, Shard, shard_record
 from laminae.stages.records import ExtractionRecord, Runtime
-from laminae.store import REDUCTIONS, ActivationWriter
+from laminae.store import FIDELITY_FILE, REDUCTIONS, ActivationWriter
 
 log = logging.getLogger(__name__)
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -73,13 +75,17 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: Extracti
              f"{loaded.info.device} (modules: {spread})" if spread else loaded.info.device,
              len(plan.sequences), plan.n_rows, ",".join(stored) or "none",
              f"; computed during extraction: {', '.join(reducing)}" if reducing else "")
-    attrs = {**provenance_attrs(record, runtime), **loaded.info.as_attrs()}
+    checks = measure_fidelity(loaded, plan.sequences) if plan.sequences else []
+    require_fidelity(checks, loaded.info.model_id)   # a misplaced hook stops here, before any write
+    attrs = {**provenance_attrs(record, runtime), **loaded.info.as_attrs(), **fidelity_attrs(checks)}
     writer = ActivationWriter(out_dir, loaded.info.n_layers, plan.n_rows, attrs, storage_dtype=record.storage_dtype,
                               compression=runtime.compression, chunk_rows=runtime.chunk_rows,
                               config_text=stage_config_record(record, runtime, model=loaded.info.to_dict()),
                               store_layers=bool(stored))
     widths = loaded.adapter.site_widths(loaded.model.config)
     with writer:
+        if checks:
+            write_fidelity(checks, writer.tmp_dir / FIDELITY_FILE)
         reducers = [(experiment.hook("reducer")(ReducerJob(
             settings=record.reductions[name].settings, rows=plan.rows, n_layers=loaded.info.n_layers,
             widths=widths, model_attrs=loaded.info.as_attrs(),

@@ -4,7 +4,8 @@
     >>> gather(record, runtime, [shard_0, ..., shard_3], out_dir=Path(".../activations"), registry=discover())
 
 The store's layer files are HDF5 virtual datasets over the shards' files (relative paths), its
-rows.tsv the shards' concatenated, its config.yaml this stage's record; each experiment computed
+rows.tsv the shards' concatenated, its fidelity.tsv the first shard's (the extraction's first
+batch), its config.yaml this stage's record; each experiment computed
 during extraction gets its reducer rebuilt over every row, which `absorb`s each shard's partial
 state in row order and then `finish`es (laminae.experiment.Reducer). The shards are checked to
 be the N of one split of this stage, contiguous and complete, before anything is written; the
@@ -27,7 +28,7 @@ from laminae.experiment import Experiment, ReducerJob
 from laminae.provenance import provenance_attrs, stage_config_record, upstream_attrs
 from laminae.shards import SHARD_RECORD
 from laminae.stages.records import ExtractionRecord, Runtime
-from laminae.store import CONFIG_FILE, REDUCTIONS, ROWS_FILE, RowTable, link_shards
+from laminae.store import CONFIG_FILE, FIDELITY_FILE, REDUCTIONS, ROWS_FILE, RowTable, link_shards
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ def gather(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime | Mapp
     with atomic_dir(Path(out_dir)) as tmp:
         layers = link_shards(tmp, shard_dirs, [shard["n_rows"] for shard in records], {"shards": len(shard_dirs)})
         _concatenate_rows(shard_dirs, tmp / ROWS_FILE)
+        if (shard_dirs[0] / FIDELITY_FILE).is_file():   # the first batch: the first shard's
+            shutil.copyfile(shard_dirs[0] / FIDELITY_FILE, tmp / FIDELITY_FILE)
         rows = RowTable.from_tsv(tmp / ROWS_FILE)
         if len(rows) != n_rows:
             raise InputFileError(tmp / ROWS_FILE, f"has {len(rows)} rows; the shards declare {n_rows}")

@@ -1,0 +1,70 @@
+"""What the fidelity checks cost an extraction (laminae.capture.fidelity): the extraction stage
+(`write_extraction`: forward, hooks, writes; model loading not counted, so the share is an upper
+bound of a job's) with its checks against the same stage with them left out, in paired rounds.
+
+    .venv/bin/python benchmarks/bench_fidelity.py                       # GPT-2 Large's shape and tiny-gpt2, 5 rounds
+    .venv/bin/python benchmarks/bench_fidelity.py --quick               # tiny-gpt2, 3 rounds
+    .venv/bin/python benchmarks/bench_fidelity.py --dtype bfloat16      # with the float32 comparison
+
+Both seeds' extractions, as the pipeline plans them: experiment 1's 34 prompts (q, k, v stored)
+and experiment 2's corpus window (four sites). The goal (issue: fidelity recorded per
+extraction) is at most 5% of the extraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from _common import (Scratch, build_model, laminae_extract, median, paired_model_arguments, paired_ratios,
+                     paired_rounds, plans, print_header, print_table, rounds_and_models, setup_torch, spread)
+
+import laminae.stages.extract as extract_stage
+
+
+def without_checks(loaded, sequences):
+    return []
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    paired_model_arguments(parser)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    args = parser.parse_args(argv)
+    repeats, shapes = rounds_and_models(args)
+    print_header("bench_fidelity: the extraction with and without its fidelity checks",
+                 " ".join(["bench_fidelity.py", *sys.argv[1:]]))
+    setup_torch()
+    checked = extract_stage.measure_fidelity
+    scratch = Scratch()
+    rows = []
+    try:
+        for shape in shapes:
+            loaded = build_model(shape, dtype=getattr(torch, args.dtype))
+            for experiment, ex in plans().items():
+                if experiment not in args.experiments:
+                    continue
+
+                def run(measure):
+                    extract_stage.measure_fidelity = measure
+                    try:
+                        laminae_extract(loaded, ex, scratch.out())
+                    finally:
+                        extract_stage.measure_fidelity = checked
+
+                samples = paired_rounds({"checked": lambda: run(checked), "unchecked": lambda: run(without_checks)},
+                                        repeats, label=f"{shape} {experiment}", cleanup=scratch.clear)
+                ratios = paired_ratios(samples, "checked", "unchecked")
+                rows.append({"model": shape, "dtype": args.dtype, "experiment": experiment,
+                             "unchecked s": median(s.wall for s in samples["unchecked"]),
+                             "checked s": median(s.wall for s in samples["checked"]),
+                             "checked / unchecked": median(ratios), "range": spread(ratios)})
+    finally:
+        scratch.cleanup()
+    print_table(rows, ["model", "dtype", "experiment", "unchecked s", "checked s", "checked / unchecked", "range"])
+    return rows
+
+
+if __name__ == "__main__":
+    main()

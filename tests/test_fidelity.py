@@ -1,0 +1,124 @@
+"""Fidelity of an extraction (laminae.capture.fidelity): every family's captured sites agree with
+the model's own hidden states (Hugging Face's `output_hidden_states`, an independent path) and
+its last hidden state through the family's final modules; the residual sum holds where the
+family's blocks add; bfloat16 runs are compared with float32 and the model left as it was; a
+misplaced hook stops the extraction in one line with nothing written; fidelity.tsv and the
+provenance attributes record every check."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+from laminae.capture.fidelity import FIDELITY_SEQUENCES, FIDELITY_TOKENS, FidelityError, measure_fidelity
+from laminae.inputs import ExtractionPlan
+from laminae.models.loading import load_model
+from laminae.stages.extract import write_extraction
+from laminae.store import FIDELITY_FILE, read_tsv
+
+from tiny_families import CONFIGS
+
+SEQUENCES = [[11, 12, 13, 14, 15, 16], [21, 22, 23], [31, 32, 33, 34, 35], [41]]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tiny(folder: Path, models_dir: Path, dtype: str = "float32"):
+    cfg = {"name": folder.name, "pretrained": str(folder), "revision": None, "dtype": dtype, "family": "auto",
+           "random_init": None, "n_layers": None, "d_model": None, "n_params": None, "device_map": None, "gpus": 1}
+    return load_model(cfg, "cpu", models_dir, ROOT)
+
+
+def by_check(checks) -> dict[str, list]:
+    grouped: dict[str, list] = {}
+    for check in checks:
+        grouped.setdefault(check.check, []).append(check)
+    return grouped
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_family_captures_what_the_model_computes(name, tiny_dir, models_dir):
+    loaded = load_tiny(tiny_dir(name), models_dir)
+    checks = by_check(measure_fidelity(loaded, SEQUENCES))
+    n_layers = len(loaded.adapter.blocks(loaded.model))
+    assert len(checks["hidden_state"]) == 2 * n_layers - 1 and len(checks["final_output"]) == 1
+    assert all(c.passed and c.max_rel_error < 1e-6 for c in checks["hidden_state"] + checks["final_output"])
+    if loaded.adapter.residual_sum_holds(loaded.model.config):
+        assert len(checks["residual_sum"]) == n_layers and all(c.passed for c in checks["residual_sum"])
+    else:   # OPT-350m's post-LayerNorm blocks: no residual sum to check
+        assert "residual_sum" not in checks
+    assert "float32" not in checks
+
+
+@pytest.mark.parametrize("name", ["gpt_neox", "gemma2", "falcon_new"])
+def test_bfloat16_is_compared_with_float32_and_the_model_left_as_it_was(name, tiny_dir, models_dir):
+    loaded = load_tiny(tiny_dir(name), models_dir, dtype="bfloat16")
+    before = {key: value.clone() for key, value in loaded.model.state_dict().items()}
+    checks = by_check(measure_fidelity(loaded, SEQUENCES))
+    after = loaded.model.state_dict()
+    assert all(after[key].dtype == torch.bfloat16 and torch.equal(after[key], value) for key, value in before.items())
+    n_layers = len(loaded.adapter.blocks(loaded.model))
+    assert len(checks["float32"]) == 4 * n_layers and not any(c.must_hold for c in checks["float32"])
+    # bfloat16 is not float32: the differences are there, and of bfloat16's size
+    assert 1e-4 < max(c.max_rel_error for c in checks["float32"]) < 0.1
+    assert all(c.passed for c in checks["hidden_state"] + checks["final_output"] + checks["residual_sum"])
+
+
+def test_the_checked_batch_is_short(tiny_gpt2):
+    long = [list(range(10, 10 + 200))] * 9
+    sites = {}
+    original = tiny_gpt2.model.forward
+
+    def spy(*args, **kwargs):
+        sites["shape"] = tuple(kwargs["input_ids"].shape)
+        return original(*args, **kwargs)
+
+    tiny_gpt2.model.forward = spy
+    try:
+        measure_fidelity(tiny_gpt2, long)
+    finally:
+        del tiny_gpt2.model.forward
+    assert sites["shape"] == (FIDELITY_SEQUENCES, FIDELITY_TOKENS)
+
+
+def plan_of(sequences) -> ExtractionPlan:
+    keep = [[len(s) - 1] for s in sequences]
+    return ExtractionPlan(sequences=sequences, keep=keep, average=False, rows=[{"i": i} for i in range(len(keep))],
+                          columns=("i",))
+
+
+def record(sites=("q", "resid_post")) -> dict:
+    config = {"inputs": "stimuli", "model": {"name": "tiny"}, "sites": list(sites), "reductions": {},
+              "extract": {"storage_dtype": "float32"}, "upstream": None}
+    return {"stage": "stimuli.extract", "hash": "f1de117000", "config": config}
+
+
+def test_the_store_records_every_check(tiny_llama, tmp_path):
+    out = tmp_path / "activations"
+    write_extraction(tiny_llama, plan_of(SEQUENCES), record(), {"batch_size": 2, "compression": None}, out, {})
+    rows = read_tsv(out / FIDELITY_FILE)
+    n_layers = len(tiny_llama.adapter.blocks(tiny_llama.model))
+    assert len(rows) == (2 * n_layers - 1) + 1 + n_layers
+    assert {row["check"] for row in rows} == {"hidden_state", "final_output", "residual_sum"}
+    assert all(row["passed"] == "True" for row in rows)
+    with h5py.File(out / "layer_00.h5") as handle:
+        assert bool(handle.attrs["fidelity_passed"])
+        assert float(handle.attrs["fidelity_residual_sum_max_rel_error"]) == max(
+            float(row["max_rel_error"]) for row in rows if row["check"] == "residual_sum")
+
+
+def test_a_misplaced_hook_stops_the_extraction_with_nothing_written(tiny_llama, tmp_path):
+    """mlp_out hooked where attn_out is: each site still has the right shape and plausible values,
+    but the block's sum no longer holds."""
+    wrong = dataclasses.replace(tiny_llama.adapter, mlp_out=tiny_llama.adapter.attn_out)
+    loaded = dataclasses.replace(tiny_llama, adapter=wrong)
+    out = tmp_path / "activations"
+    with pytest.raises(FidelityError, match=r"resid_post of layer 0 differs from resid_pre \+ attn_out \+ mlp_out"):
+        write_extraction(loaded, plan_of(SEQUENCES), record(), {"batch_size": 2, "compression": None}, out, {})
+    assert not out.exists() and not list(tmp_path.iterdir())
+    no_norm = dataclasses.replace(tiny_llama, adapter=dataclasses.replace(tiny_llama.adapter, final_modules=()))
+    with pytest.raises(FidelityError, match="final_output"):
+        write_extraction(no_norm, plan_of(SEQUENCES), record(), {"batch_size": 2, "compression": None}, out, {})
