@@ -330,3 +330,96 @@ def test_extraction_checks_inputs_before_loading_weights(overrides, key, tmp_pat
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
         extract_module.extract(record, runtime, tmp_path / "activations", PROJECT_ROOT, discover())
     assert not any(tmp_path.glob("*activations*"))
+
+
+# --- disk space: checked before the model loads; a disk that fills anyway is one line --------
+
+
+def free_space(monkeypatch, free: int) -> None:
+    """shutil.disk_usage as laminae.disk sees it: `free` bytes left."""
+    import collections
+
+    import laminae.disk as disk
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - free, free))
+
+
+def corpus_extraction(tmp_path: Path, models_dir: Path, *overrides: str):
+    (run,) = load_runs([*TINY, "experiments=[adjustments]", "device=cpu", *overrides], project_root=PROJECT_ROOT)
+    stage = run.stages["corpus.extract"]
+    record = {"stage": stage.name, "hash": stage.hash, "config": stage.config}
+    return record, {**run.runtime, "models_dir": str(models_dir)}
+
+
+def test_extraction_checks_disk_space_before_loading_weights(tmp_path, models_dir, monkeypatch):
+    """The corpus's rows are known once tokenised: the job checks then, before the weights load.
+    tiny-gpt2 on the seed corpus: 4 layers x 346 rows x 4 sites x 64 x 4 bytes = 1.4 MB."""
+    import laminae.stages.extract as extract_module
+    from laminae.disk import DiskSpaceError
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the disk space was checked")
+
+    monkeypatch.setattr(extract_module, "load_model", no_weights)
+    free_space(monkeypatch, 600 * 1024)
+    record, runtime = corpus_extraction(tmp_path, models_dir)
+    with pytest.raises(DiskSpaceError) as error:
+        extract_module.extract(record, runtime, tmp_path / "x" / "activations", PROJECT_ROOT, discover())
+    message = str(error.value)
+    assert "\n" not in message and f"folder '{tmp_path / 'x'}'" in message
+    assert "needs at least 1.4 MB, 600.0 KB free" in message and "4 layers x 346 rows" in message
+    assert not any(tmp_path.rglob("*activations*"))
+    runtime["compression"] = "gzip"   # a compressed store's size is not known in advance: not checked
+    monkeypatch.setattr(extract_module, "load_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("loaded")))
+    with pytest.raises(RuntimeError, match="loaded"):
+        extract_module.extract(record, runtime, tmp_path / "x" / "activations", PROJECT_ROOT, discover())
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["writer-thread", "after-each-batch"])
+def test_disk_filling_during_the_extraction_is_one_line(overlap, tmp_path, models_dir, monkeypatch):
+    """Another process takes the space after the check: the writer's ENOSPC (in the writer thread
+    or not) stops the forward loop and ends in one DiskSpaceError, nothing kept, files closed."""
+    import errno
+
+    import laminae.store as store
+    from laminae.disk import DiskSpaceError
+
+    calls = {"n": 0}
+    real = store._write_rows
+
+    def full(dataset, start, values):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, "Can't synchronously write data (errno = 28, 'No space left on device')")
+        real(dataset, start, values)
+
+    monkeypatch.setattr(store, "_write_rows", full)
+    record, runtime = corpus_extraction(tmp_path, models_dir, "batch_size=1", "corpus.window_tokens=32")
+    runtime["overlap"] = overlap
+    from laminae.stages.extract import extract
+
+    with pytest.raises(DiskSpaceError, match="no space left on device") as error:
+        extract(record, runtime, tmp_path / "x" / "activations", PROJECT_ROOT, discover())
+    assert "\n" not in str(error.value)
+    assert list((tmp_path / "x").iterdir()) == []
+    assert not h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
+
+
+def test_preflight_stops_when_the_stores_cannot_fit(tmp_path, monkeypatch):
+    """Before any job, the stores whose size the config tells (stimuli: one row per word; the
+    shape declared), summed per filesystem, against the free space: one line naming the folder."""
+    from laminae.disk import DiskSpaceError
+    from laminae.workflow import WorkflowPlan
+
+    results = tmp_path / "results"
+    plan = WorkflowPlan(runs=load_runs([*QKV_ONLY, f"results_dir={results}"], project_root=PROJECT_ROOT),
+                        root=PROJECT_ROOT)
+    free_space(monkeypatch, 1000)
+    with pytest.raises(DiskSpaceError) as error:
+        plan.preflight(local=True)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"folder '{results}': not enough disk space")
+    assert "the 1 activation store still to extract" in message and "1000 B free" in message
+    free_space(monkeypatch, 10**9)
+    plan.preflight(local=True)

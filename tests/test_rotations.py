@@ -21,7 +21,7 @@ from laminae.errors import ConfigError, InputFileError
 from laminae.experiment import ReducerJob
 from laminae.experiments.rotations.analysis import RotationReducer
 from laminae.experiments.rotations.angles import consecutive_pairs
-from laminae.experiments.rotations.bands import depth_bands
+from laminae.experiments.rotations.bands import band_count, depth_bands
 from laminae.experiments.rotations.compare import plot_rotation_comparison
 from laminae.experiments.rotations.figures import band_histograms, plot_histograms, plot_laminar
 from laminae.experiments.rotations.outputs import METRICS, TABLE_COLUMNS, open_angles, read_rotation_table
@@ -334,7 +334,7 @@ def test_captions_render_with_the_run_settings():
 
 
 @pytest.mark.parametrize("plot, key", [({"error_bar": "ci"}, "rotations.plot.error_bar"),
-                                       ({"depth_bands": 4}, "rotations.plot.depth_bands")])
+                                       ({"depth_bands": 0}, "rotations.plot.depth_bands")])
 def test_bad_plot_setting_fails_before_writing(tmp_path, data, plot, key):
     metrics = analyse(data, tmp_path, chunk_rows=7)
     stage = plot_stage()
@@ -396,9 +396,16 @@ def test_during_extraction_equals_the_two_stage_pipeline(tmp_path, models_dir):
             assert a["sequential"][2, t] == pytest.approx(want, rel=1e-9, abs=1e-12, nan_ok=True)
 
 
-def test_validate_refuses_more_depth_bands_than_layers(models_dir):
-    with pytest.raises(ConfigError, match="rotations.plot.depth_bands"):
-        load_runs([*SMALL, f"models_dir={models_dir}", "rotations.plot.depth_bands=5"], project_root=ROOT)
+def test_more_depth_bands_than_layers_draw_one_band_per_layer(models_dir):
+    """depth_bands is at most one band per layer: the default (3) works on a 2-layer model, and
+    a deeper model's bands are unchanged (tests/test_depths.py draws them at 1 and 2 layers)."""
+    (run,) = load_runs([*SMALL, f"models_dir={models_dir}", "rotations.plot.depth_bands=5"], project_root=ROOT)
+    assert run.config["rotations"]["plot"]["depth_bands"] == 5   # as set: the figure stage's hash is unchanged
+    assert [band_count(n, 3) for n in (1, 2, 3, 36)] == [1, 2, 3, 3]
+    assert depth_bands(2, band_count(2, 3)) == [range(0, 1), range(1, 2)]
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ConfigError, match="rotations.plot.depth_bands"):
+            band_count(4, bad)
 
 
 def test_shares_one_extraction_with_adjustments(models_dir):

@@ -141,3 +141,130 @@ def test_tsv_round_trip_with_hostile_strings(tmp_path):
     assert read_tsv(tmp_path / "t.tsv") == [{"a": "tab\there", "b": 'quote " and \\ backslash'},
                                             {"a": "new\nline\r", "b": ""}]
     assert len((tmp_path / "t.tsv").read_text().splitlines()) == 3
+
+
+# ------------------------------------------------------------------------------ a full disk
+# A disk that fills while the store is written (another process took the space after the
+# checks of laminae.disk) ends in one DiskSpaceError line, every HDF5 file closed and the
+# temporary folder removed; never HDF5's error stack, never a crash at exit.
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from laminae.disk import DiskSpaceError
+from laminae.store import BackgroundWriter
+
+N_LAYERS_FULL, N_ROWS_FULL, WIDTH_FULL = 4, 2000, 64
+
+
+def fill(out: Path, background: bool) -> None:
+    """Write a store of ~4 MB, layer by layer (in a writer thread with `background`)."""
+    rng = np.random.default_rng(0)
+    with ActivationWriter(out, N_LAYERS_FULL, N_ROWS_FULL, {"stage_hash": "f00d"}) as writer:
+        if background:
+            with BackgroundWriter() as thread:
+                for start in range(0, N_ROWS_FULL, 100):
+                    for layer in range(N_LAYERS_FULL):
+                        rows = rng.standard_normal((100, WIDTH_FULL), dtype=np.float32)
+                        thread.submit(lambda l=layer, s=start, r=rows: writer.write_layer(l, s, {"q": r, "k": r}))
+        else:
+            for start in range(0, N_ROWS_FULL, 100):
+                rows = rng.standard_normal((N_LAYERS_FULL, 100, WIDTH_FULL), dtype=np.float32)
+                writer.write(start, {"q": rows, "k": rows})
+        writer.set_rows([{"i": i} for i in range(N_ROWS_FULL)], ["i"])
+
+
+def open_h5_files() -> list:
+    return list(h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 600 KB filesystem (tmpfs; root only): skipped where mounting is not permitted."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {(mounted.stderr or mounted.stdout).strip()[:120]}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["writer-thread", "caller"])
+def test_enospc_while_writing_is_one_line_and_leaves_nothing(background, tmp_path, monkeypatch):
+    import laminae.store as store
+
+    calls = {"n": 0}
+    real = store._write_rows
+
+    def full_after_some(dataset, start, values):
+        calls["n"] += 1
+        if calls["n"] > 9:
+            raise OSError(errno.ENOSPC, "Can't synchronously write data (file write failed: errno = 28, "
+                                        "error message = 'No space left on device')")
+        real(dataset, start, values)
+
+    monkeypatch.setattr(store, "_write_rows", full_after_some)
+    out = tmp_path / "run" / "activations"
+    with pytest.raises(DiskSpaceError) as error:
+        fill(out, background)
+    message = str(error.value)
+    assert "\n" not in message and "no space left on device" in message and str(out) in message
+    assert isinstance(error.value.__cause__, OSError) and error.value.__cause__.errno == errno.ENOSPC
+    assert list((tmp_path / "run").iterdir()) == []            # nothing partial, no temporary folder
+    assert not open_h5_files()                                  # every layer file closed
+
+
+def test_a_failing_close_still_drops_the_folder(tmp_path, monkeypatch):
+    """A close that fails (HDF5 flushing metadata to a full disk) after every write succeeded:
+    the other files are closed too, the folder removed, the error one line."""
+    out = tmp_path / "run" / "activations"
+    real_close = h5py.File.close
+    failed = []
+
+    def close(self):
+        if not failed:
+            failed.append(self.filename)
+            real_close(self)
+            raise OSError(errno.ENOSPC, "Can't close file (file write failed: errno = 28)")
+        real_close(self)
+
+    monkeypatch.setattr(h5py.File, "close", close)
+    with pytest.raises(DiskSpaceError, match="no space left on device"):
+        fill(out, background=False)
+    assert failed and list((tmp_path / "run").iterdir()) == [] and not open_h5_files()
+
+
+SCRIPT = """
+import sys
+from pathlib import Path
+sys.path[:0] = [{tests!r}, {src!r}]
+from test_store import fill
+from laminae.errors import LaminaeError
+try:
+    fill(Path({out!r}), background={background})
+except LaminaeError as error:
+    print(f"laminae: {{error}}", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["writer-thread", "caller"])
+def test_a_real_full_disk_ends_in_one_line(background, small_disk):
+    """A 4 MB store into a 600 KB tmpfs, in a process of its own (HDF5 files left open would
+    be flushed again at exit: tracebacks, then a segfault): one line, exit 1, nothing left."""
+    out = small_disk / "results" / "activations"
+    code = SCRIPT.format(tests=str(Path(__file__).parent), src=str(Path(__file__).parents[1] / "src"),
+                         out=str(out), background=background)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "Traceback" not in output and "Exception ignored" not in output and "HDF5-DIAG" not in output, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("laminae: folder ") and "no space left on device" in lines[0], output
+    assert list(out.parent.iterdir()) == []
+    assert os.statvfs(small_disk).f_bfree == os.statvfs(small_disk).f_blocks   # every byte given back

@@ -34,6 +34,7 @@ import numpy as np
 
 from laminae.errors import InputFileError
 from laminae.atomic import atomic_dir
+from laminae.disk import disk_full_error, is_disk_full
 from laminae.provenance import MODEL_ATTRS
 
 ROWS_FILE = "rows.tsv"
@@ -284,15 +285,40 @@ class ActivationWriter:
         self._written[site] = [0] * self.n_layers
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        for handle in self._files:
-            handle.close()
-        if exc_type is None:
+        failure = exc
+        closing = self._close_files(discard=failure is not None)
+        if failure is None and closing is None:
             try:
                 self._finish()
-            except BaseException as error:
-                self._atomic.__exit__(type(error), error, error.__traceback__)
-                raise
-        self._atomic.__exit__(exc_type, exc, tb)
+                self._atomic.__exit__(None, None, None)   # the rename into place
+                return
+            except BaseException as error:  # noqa: BLE001 - the folder is dropped below
+                failure = error
+        failure = failure or closing
+        try:  # every file is closed: drop the temporary folder
+            self._atomic.__exit__(type(failure), failure, failure.__traceback__)
+        except BaseException:  # noqa: BLE001 - atomic_dir re-raises `failure`: raised below
+            pass
+        if is_disk_full(failure):  # one line, not HDF5's error stack
+            raise disk_full_error(self.out_dir, "the activation store") from failure
+        if failure is not exc:
+            raise failure
+
+    def _close_files(self, discard: bool) -> BaseException | None:
+        """Close every layer file, each even when another fails; return the first error. With
+        `discard` (the store is dropped), each file is emptied first, so HDF5 can flush its
+        metadata and close even on a full disk (left open, HDF5 retries at exit: tracebacks,
+        and a crash)."""
+        first = None
+        for handle in self._files:
+            try:
+                if discard and handle.id.valid:
+                    os.truncate(handle.filename, 0)
+                handle.close()
+            except BaseException as error:  # noqa: BLE001 - the first is returned
+                first = first or error
+        self._files, self._datasets = [], {}
+        return first
 
     def _finish(self) -> None:
         written = {site: min(rows) for site, rows in self._written.items()}  # the least-written layer's

@@ -473,7 +473,10 @@ class WorkflowPlan:
         """Before any job: every model whose activations are still missing must be reachable,
         and, when jobs run on this machine (`local`), `device=cuda` needs CUDA here and the
         configured devices must hold the weights (cluster jobs check both on their node).
-        Imports torch only when a check needs it."""
+        Before those: the checks that need the model's shape, for runs whose config does not
+        declare it (`_check_model_shapes`); after them: the disk space the stores still to
+        extract need (`_check_disk_space`). Imports torch only when a check needs it."""
+        self._check_model_shapes()
         checked = set()
         for digest, stage in self.stages.items():
             if stage.kind != "extract" or stage.output_dir.exists():
@@ -495,3 +498,79 @@ class WorkflowPlan:
                 if local:
                     check_weights_fit(model, config["device"], location)
                 checked.add(key)
+        self._check_disk_space()
+
+    def _check_model_shapes(self) -> None:
+        """The experiments' `validate` hooks again, for runs whose model's depth the config left
+        out (`model=auto`, a preset pointed at another checkpoint) but its local checkpoint
+        folder tells (`_with_checkpoint_shape`): a setting that does not fit the model's layers
+        (`qkv.plot.similarity_layers`, ...) stops the run here, not at its figure job."""
+        for run in self.runs:
+            if run.config["model"]["n_layers"] is not None:
+                continue  # validated with the declared shape when the config was loaded
+            cfg = self._with_checkpoint_shape(run.config)
+            if cfg["model"]["n_layers"] is None:
+                continue  # a hub id: the shape is known once downloaded (the jobs check then)
+            for experiment in run.experiments.values():
+                if experiment.validate is not None:
+                    experiment.hook("validate")(cfg)
+
+    def _head_widths(self, cfg: dict[str, Any], d_model: int) -> dict[str, int]:
+        """Lower bounds of the q, k, v widths from the model's config read as a plain dict (no
+        transformers): q = heads x head width, k and v one head each; {} when it does not say."""
+        import json
+
+        model = cfg["model"]
+        config: Any = {}
+        if model["random_init"] is not None:
+            config = model["random_init"].get("config") or {}
+        elif model["pretrained"] and not model["pretrained"].startswith("pkg://"):
+            path = self.root / Path(model["pretrained"]).expanduser() / "config.json"
+            try:
+                config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            except (OSError, ValueError):
+                config = {}
+        config = config if isinstance(config, Mapping) else {}
+        n_heads = next((config[key] for key in ("num_attention_heads", "n_head", "num_heads")
+                        if isinstance(config.get(key), int) and config[key] > 0), None)
+        if n_heads is None:
+            return {}
+        head_dim = config["head_dim"] if isinstance(config.get("head_dim"), int) else d_model // n_heads
+        return {"q": n_heads * head_dim, "k": head_dim, "v": head_dim}
+
+    def _check_disk_space(self) -> None:
+        """The activation stores still to extract must fit on their disks, summed per
+        filesystem, where the config tells their size (laminae.disk): the model's depth and width
+        declared or read from its local checkpoint, the stored values uncompressed
+        (`extract.compression` unset), and the rows known without tokenising (stimuli: one per
+        word). The widths of q, k and v depend on the attention's heads: q's is read from the
+        model's config (random_init.config, or a local checkpoint's config.json), k and v count
+        one head each (grouped-query attention may have as few), all three none when the config
+        does not say; so the sum is a lower bound: no run that fits is stopped. A corpus's rows are known once it
+        is tokenised: its extraction job checks then, before it loads the weights."""
+        from laminae import disk
+        from laminae.inputs import input_kind
+
+        needed: dict[int, list[Any]] = {}   # filesystem -> [folder named, bytes, stores]
+        for digest, stage in self.stages.items():
+            if stage.kind != "extract" or stage.group != "stimuli" or stage.output_dir.exists():
+                continue
+            run = self.run_of[digest]
+            cfg = self._with_checkpoint_shape(run.config)
+            n_layers, d_model = cfg["model"]["n_layers"], cfg["model"]["d_model"]
+            if n_layers is None or d_model is None or run.runtime.get("compression"):
+                continue
+            rows, _, _ = input_kind(stage.group).estimate(cfg)
+            heads = self._head_widths(cfg, d_model)
+            widths = [heads.get(site, 0) if site in ("q", "k", "v") else d_model for site in stage.config["sites"]]
+            size = disk.store_bytes(n_layers, rows, widths, stage.config["extract"]["storage_dtype"])
+            if size:
+                results = Path(run.config["results_dir"])
+                device = disk.filesystem(stage.output_dir)
+                named = results if disk.filesystem(results) == device else disk.existing_folder(stage.output_dir)
+                entry = needed.setdefault(device, [named, 0, 0])
+                entry[1] += size
+                entry[2] += 1
+        for folder, size, stores in needed.values():
+            disk.require_space(folder, size, f"the {stores} activation store{'s' if stores > 1 else ''} still to "
+                                             "extract")

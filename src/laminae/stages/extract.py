@@ -28,6 +28,7 @@ import torch
 
 from laminae.capture.fidelity import fidelity_attrs, measure_fidelity, require_fidelity, write_fidelity
 from laminae.capture.forward import overlap_writes, run_plan
+from laminae.disk import require_store_space
 from laminae.errors import ConfigError
 from laminae.experiment import SHARD_METHODS, Experiment, ReducerJob
 from laminae.inputs import ExtractionPlan, input_kind
@@ -52,6 +53,8 @@ def extract(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime | Map
     files = open_model(record.model, runtime.models_dir, project_root)
     plan = input_kind(record.inputs).plan(record.config, files.tokenizer, files.dims.max_positions, project_root,
                                           shard=shard)
+    require_store_space(out_dir, files.dims.n_layers, plan.n_rows, files.adapter.site_widths(files.config),
+                        record.sites, record.storage_dtype, runtime.compression)  # before the weights load
     # where the blocks run is a runtime setting, not hashed (model.device_map, model.gpus)
     model_cfg = {**record.model, "device_map": runtime.device_map, "gpus": runtime.gpus or 1}
     loaded = load_model(model_cfg, runtime.device, runtime.models_dir, project_root, files=files)

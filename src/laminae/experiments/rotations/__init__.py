@@ -19,12 +19,13 @@ ANGLE_ARRAYS = 4            # per-token angle arrays in rotation_angles.h5 (floa
 
 
 def validate(cfg: dict[str, Any]) -> None:
-    """At most one depth band per layer, when the config declares the model's depth."""
-    from laminae.experiments.rotations.bands import depth_bands
+    """The depth bands split the model's layers (at most one band per layer: a model with fewer
+    layers than `depth_bands` gets one per layer), when the config declares the model's depth."""
+    from laminae.experiments.rotations.bands import band_count, depth_bands
 
     n_layers = cfg["model"]["n_layers"]
     if n_layers is not None:
-        depth_bands(n_layers, cfg["rotations"]["plot"]["depth_bands"])
+        depth_bands(n_layers, band_count(n_layers, cfg["rotations"]["plot"]["depth_bands"]))
 
 
 def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, float]:

@@ -10,6 +10,13 @@ cover every layer once, and differ in size by at most one layer (B <= L):
     [range(0, 12), range(12, 24), range(24, 36)]
     >>> band_name(1, 3)
     'middle third'
+
+`rotations.plot.depth_bands` asks for at most that many bands: a model with fewer layers gets
+one band per layer (`band_count`), so the default (3) works at every depth, 1 layer up, and a
+deeper model's bands are what they always were:
+
+    >>> band_count(2, 3), band_count(36, 3)
+    (2, 3)
 """
 
 from __future__ import annotations
@@ -27,6 +34,14 @@ def depth_bands(n_layers: int, n_bands: int, key: str = "rotations.plot.depth_ba
         raise ConfigError(key, f"an integer from 1 to the number of layers ({n_layers})", n_bands)
     starts = [-(-b * n_layers // n_bands) for b in range(n_bands + 1)]   # ceil(b L / B): first l with B l / L >= b
     return [range(starts[b], starts[b + 1]) for b in range(n_bands)]
+
+
+def band_count(n_layers: int, requested: int, key: str = "rotations.plot.depth_bands") -> int:
+    """The bands a model of `n_layers` layers is drawn in: `requested`, at most one per layer;
+    ConfigError naming `key` unless `requested` is an integer >= 1."""
+    if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
+        raise ConfigError(key, "an integer >= 1 (at most one band per layer is drawn)", requested)
+    return min(requested, max(int(n_layers), 1))
 
 
 def band_name(index: int, n_bands: int) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 
 from laminae.errors import ConfigError
 from laminae.experiment import FigureJob
-from laminae.experiments.rotations.bands import band_name, depth_bands
+from laminae.experiments.rotations.bands import band_count, band_name, depth_bands
 from laminae.experiments.rotations.outputs import (ANGLES_FILENAME, SEQUENTIAL_FIRST, SEQUENTIAL_REST, TABLE_FILENAME,
                                                    AngleStats, open_angles, read_rotation_table)
 from laminae.plots.style import COMPONENT_COLOURS, NEUTRAL, OKABE_ITO, run_title
@@ -208,7 +208,7 @@ def plot(job: FigureJob) -> None:
         raise ConfigError("rotations.plot.bins", "an integer >= 2", bins)
     table = read_rotation_table(job.metrics_dir / TABLE_FILENAME)
     n_layers = table["block_rotation"].mean.size
-    bands = depth_bands(n_layers, n_bands)
+    bands = depth_bands(n_layers, band_count(n_layers, n_bands))   # at most one band per layer
     with open_angles(job.metrics_dir / ANGLES_FILENAME) as handle:
         histograms = band_histograms(handle, bands, bins)
     job.save(plot_laminar(table, job.context, error_bar)[0], LAMINAR_FIGURE)
