@@ -16,6 +16,7 @@ import torch
 
 from laminae.capture import (HostStaging, SiteCapture, forward, iter_batches, overlap_writes, pad_right, row_selector,
                              run_plan, select_rows)
+from laminae.disk import DiskSpaceError
 from laminae.inputs import ExtractionPlan
 from laminae.models.loading import LoadedModel
 from laminae.sites import SITES
@@ -209,11 +210,12 @@ class FailingWriter(ActivationWriter):
 def test_an_error_in_the_writer_thread_is_raised_here_and_leaves_nothing(tiny_gpt2, tmp_path, fail_layer):
     plan = make_plan(9)
     out = tmp_path / "activations"
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskSpaceError, match="no space left on device") as raised:   # one line (laminae.disk)
         with FailingWriter(out, tiny_gpt2.info.n_layers, plan.n_rows, {"stage_hash": "h"},
                            fail_layer=fail_layer) as writer:
             run_plan(tiny_gpt2, plan, 2, writer=writer, sites=("q", "resid_pre"))
             writer.set_rows(plan.rows, plan.columns)
+    assert "simulated" in str(raised.value.__cause__)   # the writer thread's own error
     assert writer.thread_names == {"laminae-writer"}
     assert not out.exists() and not list(tmp_path.iterdir())  # no output, no temporary folder
     assert hooks_left(tiny_gpt2.model) == 0
