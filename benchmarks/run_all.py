@@ -19,6 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = {
+    "dag": "bench_dag.py",
     "extraction": "bench_extraction.py",
     "memory": "bench_memory.py",
     "metrics": "bench_metrics.py",

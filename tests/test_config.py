@@ -225,3 +225,96 @@ def test_every_declared_key_passes():
     assert first_undeclared({"named": {"k": {"y": 1}}}, schema) == (("named", "k", "y"), ["x"])
     assert first_undeclared({"n": {"a": 1}}, schema) is None          # a wrong type is the schema check's
     assert first_undeclared({"b": 1}, schema) == (("b",), ["a", "free", "n", "named"])
+
+
+# ------------------------------------------------------------------ the composition cache
+# Varied sweep points: config-group overrides, value overrides (nested, lists, strings, null),
+# additions and deletions, an experiment's group option, and runs that fail.
+COMPOSED = [
+    [], ["model=tiny-gpt2"], ["model=tiny-llama", "qkv.n_permutations=7"], ["template=mid_sentence"],
+    ["stimuli=animals_tools_vehicles_colours", "template=mid_sentence", "batch_size=3"],
+    ["model=tiny-gpt2", "experiments=[qkv]"], ["model=tiny-gpt2", "experiments=[qkv,rotations]", "plot.dpi=90"],
+    ["model=tiny-gpt2", "qkv.resolution=heads", "qkv.n_bootstrap=11"], ["model=gpt2", "model.revision=abc"],
+    ["model=auto", "model.pretrained=EleutherAI/pythia-70m", "model.revision=step1000"],
+    ["model=tiny-gpt2", "device=cpu", "extract.storage_dtype=float16"], ["model=tiny-gpt2", "corpus.max_tokens=null"],
+    ["model=tiny-gpt2", "adjustments.during_extraction=true", "corpus.shards=2"], ["model=tiny-gpt2", "qkv=default"],
+    ["model=tiny-gpt2", "qkv.claims=[]"], ["model=tiny-gpt2", "+extra_key=1"], ["model=tiny-gpt2", "++batch_size=5"],
+    ["model=tiny-gpt2", "~qkv.claims"], ["model=tiny-gpt2", "model.n_layers=3", "model.n_layers=4"],
+    ["model=tiny-gpt2", "results_dir='out dir'"], ["model=tiny-gpt2", "plot={dpi: 77}"],
+    ["model=tiny-gpt2", "qkv.n_permutations=1.5"], ["model=tiny-gpt2", "qkv.n_permutations='12'"],
+    ["model=tiny-gpt2", "models_dir=${results_dir}/m"],
+    # failures: unknown option, unknown key, adding an existing key, bad syntax, a group given a value
+    ["model=nope"], ["model=tiny-gpt2", "qkv.no_such_key=1"], ["+batch_size=2"], ["template.text=a {word} b"],
+    ["qkv=3"], ["model=tiny-gpt2", "~qkv.no_such_key"],
+]
+
+
+def _composed(compose, overrides):
+    try:
+        return compose(overrides)
+    except ConfigError as error:
+        return f"ConfigError: {error}"
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["memory", "disk"])
+def test_composer_gives_what_hydra_composes_anew(tmp_path, cached):
+    """`Composer` (the defaults list composed once per set of group overrides, value overrides
+    applied to copies, results kept on disk) equals `compose_config` (Hydra, everything anew)
+    on every point: the same dict, types included, or the same one-line error."""
+    from laminae.config import Composer, compose_config
+    from laminae.registry import discover
+
+    registry = discover((), ROOT)
+    expected = [_composed(lambda o: compose_config(o, ROOT / "conf", registry), o) for o in COMPOSED]
+    assert sum(isinstance(e, str) for e in expected) == 6
+    cache = tmp_path / "cache" if cached else None
+    for _ in range(2 if cached else 1):   # the second pass reads the disk cache
+        with Composer(ROOT / "conf", cache_dir=cache) as composer:
+            got = [_composed(lambda o: composer.compose(o, registry), o) for o in COMPOSED]
+        for overrides, want, have in zip(COMPOSED, expected, got):
+            assert repr(have) == repr(want), overrides   # repr: 1 and 1.0, '12' and 12 differ
+    if cached:
+        assert len(list((tmp_path / "cache").glob("compose-*.pkl"))) == 1
+
+
+def test_a_cached_sweep_plans_the_same_stages(tmp_path, monkeypatch):
+    """load_runs with the cache, cold and warm, gives the configs and stage hashes of
+    load_runs without it."""
+    sweep = ["qkv.n_permutations=0,3", "template=next_word,mid_sentence", "model=tiny-gpt2,tiny-llama"]
+
+    def plan(cache):
+        return [(run.overrides, run.config, {n: (s.hash, s.dir, s.config) for n, s in run.stages.items()})
+                for run in load_runs(["plot.dpi=80"], sweep, ROOT, cache=cache)]
+
+    monkeypatch.setenv("LAMINAE_CACHE_DIR", str(tmp_path / "cache"))
+    reference = plan(False)
+    assert not (tmp_path / "cache").exists()
+    assert plan(True) == reference
+    assert (tmp_path / "cache").is_dir()
+    assert plan(True) == reference
+
+
+def test_the_cache_follows_every_file_of_the_conf_tree(tmp_path):
+    """An edited config file is another cache key: never a stale config."""
+    import shutil
+
+    from laminae.config import Composer
+    from laminae.registry import discover
+
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    registry = discover((), ROOT)
+    cache = tmp_path / "cache"
+    run = ["model=tiny-gpt2", "qkv.n_permutations=5"]
+    with Composer(conf, cache_dir=cache) as composer:
+        assert composer.compose(run, registry)["qkv"]["n_bootstrap"] != 4321
+    for path, old, new in ((conf / "qkv" / "default.yaml", "n_bootstrap:", "n_bootstrap: 4321 #"),
+                           (conf / "model" / "tiny-gpt2.yaml", "name:", "name: renamed #")):
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new, 1))
+        with Composer(conf, cache_dir=cache) as composer:
+            cfg = composer.compose(run, registry)
+        assert cfg["qkv"]["n_bootstrap"] == 4321
+    assert cfg["model"]["name"] == "renamed"
+    assert len(list(cache.glob("compose-*.pkl"))) == 3

@@ -269,15 +269,18 @@ class WorkflowPlan:
             names = list(CLAIMS_FILES)
         else:
             names = [f"{figure.name}.{ext}" for figure in experiment.figures_for(stage.variants) for ext in FIGURE_FORMATS]
-        return [str(stage.output_dir / name) for name in (*names, "config.yaml")]
+        folder = str(stage.output_dir)   # a string join: called for every stage of every run
+        return [f"{folder}/{name}" for name in (*names, "config.yaml")]
 
     def targets(self) -> list[str]:
         """Every run's metrics and figures, without duplicates, in run order; then the sweep's
         comparison figures."""
         seen: dict[str, None] = {}
+        done: set[str] = set()   # a stage shared by runs (most, in a sweep) adds nothing the second time
         for run in self.runs:
             for stage in run.stages.values():
-                if stage.kind != "extract":
+                if stage.kind != "extract" and stage.hash not in done:
+                    done.add(stage.hash)
                     seen.update(dict.fromkeys(self.stage_files(stage)))
         for comparison in self.comparisons.values():
             seen.update(dict.fromkeys(comparison.files))

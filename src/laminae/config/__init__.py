@@ -10,10 +10,14 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from laminae.config.compose import compose_config, expand_sweep, experiment_packages, group_files
+from laminae.config.compose import CACHE_DIR, Composer, compose_config, expand_sweep, experiment_packages, group_files
 from laminae.config.keys import get_key, select_keys, stable_hash
 from laminae.config.model_source import resolve_model_keys
 from laminae.config.stages import RUNTIME_KEYS, Run, Stage, analysis_settings, plan_run
@@ -21,15 +25,21 @@ from laminae.config.validate import resolve_layer, validate_config
 from laminae.errors import ConfigError
 
 __all__ = [
-    "RUNTIME_KEYS", "Run", "Stage", "analysis_settings", "compose_config", "expand_sweep", "experiment_packages",
+    "RUNTIME_KEYS", "Composer", "Run", "Stage", "analysis_settings", "compose_config", "expand_sweep", "experiment_packages",
     "get_key", "load_runs", "plan_run", "resolve_layer", "select_keys", "stable_hash", "validate_config",
 ]
 
 
 def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_root: str | Path = ".",
-              config_dir: str | Path | None = None) -> list[Run]:
+              config_dir: str | Path | None = None, cache: bool = True) -> list[Run]:
     """Compose, validate and plan every run: one per combination of `sweep`, each with
-    `overrides` applied first (sweep values win on a shared key)."""
+    `overrides` applied first (sweep values win on a shared key).
+
+    Composition goes through `Composer` (the same dicts as `compose_config`, each distinct set of
+    config-group overrides composed by Hydra once), which with `cache` keeps composed configs in
+    `<project_root>/.snakemake/laminae-cache/` (or `$LAMINAE_CACHE_DIR`), keyed by the overrides
+    and the content of `conf/`:
+    every cluster job re-parsing the Snakefile of a sweep reads them instead of composing again."""
     from laminae.registry import discover
 
     for name, value in (("overrides", overrides), ("sweep", sweep)):
@@ -38,14 +48,49 @@ def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_
     root = Path(project_root)
     config_dir = Path(config_dir) if config_dir is not None else root / "conf"
     runs = []
-    for combination in expand_sweep(sweep) if sweep else [()]:
-        run_overrides = (*overrides, *combination)
-        registry = discover(experiment_packages(run_overrides, config_dir), root)
-        cfg = compose_config(run_overrides, config_dir, registry)
-        if isinstance(cfg.get("model"), dict):  # model=auto, or a preset pointed at another checkpoint
-            cfg["model"] = resolve_model_keys(cfg["model"], run_overrides, config_dir, root)
-        validate_config(cfg, root, registry, group_files(run_overrides, config_dir, registry))
-        runs.append(plan_run(cfg, root, registry, combination))
+    combinations = expand_sweep(sweep) if sweep else [()]
+    packages: list[str] | None = None
+    models: dict[tuple, dict[str, Any]] = {}
+    cache_dir = (Path(os.environ.get("LAMINAE_CACHE_DIR") or root / CACHE_DIR)) if cache else None
+    with Composer(config_dir, cache_dir=cache_dir) as composer:
+        for combination in combinations:
+            run_overrides = (*overrides, *combination)
+            if any("experiment_packages" in o for o in run_overrides):
+                registry = discover(experiment_packages(run_overrides, config_dir), root)
+            else:   # conf/config.yaml's value: read once
+                packages = experiment_packages([], config_dir) if packages is None else packages
+                registry = discover(packages, root)
+            cfg = composer.compose(run_overrides, registry)
+            if isinstance(cfg.get("model"), dict):  # model=auto, or a preset pointed at another checkpoint
+                # depends on the model group and the overrides naming it only: once per distinct pair
+                key = (json.dumps(cfg["model"], sort_keys=True, default=repr), tuple(o for o in run_overrides if "model" in o))
+                if key not in models:
+                    models[key] = resolve_model_keys(cfg["model"], run_overrides, config_dir, root)
+                cfg["model"] = copy.deepcopy(models[key])
+            validate_config(cfg, root, registry, _GroupFiles(run_overrides, config_dir, registry))
+            runs.append(plan_run(cfg, root, registry, combination))
     if len({run.config["results_dir"] for run in runs}) > 1:
         raise ConfigError("results_dir", "one value for every run of a sweep", sorted({r.config["results_dir"] for r in runs}))
     return runs
+
+
+class _GroupFiles(Mapping):
+    """`group_files(...)`, worked out when an error message asks for it."""
+
+    def __init__(self, overrides: Sequence[str], config_dir: Path, registry: Mapping[str, Any]):
+        self._args = (overrides, config_dir, registry)
+        self._files: dict[str, Path] | None = None
+
+    def _all(self) -> dict[str, Path]:
+        if self._files is None:
+            self._files = group_files(*self._args)
+        return self._files
+
+    def __getitem__(self, name: str) -> Path:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())

@@ -20,7 +20,9 @@ Hydra's multi-line errors (unknown group option, unknown key, bad syntax) become
 
 from __future__ import annotations
 
+import functools
 import itertools
+import pickle
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -37,29 +39,318 @@ _FORBIDDEN_INTERPOLATIONS = re.compile(r"\$\{\s*(now|hydra)\s*:")
 def compose_config(overrides: Sequence[str], config_dir: str | Path,
                    registry: Mapping[str, Experiment] | None = None) -> dict[str, Any]:
     """The fully resolved config for one run: `conf/config.yaml`, the config group of every
-    experiment in `registry`, then `overrides`."""
-    from hydra import compose, initialize_config_dir
+    experiment in `registry`, then `overrides`. The reference: Hydra composes everything anew
+    (`Composer` gives the same dicts for many runs, faster)."""
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
-    config_dir = Path(config_dir).resolve()
-    if not (config_dir / "config.yaml").is_file():
-        raise ConfigError("config_dir", "a folder with config.yaml", str(config_dir))
+    config_dir = _checked_config_dir(config_dir)
     overrides = [str(o) for o in overrides]
     _check_override_syntax(overrides)
     overrides = _with_experiment_groups(overrides, config_dir, registry or {})
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="laminae"):
-            cfg = compose(config_name="config", overrides=overrides)
-        _reject_volatile_interpolations(OmegaConf.to_container(cfg, resolve=False))
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except (HydraException, OmegaConfBaseException, ValueError) as error:
-        raise _one_line_error(error, overrides, config_dir) from None
+            return _hydra_compose(overrides, config_dir)[0]
     finally:
         GlobalHydra.instance().clear()
+
+
+def _checked_config_dir(config_dir: str | Path) -> Path:
+    config_dir = Path(config_dir).resolve()
+    if not (config_dir / "config.yaml").is_file():
+        raise ConfigError("config_dir", "a folder with config.yaml", str(config_dir))
+    return config_dir
+
+
+def _hydra_compose(overrides: list[str], config_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Hydra's composition of `overrides` (experiment groups included), resolved and as
+    written (interpolations kept); Hydra initialised on `config_dir` already."""
+    from hydra import compose
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = compose(config_name="config", overrides=overrides)
+        unresolved = OmegaConf.to_container(cfg, resolve=False)
+        _reject_volatile_interpolations(unresolved)
+        return OmegaConf.to_container(cfg, resolve=True), unresolved  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        raise _one_line_error(error, overrides, config_dir) from None
+
+
+#: Where `Composer` keeps composed configs between processes, under the project root.
+CACHE_DIR = Path(".snakemake") / "laminae-cache"
+_CACHE_FORMAT = 1
+# A resolver call (`${oc.env:HOME}`, a custom resolver): its value may change between
+# processes, so a config holding one is composed anew each time, never cached on disk.
+_RESOLVER_CALL = re.compile(r"\$\{\s*[^}:]*:")
+
+
+class Composer:
+    """Compose the configs of many runs against one `conf/` tree, with the dicts
+    `compose_config` gives, faster:
+
+    - Hydra is initialised once, and each experiment's config group stored once per registry;
+    - the defaults list (the config-group overrides: `model=...`, `+qkv=default`) is composed
+      once per distinct set of group overrides; each run's value overrides (`a.b=c`, `+k=v`,
+      `~k`) are applied to a copy with Hydra's own function (`ConfigLoaderImpl.
+      _apply_overrides_to_config`), as Hydra itself applies them after composing the defaults
+      list. Anything unusual (a `hydra.*` override, a failure, a sweep) goes through Hydra whole;
+    - results are kept on disk, in `<cache_dir>/compose-<key>.pkl`, the key a hash of every file
+      under `conf/`, each experiment's own default.yaml, this module's source and the versions of
+      Hydra and OmegaConf, each entry keyed by the run's overrides and the registry's names: a
+      changed file is another key, so an entry is never stale. Configs holding a resolver call
+      (`${oc.env:...}`), and trees whose config.yaml names a Hydra search path, are not cached.
+
+        >>> with Composer("conf", cache_dir=".snakemake/laminae-cache") as composer:
+        ...     cfgs = [composer.compose(run, registry) for run in runs]
+    """
+
+    def __init__(self, config_dir: str | Path, cache_dir: str | Path | None = None):
+        self.config_dir = _checked_config_dir(config_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._tree_key: str | None = None
+        self._disk: dict[str, dict[tuple[str, ...], bytes]] = {}   # content key -> entries
+        self._new: dict[str, dict[tuple[str, ...], bytes]] = {}
+        self._bases: dict[tuple, Any] = {}
+        self._stored: set[tuple] = set()
+        self._registry_keys: dict[tuple[int, ...], str] = {}
+        self._hydra = False
+
+    def __enter__(self) -> "Composer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Write new entries to the disk cache (atomically; a failed write is ignored) and
+        leave Hydra uninitialised."""
+        if self._hydra:
+            from hydra.core.global_hydra import GlobalHydra
+
+            GlobalHydra.instance().clear()
+            self._hydra = False
+        for key, entries in self._new.items():
+            if entries and self.cache_dir is not None:
+                self._write(key, entries)
+        self._new = {}
+
+    def compose(self, overrides: Sequence[str], registry: Mapping[str, Experiment] | None = None) -> dict[str, Any]:
+        """What `compose_config(overrides, config_dir, registry)` returns (a fresh dict)."""
+        registry = registry or {}
+        overrides = tuple(str(o) for o in overrides)
+        key = self._content_key(registry)
+        entry = (*registry, "", *overrides)
+        if key is not None:
+            cached = self._entries(key).get(entry)
+            if cached is not None:
+                return pickle.loads(cached)
+        cfg = self._compose(list(overrides), registry)
+        if key is not None and not _holds_resolver_call(cfg["_unresolved"]):
+            self._new.setdefault(key, {})[entry] = pickle.dumps(cfg["_resolved"], protocol=pickle.HIGHEST_PROTOCOL)
+        return cfg["_resolved"]
+
+    # ---------------------------------------------------------------- composition
+    def _compose(self, overrides: list[str], registry: Mapping[str, Experiment]) -> dict[str, Any]:
+        import copy
+
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from omegaconf import OmegaConf
+
+        _check_override_syntax(overrides)
+        self._initialise()
+        self._store_groups(registry)
+        chosen, kept = _chosen_options(overrides, registry)
+        full = [*(f"+{name}={chosen.get(name, 'default')}" for name in registry), *kept]
+        try:
+            parsed = [_parse(text) for text in full]
+            if any(o.is_sweep_override() or o.key_or_group.startswith("hydra") for o in parsed):
+                raise _Whole()
+            repository = GlobalHydra.instance().hydra.config_loader.repository  # type: ignore[union-attr]
+            groups, values = [], []
+            for text, override in zip(full, parsed):
+                if isinstance(override.value(), dict) or not repository.group_exists(override.key_or_group):
+                    values.append(override)
+                else:
+                    groups.append(text)
+            base_key = (tuple(id(e) for e in registry.values()), tuple(groups))
+            if base_key not in self._bases:
+                from hydra import compose
+
+                base = compose(config_name="config", overrides=groups)
+                unresolved = OmegaConf.to_container(base, resolve=False)
+                plain = None if _holds_interpolation(unresolved) else pickle.dumps(unresolved)
+                self._bases[base_key] = (base, plain)
+            base, plain = self._bases[base_key]
+            if plain is not None:   # no interpolation to follow a changed value: set values in plain dicts
+                cfg = pickle.loads(plain)
+                if all(_set_plain(cfg, override) for override in values):
+                    return {"_resolved": cfg, "_unresolved": {}}
+            cfg = copy.deepcopy(base)
+            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+            unresolved = OmegaConf.to_container(cfg, resolve=False)
+            _reject_volatile_interpolations(unresolved)
+            return {"_resolved": OmegaConf.to_container(cfg, resolve=True), "_unresolved": unresolved}
+        except Exception:  # Hydra whole: the same config, or the same one-line error
+            resolved, unresolved = _hydra_compose(full, self.config_dir)
+            return {"_resolved": resolved, "_unresolved": unresolved}
+
+    def _initialise(self) -> None:
+        if not self._hydra:
+            from hydra import initialize_config_dir
+            from hydra.core.global_hydra import GlobalHydra
+
+            GlobalHydra.instance().clear()
+            initialize_config_dir(config_dir=str(self.config_dir), version_base="1.3", job_name="laminae")
+            self._hydra = True
+
+    def _store_groups(self, registry: Mapping[str, Experiment]) -> None:
+        key = tuple(id(e) for e in registry.values())
+        if key not in self._stored:
+            _with_experiment_groups([], self.config_dir, registry)
+            self._stored.add(key)
+
+    # ---------------------------------------------------------------- disk cache
+    def _content_key(self, registry: Mapping[str, Experiment]) -> str | None:
+        """The hash of everything a composition reads besides the overrides; None: no disk cache."""
+        if self.cache_dir is None:
+            return None
+        if self._tree_key is None:
+            import hashlib
+            from importlib import metadata
+
+            digest = hashlib.sha256(f"laminae-compose {_CACHE_FORMAT}".encode())
+            for package in ("hydra-core", "omegaconf"):
+                try:
+                    digest.update(f"{package} {metadata.version(package)}".encode())
+                except metadata.PackageNotFoundError:
+                    digest.update(f"{package} ?".encode())
+            digest.update(Path(__file__).read_bytes())
+            for path in sorted(p for p in self.config_dir.rglob("*") if p.is_file()):
+                data = path.read_bytes()
+                if b"searchpath" in data:   # Hydra would read another tree too
+                    self.cache_dir = None
+                    return None
+                digest.update(f"\0{path.relative_to(self.config_dir).as_posix()}\0{len(data)}\0".encode())
+                digest.update(data)
+            self._tree_key = digest.hexdigest()
+        import hashlib
+
+        ids = tuple(id(e) for e in registry.values())
+        if ids in self._registry_keys:
+            return self._registry_keys[ids]
+        digest = hashlib.sha256(self._tree_key.encode())
+        for name, experiment in registry.items():
+            path = experiment.path(experiment.config) if experiment.folder is not None else None
+            data = path.read_bytes() if path is not None and path.is_file() else b""
+            digest.update(f"\0{name}\0{len(data)}\0".encode())
+            digest.update(data)
+        self._registry_keys[ids] = digest.hexdigest()[:32]
+        return self._registry_keys[ids]
+
+    def _entries(self, key: str) -> dict[tuple[str, ...], bytes]:
+        if key not in self._disk:
+            entries: dict[tuple[str, ...], bytes] = {}
+            try:
+                assert self.cache_dir is not None
+                with open(self.cache_dir / f"compose-{key}.pkl", "rb") as handle:
+                    loaded = pickle.load(handle)
+                if isinstance(loaded, dict):
+                    entries = loaded
+            except Exception:   # absent, or unreadable: compose anew
+                pass
+            self._disk[key] = entries
+        return self._disk[key]
+
+    def _write(self, key: str, new: dict[tuple[str, ...], bytes]) -> None:
+        import os
+        import tempfile
+
+        assert self.cache_dir is not None
+        self._disk.pop(key, None)
+        entries = {**self._entries(key), **new}    # what another process wrote meanwhile, too
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=self.cache_dir, prefix=f".compose-{key}.", suffix=".tmp")
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    pickle.dump(entries, out, protocol=pickle.HIGHEST_PROTOCOL)
+                os.chmod(temporary, 0o644)   # mkstemp's 0600 would hide it from a shared project's other users
+                os.replace(temporary, self.cache_dir / f"compose-{key}.pkl")
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+        except OSError:   # a read-only project: no cache, same results
+            pass
+        self._disk[key] = entries
+
+
+class _Whole(Exception):
+    """Compose this run with Hydra whole."""
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse(text: str) -> Any:
+    """One override parsed by Hydra's grammar (a sweep repeats the same strings: parsed once)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(text)
+
+
+def _parse_all(overrides: Sequence[str]) -> list[Any]:
+    """`OverridesParser.parse_overrides`, each override parsed once per process."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return [_parse(text) for text in overrides]
+    except HydraException:
+        return OverridesParser.create().parse_overrides(list(overrides))   # its own error message
+
+
+def _set_plain(cfg: dict[str, Any], override: Any) -> bool:
+    """Apply a plain `key=value` override (`key` an existing leaf of mappings, `value` a
+    scalar) to the plain dict of an interpolation-free config, as Hydra's
+    `OmegaConf.update(cfg, key, value, merge=True)` does to its untyped nodes; False (nothing
+    set) for any other override, which then goes through OmegaConf."""
+    from hydra.core.override_parser.types import OverrideType
+
+    if override.type != OverrideType.CHANGE or override.package is not None:
+        return False
+    value = override.value()
+    if not (value is None or type(value) in (str, int, float, bool)) or (isinstance(value, str) and "${" in value):
+        return False
+    key = override.key_or_group
+    if not key or any(char in key for char in "[]$\\'\"") or "" in key.split("."):
+        return False
+    *parents, leaf = key.split(".")
+    node: Any = cfg
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], (dict, list)):
+        return False
+    node[leaf] = value
+    return True
+
+
+def _holds_interpolation(node: Any) -> bool:
+    if isinstance(node, dict):
+        return any(_holds_interpolation(key) or _holds_interpolation(child) for key, child in node.items())
+    if isinstance(node, list):
+        return any(_holds_interpolation(child) for child in node)
+    return isinstance(node, str) and "${" in node
+
+
+def _holds_resolver_call(node: Any) -> bool:
+    if isinstance(node, dict):
+        return any(_holds_resolver_call(child) for child in node.values())
+    if isinstance(node, list):
+        return any(_holds_resolver_call(child) for child in node)
+    return isinstance(node, str) and bool(_RESOLVER_CALL.search(node))
 
 
 def experiment_packages(overrides: Sequence[str], config_dir: str | Path) -> list[str]:
@@ -101,11 +392,9 @@ def _with_experiment_groups(overrides: list[str], config_dir: Path, registry: Ma
 
 def _chosen_options(overrides: Sequence[str], registry: Mapping[str, Experiment]) -> tuple[dict[str, str], list[str]]:
     """The option each `<experiment>=<option>` override picks, and the other overrides."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     chosen: dict[str, str] = {}
     kept = []
-    for text, override in zip(overrides, OverridesParser.create().parse_overrides(list(overrides))):
+    for text, override in zip(overrides, _parse_all(overrides)):
         name = override.key_or_group
         if name in registry and not override.is_delete() and isinstance(override.value(), str):
             chosen[name] = override.value()
@@ -163,13 +452,11 @@ def _check_override_syntax(overrides: Sequence[str]) -> None:
     """Parse each override alone, so a syntax error names its key (Hydra's own message names
     neither the key nor the cure). The usual cause is an unquoted value holding braces, e.g.
     `template.text=a {word} b`, which Hydra's grammar reads as a dict."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    parser = OverridesParser.create()
     for override in overrides:
         try:
-            parser.parse_override(override)
+            _parse(override)
         except HydraException as error:
             key, has_value, value = override.partition("=")
             key = key.strip().lstrip("~+")

@@ -87,18 +87,73 @@ def validate_config(cfg: dict[str, Any], project_root: str | Path, registry: Map
 
     if isinstance(cfg.get("model"), dict):
         _check_model(cfg["model"])  # first: model=auto without model.pretrained has no name either
-    schema = config_schema(registry)
-    _check_declared(cfg, schema, registry, Path(project_root), group_files or {})
-    check_against_schema(cfg, schema)
+    checked = _checked_schema(registry)
+    _check_declared(cfg, checked.schema, registry, Path(project_root), {} if group_files is None else group_files)
+    checked.check(cfg)
     enabled = [registry[name] for name in cfg["experiments"]]
     for experiment in enabled:
-        check_claims(cfg, experiment)
+        key = (id(experiment), _canonical(cfg.get(experiment.name, {}).get("claims")))
+        if _CLAIMS_PASSED.get(key) is not experiment:   # the same claims of the same experiment: checked once
+            check_claims(cfg, experiment)
+            _CLAIMS_PASSED[key] = experiment
     for kind in dict.fromkeys(experiment.inputs for experiment in enabled):
         input_kind(kind).validate(cfg, project_root)
     _check_shards(cfg, enabled)
     for experiment in enabled:
         if experiment.validate is not None:
             experiment.hook("validate")(cfg)
+
+
+class _CheckedSchema:
+    """`config_schema(registry)` with its validator, and the top-level values found valid: a
+    sweep's runs share most of their config, so each distinct value of a top-level key is
+    checked once (`check` is `check_against_schema(cfg, schema)`: where any value is new and
+    invalid, or the schema's root says more than types, required and properties, the whole
+    config is checked as before, for the same error)."""
+
+    ROOT_KEYWORDS = frozenset({"type", "additionalProperties", "required", "properties", "$defs", "$schema",
+                               "title", "description"})
+
+    def __init__(self, registry: Mapping[str, Experiment]):
+        import jsonschema
+
+        self.registry = dict(registry)   # keeps the experiments (and so their ids) alive
+        self.schema = config_schema(registry)
+        self.validator = jsonschema.Draft202012Validator(self.schema)
+        self.by_key = set(self.schema) <= self.ROOT_KEYWORDS and self.schema.get("type") == "object" \
+            and self.schema.get("additionalProperties") is False
+        self.passed: set[tuple[str, Any]] = set()
+
+    def check(self, cfg: Any) -> None:
+        if self.by_key and isinstance(cfg, dict) and all(isinstance(key, str) for key in cfg) \
+                and set(cfg) <= set(self.schema["properties"]) and set(self.schema.get("required", ())) <= set(cfg):
+            seen = [(key, _canonical(value)) for key, value in cfg.items()]
+            new = [(key, value) for (key, canonical), value in zip(seen, cfg.values()) if (key, canonical) not in self.passed]
+            if all(self.validator.evolve(schema=self.schema["properties"][key]).is_valid(value) for key, value in new):
+                self.passed.update(seen)
+                return
+        check_against_schema(cfg, self.schema)
+
+
+_SCHEMAS: dict[tuple[int, ...], _CheckedSchema] = {}
+_CLAIMS_PASSED: dict[tuple[int, Any], Experiment] = {}
+
+
+def _checked_schema(registry: Mapping[str, Experiment]) -> _CheckedSchema:
+    """One `_CheckedSchema` per registry (its experiments, by identity: `discover` returns the
+    same objects for the same packages), instead of the schema files read for every run."""
+    key = tuple(id(experiment) for experiment in registry.values())
+    cached = _SCHEMAS.get(key)
+    if cached is None or list(cached.registry) != list(registry) \
+            or any(a is not b for a, b in zip(cached.registry.values(), registry.values())):
+        cached = _SCHEMAS[key] = _CheckedSchema(registry)
+    return cached
+
+
+def _canonical(node: Any) -> tuple[str, str]:
+    """A hashable form of a config value, equal only when the values are (a config holds
+    plain values, whose repr says their type and value: 1, 1.0, True and '1' differ)."""
+    return type(node).__name__, repr(node)
 
 
 def _check_declared(cfg: Mapping[str, Any], schema: Mapping[str, Any], registry: Mapping[str, Experiment],
