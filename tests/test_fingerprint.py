@@ -114,6 +114,10 @@ def test_a_sweep_names_runs_whose_weights_are_identical(tmp_path, checkpoint):
     (line,) = plan.identical_weights()
     assert f"model.pretrained={checkpoint}" in line and f"model.pretrained={tmp_path / 'copy'}" in line
     assert "other" not in line
+    labels = [run["label"] for run in next(iter(plan.comparisons.values())).config["runs"]]
+    assert labels == [f"model.pretrained={checkpoint}",
+                      f"model.pretrained={tmp_path / 'copy'} [same weights as model.pretrained={checkpoint}]",
+                      f"model.pretrained={tmp_path / 'other'}"]
 
 
 @pytest.mark.slow

@@ -161,6 +161,11 @@ class WorkflowPlan:
                          "analysis": analysis_hash,
                          "settings": analysis_settings(members[0].config, experiment)})
             distinguishing.append(shared)
+        first_of: dict[str, str] = {}   # weights -> the label of the first run with them
+        for run in runs:                # identical weights are one model, not two checkpoints: say so
+            fingerprint = self.weights(run["analysis"])
+            if fingerprint is not None and first_of.setdefault(fingerprint, run["label"]) != run["label"]:
+                run["label"] += f" [same weights as {first_of[fingerprint]}]"
         first = self.run_of[runs[0]["analysis"]].config
         config = {"stage": f"{experiment.name}.compare", "experiment": experiment.name, "runs": runs,
                   "plot": {"dpi": first["plot"]["dpi"], experiment.name: first[experiment.name].get("plot", {})}}
