@@ -32,6 +32,10 @@ def load_tiny(folder: Path, models_dir: Path, dtype: str = "float32"):
     return load_model(cfg, "cpu", models_dir, ROOT)
 
 
+def hooks_left(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
 def by_check(checks) -> dict[str, list]:
     grouped: dict[str, list] = {}
     for check in checks:
@@ -43,6 +47,7 @@ def by_check(checks) -> dict[str, list]:
 def test_every_family_captures_what_the_model_computes(name, tiny_dir, models_dir):
     loaded = load_tiny(tiny_dir(name), models_dir)
     checks = by_check(measure_fidelity(loaded, SEQUENCES))
+    assert hooks_left(loaded.model) == 0   # neither laminae's nor transformers' hidden-state hooks stay
     n_layers = len(loaded.adapter.blocks(loaded.model))
     assert len(checks["hidden_state"]) == 2 * n_layers - 1 and len(checks["final_output"]) == 1
     assert all(c.passed and c.max_rel_error < 1e-6 for c in checks["hidden_state"] + checks["final_output"])

@@ -411,7 +411,7 @@ def test_during_extraction_equals_two_stage_on_tiny_gpt2(tmp_path, models_dir):
 
     stored, two_stage = pipeline(tmp_path / "two")
     inline, during = pipeline(tmp_path / "during", "pathlength.during_extraction=true")
-    assert sorted(p.name for p in inline.iterdir()) == ["config.yaml", "reductions", "rows.tsv"]
+    assert sorted(p.name for p in inline.iterdir()) == ["config.yaml", "fidelity.tsv", "reductions", "rows.tsv"]
     expected, actual = table_rows(two_stage), table_rows(during)
     assert list(actual) == list(expected)
     for key, row in expected.items():

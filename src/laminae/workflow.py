@@ -161,11 +161,12 @@ class WorkflowPlan:
                          "analysis": analysis_hash,
                          "settings": analysis_settings(members[0].config, experiment)})
             distinguishing.append(shared)
-        first_of: dict[str, str] = {}   # weights -> the label of the first run with them
-        for run in runs:                # identical weights are one model, not two checkpoints: say so
+        first_of: dict[str, tuple[str, str]] = {}   # weights -> (model config, label) of the first run with them
+        for run in runs:   # other model configs, identical weights: one model, not two checkpoints
             fingerprint = self.weights(run["analysis"])
-            if fingerprint is not None and first_of.setdefault(fingerprint, run["label"]) != run["label"]:
-                run["label"] += f" [same weights as {first_of[fingerprint]}]"
+            model = _model_key(self.run_of[run["analysis"]].config["model"])
+            if fingerprint is not None and first_of.setdefault(fingerprint, (model, run["label"]))[0] != model:
+                run["label"] += f" [same weights as {first_of[fingerprint][1]}]"
         first = self.run_of[runs[0]["analysis"]].config
         config = {"stage": f"{experiment.name}.compare", "experiment": experiment.name, "runs": runs,
                   "plot": {"dpi": first["plot"]["dpi"], experiment.name: first[experiment.name].get("plot", {})}}
@@ -229,10 +230,12 @@ class WorkflowPlan:
         from laminae.models.fingerprint import FingerprintCache, weights_fingerprint
 
         model = self.run_of[digest].config["model"]
-        key = stable_hash({k: model[k] for k in ("pretrained", "revision", "random_init")})
+        key = _model_key(model)
         if key not in self._weights:
             if self._fingerprints is None:
-                self._fingerprints = FingerprintCache(Path(self.models_dir) / ".fingerprints.json")
+                from laminae.config.compose import cache_dir
+
+                self._fingerprints = FingerprintCache(cache_dir(self.root) / "fingerprints.json")
             self._weights[key] = weights_fingerprint(model, self.root, self._fingerprints)
         found = self._weights[key]
         stage = self.stages[digest]
@@ -247,15 +250,15 @@ class WorkflowPlan:
     def identical_weights(self) -> list[str]:
         """One line per set of runs whose configs differ but whose weights are identical (e.g. two
         checkpoint revisions that serve the same files): their results are not two checkpoints."""
-        runs: dict[str, list[str]] = {}
+        models: dict[str, dict[str, str]] = {}   # fingerprint -> {model config: the label of its first run}
         for run in self.runs:
             extraction = next((stage.hash for stage in run.stages.values() if stage.kind == "extract"), None)
             fingerprint = self.weights(extraction) if extraction else None
             if fingerprint is not None:
-                runs.setdefault(fingerprint, []).append(run.label)
-        return [f"runs {', '.join(labels)} have identical weights ({fingerprint[:24]}...): their results are those "
-                "of one model, not of different checkpoints"
-                for fingerprint, labels in runs.items() if len(labels) > 1]
+                models.setdefault(fingerprint, {}).setdefault(_model_key(run.config["model"]), run.label)
+        return [f"runs {', '.join(labels.values())} have identical weights ({fingerprint[:24]}...): their results "
+                "are those of one model, not of different checkpoints"
+                for fingerprint, labels in models.items() if len(labels) > 1]
 
     def stage_record(self, digest: str) -> dict[str, Any]:
         stage = self.stages[digest]
@@ -582,3 +585,8 @@ class WorkflowPlan:
         for folder, size, stores in needed.values():
             disk.require_space(folder, size, f"the {stores} activation store{'s' if stores > 1 else ''} still to "
                                              "extract")
+
+
+def _model_key(model: Mapping[str, Any]) -> str:
+    """What names a model's weights in its config: where they are and which revision."""
+    return stable_hash({key: model[key] for key in ("pretrained", "revision", "random_init")})

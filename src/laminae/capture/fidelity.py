@@ -10,9 +10,11 @@ difference over the largest magnitude of the reference (`max_rel_error`):
 
 - `hidden_state` (must hold): the captured `resid_pre` of block l against the model's own
   hidden state l (`output_hidden_states`), and `resid_post` of block l against hidden state l+1,
-  but the last block's;
+  but the last block's. transformers 5 records these with hooks of its own on the blocks, so
+  this checks the capture's row selection, padding and copies more than where it hooks;
 - `final_output` (must hold): the last block's `resid_post` through the family's final modules
-  (its final norm: `Adapter.final_hidden`) against the model's last hidden state;
+  (its final norm: `Adapter.final_hidden`) against the model's last hidden state, the output of
+  its own forward: where the residual stream is hooked, checked against the model itself;
 - `residual_sum` (must hold where the family's blocks add to the residual stream:
   `Adapter.residual_sum_holds`): `resid_post = resid_pre + attn_out + mlp_out`, summed in float32;
 - `float32` (recorded, not required) when the model computes in bfloat16 or float16: every site
@@ -24,8 +26,9 @@ Tolerances scale with the compute dtype (`TOLERANCE`): the first two compare the
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,7 @@ import torch
 from laminae.capture.hooks import SiteCapture
 from laminae.capture.selectors import select_tokens
 from laminae.errors import LaminaeError
-from laminae.store import FIDELITY_FILE, write_tsv
+from laminae.store import write_tsv
 
 #: the batch checked: the plan's first sequences, each cut to its first tokens (the checks hold
 #: token by token; a short batch keeps their cost a sliver of any extraction's)
@@ -42,6 +45,9 @@ FIDELITY_SEQUENCES, FIDELITY_TOKENS = 4, 64
 CHECKED_SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 #: max_rel_error allowed of a check that must hold, by compute dtype
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+#: what transformers sets on a model once it has installed its hidden-state hooks
+INSTALLED_FLAG = "_output_capturing_hooks_installed"
+_ABSENT = object()
 COLUMNS = ("check", "site", "layer", "reference", "max_abs_error", "max_rel_error", "tolerance", "must_hold", "passed")
 
 
@@ -145,11 +151,31 @@ def _forward(loaded, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """The checked sites of every layer and the model's hidden states, on the real tokens:
     ({site: [(n_tokens, d_model) per layer]}, [(n_tokens, width) per hidden state])."""
     select = select_tokens(attention_mask)
-    with SiteCapture(loaded.model, loaded.adapter, CHECKED_SITES) as capture:
+    with SiteCapture(loaded.model, loaded.adapter, CHECKED_SITES) as capture, _model_left_as_found(loaded.model):
         capture.select = select
         output = loaded.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         sites = capture.pop()
     return sites, [select(state) for state in output.hidden_states]
+
+
+@contextlib.contextmanager
+def _model_left_as_found(model: torch.nn.Module) -> Iterator[None]:
+    """Remove the hooks the forward itself installs: transformers 5 records `hidden_states` with
+    forward hooks it installs on first use and keeps (with a flag on the model); the extraction's
+    model must carry no hook of anyone's after the check."""
+    modules = list(model.modules())
+    hooks = [(set(m._forward_hooks), set(m._forward_pre_hooks)) for m in modules]
+    flags = [m.__dict__.get(INSTALLED_FLAG, _ABSENT) for m in modules]
+    try:
+        yield
+    finally:
+        for module, (forward, pre), flag in zip(modules, hooks, flags):
+            for key in set(module._forward_hooks) - forward:
+                del module._forward_hooks[key]
+            for key in set(module._forward_pre_hooks) - pre:
+                del module._forward_pre_hooks[key]
+            if flag is _ABSENT:
+                module.__dict__.pop(INSTALLED_FLAG, None)
 
 
 def _compare(check: str, site: str, layer: int, captured: torch.Tensor, reference: torch.Tensor, what: str,

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
-from laminae.config.compose import CACHE_DIR, Composer, compose_config, expand_sweep, experiment_packages, group_files
+from laminae.config.compose import Composer, cache_dir, compose_config, expand_sweep, experiment_packages, group_files
 from laminae.config.keys import get_key, select_keys, stable_hash
 from laminae.config.model_source import resolve_model_keys
 from laminae.config.stages import RUNTIME_KEYS, Run, Stage, analysis_settings, plan_run
@@ -51,8 +50,7 @@ def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_
     combinations = expand_sweep(sweep) if sweep else [()]
     packages: list[str] | None = None
     models: dict[tuple, dict[str, Any]] = {}
-    cache_dir = (Path(os.environ.get("LAMINAE_CACHE_DIR") or root / CACHE_DIR)) if cache else None
-    with Composer(config_dir, cache_dir=cache_dir) as composer:
+    with Composer(config_dir, cache_dir=cache_dir(root) if cache else None) as composer:
         for combination in combinations:
             run_overrides = (*overrides, *combination)
             if any("experiment_packages" in o for o in run_overrides):

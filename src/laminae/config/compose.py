@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import pickle
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -82,6 +83,12 @@ def _hydra_compose(overrides: list[str], config_dir: Path) -> tuple[dict[str, An
 
 #: Where `Composer` keeps composed configs between processes, under the project root.
 CACHE_DIR = Path(".snakemake") / "laminae-cache"
+
+
+def cache_dir(project_root: str | os.PathLike) -> Path:
+    """laminae's caches between processes (composed configs, the weights' fingerprints):
+    `$LAMINAE_CACHE_DIR`, else `<project root>/.snakemake/laminae-cache`. Never results."""
+    return Path(os.environ.get("LAMINAE_CACHE_DIR") or Path(project_root) / CACHE_DIR)
 _CACHE_FORMAT = 1
 # A resolver call (`${oc.env:HOME}`, a custom resolver): its value may change between
 # processes, so a config holding one is composed anew each time, never cached on disk.

@@ -10,7 +10,8 @@
 - A local folder (`save_pretrained`, a `pkg://` folder) or a GGUF file: sha256 over the names
   and sha256 of its files (weights, config, tokenizer: everything that shapes the activations;
   not READMEs). A file's sha256 is remembered per (absolute path, size, mtime) in
-  `FingerprintCache` (a JSON file), so building a DAG never rehashes gigabytes twice.
+  `FingerprintCache` (a JSON file in laminae.config.compose.cache_dir), so building a DAG never
+  rehashes gigabytes twice.
 - A hub id: `hub:<id>@<commit>`, the commit its revision resolves to: from the local HF cache
   (a snapshot folder is named by its commit), else from the hub (one quick request), else None
   (the model cannot be had: the preflight says so).
@@ -38,7 +39,7 @@ HUB_TIMEOUT_S = 5.0
 class FingerprintCache:
     """sha256 of files, remembered per (absolute path, size, mtime_ns) in a JSON file.
 
-        >>> cache = FingerprintCache(Path("models/.fingerprints.json"))
+        >>> cache = FingerprintCache(Path(".snakemake/laminae-cache/fingerprints.json"))
         >>> cache.sha256(Path("model.safetensors"))     # hashed once; later calls read the record
     """
 
