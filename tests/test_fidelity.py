@@ -1,9 +1,9 @@
-"""Fidelity of an extraction (laminae.capture.fidelity): every family's captured sites agree with
-the model's own hidden states (Hugging Face's `output_hidden_states`, an independent path) and
-its last hidden state through the family's final modules; the residual sum holds where the
-family's blocks add; bfloat16 runs are compared with float32 and the model left as it was; a
-misplaced hook stops the extraction in one line with nothing written; fidelity.tsv and the
-provenance attributes record every check."""
+"""Fidelity of an extraction (laminae.capture.fidelity): in every family, the last block's captured
+output through the family's final modules equals the model's own output, each block's output the
+next block's input, and the residual sum holds where the family's blocks add; bfloat16 runs are
+compared with float32 and the model left as it was; the checks ride on the extraction's first
+forward pass (no pass of their own); a misplaced hook stops the extraction in one line with
+nothing written; fidelity.tsv and the provenance attributes record every check."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import h5py
 import pytest
 import torch
 
-from laminae.capture.fidelity import FIDELITY_SEQUENCES, FIDELITY_TOKENS, FidelityError, measure_fidelity
+from laminae.capture.fidelity import FIDELITY_SEQUENCES, FIDELITY_TOKENS, FidelityError, checked_rows, measure_fidelity
 from laminae.inputs import ExtractionPlan
 from laminae.models.loading import load_model
 from laminae.stages.extract import write_extraction
@@ -47,10 +47,10 @@ def by_check(checks) -> dict[str, list]:
 def test_every_family_captures_what_the_model_computes(name, tiny_dir, models_dir):
     loaded = load_tiny(tiny_dir(name), models_dir)
     checks = by_check(measure_fidelity(loaded, SEQUENCES))
-    assert hooks_left(loaded.model) == 0   # neither laminae's nor transformers' hidden-state hooks stay
+    assert hooks_left(loaded.model) == 0
     n_layers = len(loaded.adapter.blocks(loaded.model))
-    assert len(checks["hidden_state"]) == 2 * n_layers - 1 and len(checks["final_output"]) == 1
-    assert all(c.passed and c.max_rel_error < 1e-6 for c in checks["hidden_state"] + checks["final_output"])
+    assert len(checks["chain"]) == n_layers - 1 and len(checks["final_output"]) == 1
+    assert all(c.passed and c.max_rel_error < 1e-6 for c in checks["chain"] + checks["final_output"])
     if loaded.adapter.residual_sum_holds(loaded.model.config):
         assert len(checks["residual_sum"]) == n_layers and all(c.passed for c in checks["residual_sum"])
     else:   # OPT-350m's post-LayerNorm blocks: no residual sum to check
@@ -69,24 +69,26 @@ def test_bfloat16_is_compared_with_float32_and_the_model_left_as_it_was(name, ti
     assert len(checks["float32"]) == 4 * n_layers and not any(c.must_hold for c in checks["float32"])
     # bfloat16 is not float32: the differences are there, and of bfloat16's size
     assert 1e-4 < max(c.max_rel_error for c in checks["float32"]) < 0.1
-    assert all(c.passed for c in checks["hidden_state"] + checks["final_output"] + checks["residual_sum"])
+    assert all(c.passed for c in checks["chain"] + checks["final_output"] + checks["residual_sum"])
 
 
-def test_the_checked_batch_is_short(tiny_gpt2):
-    long = [list(range(10, 10 + 200))] * 9
-    sites = {}
+def test_the_checks_ride_on_the_first_batch(tiny_gpt2, tmp_path):
+    """No forward pass of their own: an extraction of 9 inputs in batches of 4 runs the model 3
+    times; the checked rows are the first inputs' first tokens."""
+    long = [list(range(10 + i, 10 + i + 100)) for i in range(9)]
+    calls = []
     original = tiny_gpt2.model.forward
-
-    def spy(*args, **kwargs):
-        sites["shape"] = tuple(kwargs["input_ids"].shape)
-        return original(*args, **kwargs)
-
-    tiny_gpt2.model.forward = spy
+    tiny_gpt2.model.forward = lambda *args, **kwargs: calls.append(kwargs["input_ids"].shape) or original(*args, **kwargs)
     try:
-        measure_fidelity(tiny_gpt2, long)
+        write_extraction(tiny_gpt2, plan_of(long), record(), {"batch_size": 4, "compression": None},
+                         tmp_path / "activations", {})
     finally:
         del tiny_gpt2.model.forward
-    assert sites["shape"] == (FIDELITY_SEQUENCES, FIDELITY_TOKENS)
+    assert calls == [(4, 100), (4, 100), (1, 100)]
+    batch, positions = checked_rows(long[:4])
+    assert list(zip(batch, positions)) == [(b, p) for b in range(FIDELITY_SEQUENCES) for p in range(FIDELITY_TOKENS)]
+    rows = read_tsv(tmp_path / "activations" / FIDELITY_FILE)
+    assert {row["check"] for row in rows} == {"final_output", "chain", "residual_sum"}
 
 
 def plan_of(sequences) -> ExtractionPlan:
@@ -106,8 +108,8 @@ def test_the_store_records_every_check(tiny_llama, tmp_path):
     write_extraction(tiny_llama, plan_of(SEQUENCES), record(), {"batch_size": 2, "compression": None}, out, {})
     rows = read_tsv(out / FIDELITY_FILE)
     n_layers = len(tiny_llama.adapter.blocks(tiny_llama.model))
-    assert len(rows) == (2 * n_layers - 1) + 1 + n_layers
-    assert {row["check"] for row in rows} == {"hidden_state", "final_output", "residual_sum"}
+    assert len(rows) == (n_layers - 1) + 1 + n_layers
+    assert {row["check"] for row in rows} == {"chain", "final_output", "residual_sum"}
     assert all(row["passed"] == "True" for row in rows)
     with h5py.File(out / "layer_00.h5") as handle:
         assert bool(handle.attrs["fidelity_passed"])

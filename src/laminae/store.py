@@ -266,6 +266,12 @@ class ActivationWriter:
                 _write_rows(self._datasets[site][layer], start, array)
             self._written[site][layer] += shape[0]
 
+    def add_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Attributes known once the rows are written (the fidelity checks), on every layer file."""
+        self.attrs.update(attrs)
+        for handle in self._files:
+            handle.attrs.update(attrs)
+
     def set_rows(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], first_row: int = 0) -> None:
         """The row descriptions (a sequence of n_rows dicts: a list or a RowTable, iterated once
         when the store is finished, so a lazy table is never held whole), written to rows.tsv

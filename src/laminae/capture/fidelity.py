@@ -1,41 +1,43 @@
 """Fidelity of an extraction: on its first batch, what laminae's hooks capture is checked against
-the model's own outputs, so that a hook in the wrong place never yields a plausible figure.
+what the model itself computes, so that a hook in the wrong place never yields a plausible figure.
+The check rides on the extraction's own forward pass (one more set of hooks on its first batch:
+no pass of its own, so its cost stays a sliver of the extraction's):
 
-    >>> checks = measure_fidelity(loaded, plan.sequences)     # its first FIDELITY_SEQUENCES, cut short
-    >>> failed = [check for check in checks if not check.passed and check.must_hold]
-    >>> write_fidelity(checks, out_dir / "fidelity.tsv")
+    >>> check = FirstBatchCheck(loaded)
+    >>> run_plan(loaded, plan, batch_size, writer=writer, sites=sites, check=check)   # raises FidelityError
+    >>> check.finish()                          # the float32 comparison, for 16-bit compute
+    >>> write_fidelity(check.checks, out_dir / "fidelity.tsv")
 
-Checks, each per layer, on every real (unpadded) token of the batch, as the largest absolute
-difference over the largest magnitude of the reference (`max_rel_error`):
+Checks, on the first FIDELITY_SEQUENCES inputs' first FIDELITY_TOKENS tokens, as the largest
+absolute difference over the largest magnitude of the reference (`max_rel_error`):
 
-- `hidden_state` (must hold): the captured `resid_pre` of block l against the model's own
-  hidden state l (`output_hidden_states`), and `resid_post` of block l against hidden state l+1,
-  but the last block's. transformers 5 records these with hooks of its own on the blocks, so
-  this checks the capture's row selection, padding and copies more than where it hooks;
 - `final_output` (must hold): the last block's `resid_post` through the family's final modules
-  (its final norm: `Adapter.final_hidden`) against the model's last hidden state, the output of
-  its own forward: where the residual stream is hooked, checked against the model itself;
+  (its final norm: `Adapter.final_hidden`) against the model's own output, its last hidden
+  state: where the residual stream is hooked, checked against the model itself;
+- `chain` (must hold): `resid_post` of block l against `resid_pre` of block l+1 (the blocks
+  follow one another: the capture's row selection and copies keep them equal);
 - `residual_sum` (must hold where the family's blocks add to the residual stream:
-  `Adapter.residual_sum_holds`): `resid_post = resid_pre + attn_out + mlp_out`, summed in float32;
+  `Adapter.residual_sum_holds`): `resid_post = resid_pre + attn_out + mlp_out`, summed in float32:
+  where the sublayers' outputs are hooked;
 - `float32` (recorded, not required) when the model computes in bfloat16 or float16: every site
-  against the same batch computed in float32 (the weights cast up exactly, then back).
+  of the first input against the same input computed in float32 (the weights cast up exactly,
+  then back), after the extraction.
 
-Tolerances scale with the compute dtype (`TOLERANCE`): the first two compare the same tensors
-(differences are 0 unless a hook is misplaced); the sum rounds once per addition.
+Tolerances scale with the compute dtype (`TOLERANCE`): the first two compare the same values
+(0 unless a hook is misplaced); the sum rounds once per addition.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from laminae.capture.hooks import SiteCapture
-from laminae.capture.selectors import select_tokens
+from laminae.capture.selectors import select_rows, select_tokens
 from laminae.errors import LaminaeError
 from laminae.store import write_tsv
 
@@ -45,9 +47,6 @@ FIDELITY_SEQUENCES, FIDELITY_TOKENS = 4, 64
 CHECKED_SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 #: max_rel_error allowed of a check that must hold, by compute dtype
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-#: what transformers sets on a model once it has installed its hidden-state hooks
-INSTALLED_FLAG = "_output_capturing_hooks_installed"
-_ABSENT = object()
 COLUMNS = ("check", "site", "layer", "reference", "max_abs_error", "max_rel_error", "tolerance", "must_hold", "passed")
 
 
@@ -59,10 +58,10 @@ class FidelityError(LaminaeError):
 class Check:
     """One comparison of a captured site (one layer) with its reference."""
 
-    check: str            # hidden_state | final_output | residual_sum | float32
+    check: str            # final_output | chain | residual_sum | float32
     site: str
     layer: int
-    reference: str        # what it is compared with, e.g. "hidden_states[3]"
+    reference: str        # what it is compared with, e.g. "resid_pre of layer 3"
     max_abs_error: float
     max_rel_error: float  # max |captured - reference| / max |reference|
     tolerance: float
@@ -78,47 +77,100 @@ class Check:
                 "tolerance": repr(self.tolerance), "must_hold": self.must_hold, "passed": self.passed}
 
 
+class FirstBatchCheck:
+    """The fidelity checks of one extraction, made during its first forward pass (module docstring).
+
+    `forward` replaces the model call of the first batch: the model runs once, with these hooks
+    beside the extraction's; the must-hold checks are judged at once (FidelityError on failure).
+    `finish` adds the float32 comparison, outside the extraction's hooks. `checks` holds them all.
+    """
+
+    def __init__(self, loaded) -> None:
+        self.loaded = loaded
+        self.dtype = next(loaded.model.parameters()).dtype
+        self.checks: list[Check] = []
+        self._first: tuple[list[int], dict[str, list[torch.Tensor]]] | None = None  # input, its sites
+
+    def forward(self, sequences: Sequence[Sequence[int]], input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The model on one right-padded batch (`sequences` unpadded), its check rows captured and
+        judged; returns the model's output."""
+        model, adapter = self.loaded.model, self.loaded.adapter
+        batch, positions = checked_rows(sequences)
+        with SiteCapture(model, adapter, CHECKED_SITES) as capture:
+            capture.select = select_rows(torch.tensor(batch), torch.tensor(positions), seq=input_ids.shape[1],
+                                         device=input_ids.device)
+            output = model(input_ids=input_ids, attention_mask=attention_mask)
+            sites = capture.pop()
+            final = capture.select(output.last_hidden_state)   # (rows, d_model)
+        self._judge(sites, final)
+        n_first = sum(1 for b in batch if b == 0)
+        self._first = (list(sequences[0]), {site: [rows[:n_first] for rows in layers] for site, layers in sites.items()})
+        require_fidelity(self.checks, self.loaded.info.model_id)
+        return output
+
+    def finish(self) -> None:
+        """The float32 comparison of the first input, for a model computing in 16 bits (a model
+        spread by device_map over devices and disk is not cast: left out)."""
+        model = self.loaded.model
+        if self._first is None or self.dtype not in (torch.bfloat16, torch.float16) \
+                or getattr(model, "hf_device_map", None):
+            return
+        sequence, sites = self._first
+        model.to(torch.float32)   # cast up and back: exact for weights held in 16 bits
+        try:
+            reference = _capture(self.loaded, [sequence])
+        finally:
+            model.to(self.dtype)
+        for site in CHECKED_SITES:
+            for layer, rows in enumerate(sites[site]):
+                self.checks.append(_compare("float32", site, layer, rows, reference[site][layer][: len(rows)],
+                                            "the same input in float32", TOLERANCE[self.dtype], False))
+
+    def _judge(self, sites: dict[str, list[torch.Tensor]], final: torch.Tensor) -> None:
+        adapter, model = self.loaded.adapter, self.loaded.model
+        tolerance = TOLERANCE.get(self.dtype, 1e-4)
+        n_layers = len(sites["resid_pre"])
+        with torch.inference_mode():
+            derived = adapter.final_hidden(model, sites["resid_post"][-1])
+        self.checks.append(_compare("final_output", "resid_post", n_layers - 1, derived, final,
+                                    "the model's output (last hidden state)", tolerance, True))
+        for layer in range(n_layers - 1):
+            self.checks.append(_compare("chain", "resid_post", layer, sites["resid_post"][layer],
+                                        sites["resid_pre"][layer + 1], f"resid_pre of layer {layer + 1}", tolerance,
+                                        True))
+        if adapter.residual_sum_holds(model.config):
+            for layer in range(n_layers):
+                total = sum(sites[site][layer].float() for site in ("resid_pre", "attn_out", "mlp_out"))
+                self.checks.append(_compare("residual_sum", "resid_post", layer, total, sites["resid_post"][layer],
+                                            "resid_pre + attn_out + mlp_out", tolerance, True))
+
+
+def checked_rows(sequences: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """(batch index, position) of the checked tokens of a batch: the first FIDELITY_TOKENS of each
+    of its first FIDELITY_SEQUENCES inputs.
+
+        >>> checked_rows([[5, 6, 7], [8]])
+        ([0, 0, 0, 1], [0, 1, 2, 0])
+    """
+    pairs = [(b, p) for b, sequence in enumerate(sequences[:FIDELITY_SEQUENCES])
+             for p in range(min(len(sequence), FIDELITY_TOKENS))]
+    return [b for b, _ in pairs], [p for _, p in pairs]
+
+
 def measure_fidelity(loaded, sequences: Sequence[Sequence[int]]) -> list[Check]:
-    """Every check of the module docstring on the first FIDELITY_SEQUENCES of `sequences`
-    (token ids), each cut to FIDELITY_TOKENS, right-padded into one batch."""
+    """The checks on their own forward pass of the first FIDELITY_SEQUENCES of `sequences`."""
     from laminae.capture.forward import pad_right
 
-    sequences = [list(sequence[:FIDELITY_TOKENS]) for sequence in sequences[:FIDELITY_SEQUENCES]]
-    model, adapter, config = loaded.model, loaded.adapter, loaded.model.config
-    input_ids, attention_mask = pad_right(sequences, loaded.tokenizer.pad_token_id, loaded.info.device)
-    dtype = next(model.parameters()).dtype
-    tolerance = TOLERANCE.get(dtype, 1e-4)
-    sites, hidden = _forward(loaded, input_ids, attention_mask)
-    n_layers = len(sites["resid_pre"])
-    checks = []
-    for layer in range(n_layers):
-        checks.append(_compare("hidden_state", "resid_pre", layer, sites["resid_pre"][layer], hidden[layer],
-                               f"hidden_states[{layer}]", tolerance, True))
-        if layer < n_layers - 1:
-            checks.append(_compare("hidden_state", "resid_post", layer, sites["resid_post"][layer],
-                                   hidden[layer + 1], f"hidden_states[{layer + 1}]", tolerance, True))
+    check = FirstBatchCheck(loaded)
+    batch = [list(sequence) for sequence in sequences[:FIDELITY_SEQUENCES]]
+    input_ids, attention_mask = pad_right(batch, loaded.tokenizer.pad_token_id, loaded.info.device)
     with torch.inference_mode():
-        final = adapter.final_hidden(model, sites["resid_post"][-1])
-    checks.append(_compare("final_output", "resid_post", n_layers - 1, final, hidden[n_layers],
-                           f"final modules -> hidden_states[{n_layers}]", tolerance, True))
-    if adapter.residual_sum_holds(config):
-        for layer in range(n_layers):
-            total = sum(sites[site][layer].float() for site in ("resid_pre", "attn_out", "mlp_out"))
-            checks.append(_compare("residual_sum", "resid_post", layer, total, sites["resid_post"][layer],
-                                   "resid_pre + attn_out + mlp_out", tolerance, True))
-    if dtype in (torch.bfloat16, torch.float16) and not getattr(model, "hf_device_map", None):
-        # cast up and back: exact for weights held in 16 bits (a model spread by device_map over
-        # devices and disk is not cast; its float32 comparison is left out)
-        model.to(torch.float32)
         try:
-            reference, _ = _forward(loaded, input_ids, attention_mask)
-        finally:
-            model.to(dtype)
-        for site in CHECKED_SITES:
-            for layer in range(n_layers):
-                checks.append(_compare("float32", site, layer, sites[site][layer], reference[site][layer],
-                                       "the same batch in float32", TOLERANCE[dtype], False))
-    return checks
+            check.forward(batch, input_ids, attention_mask)
+        except FidelityError:
+            pass   # the checks say which failed
+    check.finish()
+    return check.checks
 
 
 def require_fidelity(checks: Sequence[Check], model: str) -> None:
@@ -146,36 +198,16 @@ def write_fidelity(checks: Sequence[Check], path: Path) -> None:
 
 
 @torch.inference_mode()
-def _forward(loaded, input_ids: torch.Tensor, attention_mask: torch.Tensor
-             ) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
-    """The checked sites of every layer and the model's hidden states, on the real tokens:
-    ({site: [(n_tokens, d_model) per layer]}, [(n_tokens, width) per hidden state])."""
-    select = select_tokens(attention_mask)
-    with SiteCapture(loaded.model, loaded.adapter, CHECKED_SITES) as capture, _model_left_as_found(loaded.model):
-        capture.select = select
-        output = loaded.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        sites = capture.pop()
-    return sites, [select(state) for state in output.hidden_states]
+def _capture(loaded, sequences: Sequence[Sequence[int]]) -> dict[str, list[torch.Tensor]]:
+    """The checked sites of every layer on every real token of `sequences` (one right-padded
+    batch): {site: [(n_tokens, d_model) per layer]}."""
+    from laminae.capture.forward import pad_right
 
-
-@contextlib.contextmanager
-def _model_left_as_found(model: torch.nn.Module) -> Iterator[None]:
-    """Remove the hooks the forward itself installs: transformers 5 records `hidden_states` with
-    forward hooks it installs on first use and keeps (with a flag on the model); the extraction's
-    model must carry no hook of anyone's after the check."""
-    modules = list(model.modules())
-    hooks = [(set(m._forward_hooks), set(m._forward_pre_hooks)) for m in modules]
-    flags = [m.__dict__.get(INSTALLED_FLAG, _ABSENT) for m in modules]
-    try:
-        yield
-    finally:
-        for module, (forward, pre), flag in zip(modules, hooks, flags):
-            for key in set(module._forward_hooks) - forward:
-                del module._forward_hooks[key]
-            for key in set(module._forward_pre_hooks) - pre:
-                del module._forward_pre_hooks[key]
-            if flag is _ABSENT:
-                module.__dict__.pop(INSTALLED_FLAG, None)
+    input_ids, attention_mask = pad_right(sequences, loaded.tokenizer.pad_token_id, loaded.info.device)
+    with SiteCapture(loaded.model, loaded.adapter, CHECKED_SITES) as capture:
+        capture.select = select_tokens(attention_mask)
+        loaded.model(input_ids=input_ids, attention_mask=attention_mask)
+        return capture.pop()
 
 
 def _compare(check: str, site: str, layer: int, captured: torch.Tensor, reference: torch.Tensor, what: str,

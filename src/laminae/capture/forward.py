@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from contextlib import closing
 from functools import partial
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from laminae.models.loading import LoadedModel
 from laminae.progress import progress_stream
 from laminae.sites import SITES
 from laminae.store import ActivationWriter, BackgroundWriter
+
+if TYPE_CHECKING:   # annotations only: fidelity builds its batch with this module's pad_right
+    from laminae.capture.fidelity import FirstBatchCheck
 
 
 def overlap_writes(setting: bool | str, device: str) -> bool:
@@ -60,7 +63,8 @@ JOB_BYTES = 8 * 2**20
 
 def run_plan(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int, *, writer: ActivationWriter | None = None,
              sites: Sequence[str] = (), reducers: Sequence[tuple[Reducer, Sequence[str]]] = (),
-             storage_dtype: torch.dtype = torch.float32, overlap: bool = True) -> None:
+             storage_dtype: torch.dtype = torch.float32, overlap: bool = True,
+             check: FirstBatchCheck | None = None) -> None:
     """Forward `plan.sequences` in right-padded batches; write every kept row of `sites` with
     `writer`, and feed each `(reducer, its sites)` the batch's rows as (n_layers, rows, width)
     arrays. Reducers see float32 (exact for any storage dtype); the writer alone may store
@@ -74,7 +78,7 @@ def run_plan(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int, *, writ
     Reducers run in this thread after each batch, on the same host buffers. An error in the
     writer thread is raised here, and no write runs after this returns. Without `overlap`, each
     batch is written in this thread after its forward pass (`iter_batches`): the same values, in
-    the same files."""
+    the same files. A `check` (laminae.capture.fidelity) makes the first batch's forward pass."""
     reduced = {site for _, wanted in reducers for site in wanted}
     stored = tuple(sites) if writer is not None else ()
     captured = tuple(site for site in SITES if site in stored or site in reduced)
@@ -82,7 +86,7 @@ def run_plan(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int, *, writ
     if not captured:
         return
     if not overlap or not stored:
-        with closing(iter_batches(loaded, plan, captured, batch_size, dtype)) as batches:  # hooks off on error
+        with closing(iter_batches(loaded, plan, captured, batch_size, dtype, check)) as batches:  # hooks off on error
             for row, batch in batches:
                 if stored:
                     writer.write(row, {site: batch[site] for site in stored})
@@ -110,7 +114,7 @@ def run_plan(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int, *, writ
 
         staging = HostStaging(captured, depth=depth, dtype=dtype, on_layer=on_layer,
                               consumers=2 if reducers else 1, check=background.check)
-        with closing(_forward_batches(loaded, plan, captured, batch_size, staging)) as batches:  # hooks off on error
+        with closing(_forward_batches(loaded, plan, captured, batch_size, staging, check)) as batches:  # hooks off on error
             for row, _ in batches:
                 if not reducers:
                     continue
@@ -168,7 +172,8 @@ def _assemble(layers: Sequence[StagedLayer], sites: Sequence[str]) -> dict[str, 
 
 
 def iter_batches(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[str], batch_size: int,
-                 dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, dict[str, list[np.ndarray]]]]:
+                 dtype: torch.dtype = torch.float32, check: FirstBatchCheck | None = None
+                 ) -> Iterator[tuple[int, dict[str, list[np.ndarray]]]]:
     """Forward `plan.sequences` in right-padded batches; after each, yield `(first row, {site:
     [(rows, width) array per layer]})` for every site in `sites`, in `dtype`, on the CPU, valid
     until the next batch (consume it before asking for the next). Nothing is kept between
@@ -178,7 +183,7 @@ def iter_batches(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[str]
     # every batch: hence "valid until the next batch"
     staging = HostStaging(sites, depth=len(loaded.adapter.blocks(loaded.model)), dtype=dtype,
                           on_layer=layers.append)
-    with closing(_forward_batches(loaded, plan, sites, batch_size, staging)) as batches:  # hooks off when closed
+    with closing(_forward_batches(loaded, plan, sites, batch_size, staging, check)) as batches:  # hooks off when closed
         for row, _ in batches:
             batch = _assemble(layers, sites)
             yield row, batch
@@ -189,10 +194,11 @@ def iter_batches(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[str]
 
 @torch.inference_mode()
 def _forward_batches(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[str], batch_size: int,
-                     staging: HostStaging) -> Iterator[tuple[int, int]]:
+                     staging: HostStaging, check: FirstBatchCheck | None = None) -> Iterator[tuple[int, int]]:
     """Forward `plan.sequences` in right-padded batches with `staging` as the capture's sink;
     after each, yield `(first row, rows)` of the batch. The plan is read only through
-    `sequences`, `keep` and `average`; nothing here waits for the device."""
+    `sequences`, `keep` and `average`; nothing here waits for the device (but the first batch's
+    `check`, which compares what it captured once its forward is done)."""
     device = loaded.info.device
     pad_id = loaded.tokenizer.pad_token_id
     row = 0
@@ -204,7 +210,10 @@ def _forward_batches(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[
             input_ids, attention_mask = pad_right(sequences, pad_id, device)
             capture.select = row_selector(keep, plan.average, device, seq=input_ids.shape[1])
             staging.row = row
-            loaded.model(input_ids=input_ids, attention_mask=attention_mask)
+            if check is not None and start == 0:
+                check.forward(sequences, input_ids, attention_mask)   # the model, with the check's hooks too
+            else:
+                loaded.model(input_ids=input_ids, attention_mask=attention_mask)
             rows = len(keep) if plan.average else sum(len(positions) for positions in keep)
             yield row, rows
             row += rows

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from laminae.capture.fidelity import fidelity_attrs, measure_fidelity, require_fidelity, write_fidelity
+from laminae.capture.fidelity import FirstBatchCheck, fidelity_attrs, write_fidelity
 from laminae.capture.forward import overlap_writes, run_plan
 from laminae.disk import require_store_space
 from laminae.errors import ConfigError
@@ -78,17 +78,14 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: Extracti
              f"{loaded.info.device} (modules: {spread})" if spread else loaded.info.device,
              len(plan.sequences), plan.n_rows, ",".join(stored) or "none",
              f"; computed during extraction: {', '.join(reducing)}" if reducing else "")
-    checks = measure_fidelity(loaded, plan.sequences) if plan.sequences else []
-    require_fidelity(checks, loaded.info.model_id)   # a misplaced hook stops here, before any write
-    attrs = {**provenance_attrs(record, runtime), **loaded.info.as_attrs(), **fidelity_attrs(checks)}
+    attrs = {**provenance_attrs(record, runtime), **loaded.info.as_attrs()}
     writer = ActivationWriter(out_dir, loaded.info.n_layers, plan.n_rows, attrs, storage_dtype=record.storage_dtype,
                               compression=runtime.compression, chunk_rows=runtime.chunk_rows,
                               config_text=stage_config_record(record, runtime, model=loaded.info.to_dict()),
                               store_layers=bool(stored))
     widths = loaded.adapter.site_widths(loaded.model.config)
+    check = FirstBatchCheck(loaded)   # a misplaced hook stops the first batch: nothing is kept
     with writer:
-        if checks:
-            write_fidelity(checks, writer.tmp_dir / FIDELITY_FILE)
         reducers = [(experiment.hook("reducer")(ReducerJob(
             settings=record.reductions[name].settings, rows=plan.rows, n_layers=loaded.info.n_layers,
             widths=widths, model_attrs=loaded.info.as_attrs(),
@@ -102,7 +99,11 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: Extracti
         overlap = overlap_writes(runtime.overlap, loaded.info.device)
         log.info("writes %s", "overlapped with the forward (writer thread)" if overlap else "after each batch")
         run_plan(loaded, plan, runtime.batch_size, writer=writer, sites=stored, reducers=reducers,
-                 storage_dtype=STORAGE_DTYPES[record.storage_dtype], overlap=overlap)
+                 storage_dtype=STORAGE_DTYPES[record.storage_dtype], overlap=overlap, check=check)
+        check.finish()
+        if check.checks:
+            write_fidelity(check.checks, writer.tmp_dir / FIDELITY_FILE)
+            writer.add_attrs(fidelity_attrs(check.checks))
         for reducer, _ in reducers:
             reducer.partial() if shard is not None else reducer.finish()
         writer.set_rows(plan.rows, plan.columns, first_row=plan.first_row)
