@@ -1,6 +1,7 @@
 """What the fidelity checks cost an extraction (laminae.capture.fidelity): the extraction stage
 (`write_extraction`: forward, hooks, writes; model loading not counted, so the share is an upper
-bound of a job's) with its checks against the same stage with them left out, in paired rounds.
+bound of a job's) with its checks against the same stage with them left out (its first batch run
+like any other), in paired rounds.
 
     .venv/bin/python benchmarks/bench_fidelity.py                       # GPT-2 Large's shape and tiny-gpt2, 5 rounds
     .venv/bin/python benchmarks/bench_fidelity.py --quick               # tiny-gpt2, 3 rounds
@@ -23,8 +24,19 @@ from _common import (Scratch, build_model, laminae_extract, median, paired_model
 import laminae.stages.extract as extract_stage
 
 
-def without_checks(loaded, sequences):
-    return []
+class NoCheck:
+    """The extraction's first batch as any other: the model alone, no check."""
+
+    checks: list = []
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+
+    def forward(self, sequences, input_ids, attention_mask):
+        return self.loaded.model(input_ids=input_ids, attention_mask=attention_mask)
+
+    def finish(self) -> None:
+        pass
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -36,7 +48,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print_header("bench_fidelity: the extraction with and without its fidelity checks",
                  " ".join(["bench_fidelity.py", *sys.argv[1:]]))
     setup_torch()
-    checked = extract_stage.measure_fidelity
+    checked = extract_stage.FirstBatchCheck
     scratch = Scratch()
     rows = []
     try:
@@ -46,14 +58,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if experiment not in args.experiments:
                     continue
 
-                def run(measure):
-                    extract_stage.measure_fidelity = measure
+                def run(check_class):
+                    extract_stage.FirstBatchCheck = check_class
                     try:
                         laminae_extract(loaded, ex, scratch.out())
                     finally:
-                        extract_stage.measure_fidelity = checked
+                        extract_stage.FirstBatchCheck = checked
 
-                samples = paired_rounds({"checked": lambda: run(checked), "unchecked": lambda: run(without_checks)},
+                samples = paired_rounds({"checked": lambda: run(checked), "unchecked": lambda: run(NoCheck)},
                                         repeats, label=f"{shape} {experiment}", cleanup=scratch.clear)
                 ratios = paired_ratios(samples, "checked", "unchecked")
                 rows.append({"model": shape, "dtype": args.dtype, "experiment": experiment,
