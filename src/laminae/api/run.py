@@ -105,10 +105,10 @@ class Activations:
         `dtype` is given."""
         import numpy as np
 
-        out = np.empty(self.shape, dtype=self.dtype if dtype is None else dtype)
-        for index, layer in enumerate(self.layers):
-            out[index] = self._read_layer(layer, ())
-        return out
+        dtype = self.dtype if dtype is None else dtype
+        if not self.layers:
+            return np.empty(self.shape, dtype=dtype)
+        return self.store.read(self.site, self.layers, dtype=dtype)
 
     def _read_layer(self, layer: int, rest: tuple) -> "np.ndarray":
         import h5py

@@ -33,7 +33,6 @@ from laminae.atomic import atomic_write_text
 #: Files of a checkpoint folder that do not shape its activations.
 IGNORED_SUFFIXES = (".md", ".txt", ".gitattributes", ".lock")
 CHUNK = 1 << 22
-HUB_TIMEOUT_S = 5.0
 
 
 class FingerprintCache:
@@ -153,23 +152,14 @@ def local_checkpoint(pretrained: str, project_root: str | os.PathLike = ".") -> 
 def hub_commit(repo: str, revision: str | None) -> str | None:
     """The commit `revision` (default main) of hub model `repo` resolves to: the local HF cache's
     snapshot, else the hub's answer (unless HF_HUB_OFFLINE), else None."""
-    from laminae.models.locate import hub_cache_dir, offline
+    from laminae.models.locate import cached_snapshot, hub_config_metadata, offline
 
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(repo, "config.json", cache_dir=hub_cache_dir(), revision=revision)
-    except Exception:
-        cached = None
-    if isinstance(cached, str):
-        return Path(cached).parent.name   # snapshots/<commit>/config.json
+    snapshot = cached_snapshot(repo, revision)
+    if snapshot is not None:
+        return snapshot.name   # snapshots/<commit>/
     if offline():
         return None
     try:
-        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-
-        endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-        url = hf_hub_url(repo, "config.json", revision=revision or "main", endpoint=endpoint)
-        return get_hf_file_metadata(url, timeout=HUB_TIMEOUT_S, endpoint=endpoint).commit_hash
-    except Exception:
+        return hub_config_metadata(repo, revision).commit_hash
+    except Exception:   # unreachable, or no such model: the preflight says which
         return None

@@ -262,8 +262,31 @@ def hub_cache_dir() -> str:
     return os.path.expandvars(os.path.expanduser(cache))
 
 
+def cached_snapshot(repo: str, revision: str | None) -> Path | None:
+    """The HF cache's snapshot folder (named by its commit) of hub model `repo` at `revision`
+    that holds its config.json, or None (not cached, a malformed id, an unreadable cache)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo, "config.json", cache_dir=hub_cache_dir(), revision=revision)
+    except Exception:  # a malformed id or an unreadable cache: treat as not cached
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def hub_config_metadata(repo: str, revision: str | None) -> Any:
+    """The hub's answer about `repo`'s config.json at `revision` (default main), within
+    HUB_TIMEOUT_S (huggingface_hub's `HfFileMetadata`, `commit_hash` among it); raises as
+    huggingface_hub does when the hub does not answer or has no such model."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    url = hf_hub_url(repo, "config.json", revision=revision or "main", endpoint=endpoint)
+    return get_hf_file_metadata(url, timeout=HUB_TIMEOUT_S, endpoint=endpoint)
+
+
 def _locate_on_hub(repo: str, revision: str | None, also_local: str = "") -> str:
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         EntryNotFoundError,
         RepositoryNotFoundError,
@@ -271,14 +294,9 @@ def _locate_on_hub(repo: str, revision: str | None, also_local: str = "") -> str
     )
 
     cache_dir = hub_cache_dir()
-    try:
-        cached = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision)
-    except Exception:  # a malformed id or an unreadable cache: treat as not cached
-        cached = None
-    if isinstance(cached, str):
-        snapshot = Path(cached).parent
-        if any((snapshot / name).exists() for name in WEIGHT_FILES):
-            return str(snapshot)
+    snapshot = cached_snapshot(repo, revision)
+    if snapshot is not None and any((snapshot / name).exists() for name in WEIGHT_FILES):
+        return str(snapshot)
 
     shown = f"{repo!r}" + (f" (revision {revision!r})" if revision else "")
     not_cached = (f"it is not in the HF cache ({cache_dir}; set HF_HOME or HF_HUB_CACHE if the "
@@ -289,9 +307,8 @@ def _locate_on_hub(repo: str, revision: str | None, also_local: str = "") -> str
             f"hub is unreachable (HF_HUB_OFFLINE is set) and {not_cached}; {OFFLINE_HINT}"
         )
     endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-    url = hf_hub_url(repo, "config.json", revision=revision or "main", endpoint=endpoint)
     try:
-        get_hf_file_metadata(url, timeout=HUB_TIMEOUT_S, endpoint=endpoint)
+        hub_config_metadata(repo, revision)
         return repo
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
         # Typed from the hub's own X-Error-Code header: the hub answered, the model is not there.
