@@ -131,6 +131,8 @@ class Adapter:
     `config_keys` says where the config keeps layers, width and heads (`dims`). `final_modules`
     are the paths on the base model of what it applies to the last block's output, in order (the
     final norm; OPT-350m's projection): the model's last hidden state (`final_hidden`).
+    `next_token` is False for encoders (BERT): they have no next-token readout, so experiments
+    that need one (`Experiment.needs`, "readout") do not apply to them.
     """
 
     family: str
@@ -148,6 +150,7 @@ class Adapter:
     copy_sites: tuple[str, ...] = ()
     config_keys: ConfigKeys = field(default_factory=ConfigKeys)
     final_modules: tuple[str, ...] = ("norm",)
+    next_token: bool = True
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The block list of `model` (a base model or a model with a head)."""
@@ -310,6 +313,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         mlp_out="output.dense",
         pre_norm=False,
         final_modules=(),  # the last block's output is the last hidden state
+        next_token=False,  # an encoder
     ),
     Adapter(
         family="llama",
