@@ -66,6 +66,7 @@ CONTRACT = {
     "schema_file_missing": ({"schema": '"schema.yaml"'}, "schema file schema.yaml not found"),
     "schema_not_an_object": ({"schema": '{"type": "array"}'}, "schema must be a JSON schema of an object"),
     "bad_version": ({"version": "0"}, "version must be an integer >= 1"),
+    "unknown_need": ({"needs": '("tokenizer",)'}, "needs must be a tuple of names from readout; got ('tokenizer',)"),
     "measures_without_hook": ({"measures": '(Measure("norm", "x"),)'}, "declare measures together with the measure hook"),
     "hook_without_measures": ({"measure": '".work:plot"'}, "declare measures together with the measure hook"),
     "bad_measure_name": ({"measure": '".work:plot"', "measures": '(Measure("Norm!", "x"),)'}, "measure name 'Norm!'"),
@@ -333,6 +334,29 @@ def test_a_sweep_over_an_experiment_without_compare_says_it_makes_no_comparison(
     swept = WorkflowPlan.from_snakemake_config({"overrides": overrides, "sweep": ["adjustments.exclude_first_token=true,false"]},
                                                PROJECT_ROOT)
     assert swept.notes == [] and [c.experiment for c in swept.comparisons.values()] == ["adjustments"]
+
+
+def test_an_experiment_needing_a_readout_is_skipped_for_an_encoder_in_a_sweep_and_refused_alone(tmp_path):
+    from laminae.errors import ConfigError
+    from laminae.workflow import WorkflowPlan
+
+    schema = '{"type": "object", "properties": {"plot": {"type": "object"}}}'
+    write_experiment(tmp_path / "lab" / "norms", needs='("readout",)', schema=schema)
+    lab = f"experiment_packages=[{tmp_path / 'lab'}]"
+    plan = WorkflowPlan.from_snakemake_config({"overrides": [lab, "experiments=[norms,rotations]"],
+                                               "sweep": ["model=tiny-gpt2,minilm-l6"]}, PROJECT_ROOT)
+    assert [list(run.experiments) for run in plan.runs] == [["norms", "rotations"], ["rotations"]]
+    assert plan.notes == ["norms skipped for minilm-l6: an encoder (family bert) has no next-token readout"]
+    assert not any(stage.name.startswith("norms.") for stage in plan.runs[1].stages.values())
+    with pytest.raises(ConfigError) as refused:   # named alone, for an encoder: one line, before any job
+        load_runs(["model=minilm-l6", lab, "experiments=[norms]"], project_root=PROJECT_ROOT)
+    assert str(refused.value).count("\n") == 0 and "config key 'experiments'" in str(refused.value)
+    assert "norms: an encoder (family bert) has no next-token readout" in str(refused.value)
+    # a random encoder's family is read from its config, without loading anything
+    from laminae.config.needs import model_family
+
+    assert model_family({"family": "auto", "random_init": {"config": {"model_type": "bert"}}}) == "bert"
+    assert model_family({"family": "auto", "pretrained": "org/unknown-hub-model"}) is None
 
 
 def test_the_guide_shows_the_example_as_it_is():

@@ -75,6 +75,10 @@ SHARD_METHODS = ("partial", "absorb")
 #: What the model reads; each kind is a module of `laminae.inputs`.
 INPUT_KINDS = ("stimuli", "corpus")
 
+#: What an experiment may need of the model beyond its sites (`Experiment.needs`):
+#: "readout", the final norm and unembedding (`AnalysisJob.readout`), which encoders lack.
+NEEDS = ("readout",)
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -148,6 +152,7 @@ class Experiment:
     variants: tuple[Variant, ...] = ()   # outputs written only under some settings
     measure: Hook | None = None        # metrics -> {name: Series | Sample} (laminae.series); claims use it
     measures: tuple[Measure, ...] = ()   # what `measure` returns, by name (claims are checked against it)
+    needs: tuple[str, ...] = ()        # of NEEDS: runs on models without it are skipped (laminae.config.needs)
     schema: str | Mapping[str, Any] = "schema.yaml"   # JSON schema of the config group (file or dict)
     config: str = "default.yaml"       # the group's defaults, when the project's conf/ has no <name>/
     version: int = 1                   # bump when its code changes: cached analyses and figures are redone

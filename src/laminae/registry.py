@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from laminae.errors import ConfigError, ExperimentError, LaminaeError
-from laminae.experiment import INPUT_KINDS, MEASURE_KINDS, Experiment, Figure, Measure, Variant
+from laminae.experiment import INPUT_KINDS, MEASURE_KINDS, NEEDS, Experiment, Figure, Measure, Variant
 from laminae.sites import SITES
 
 BUILTIN_PACKAGE = "laminae.experiments"
@@ -169,6 +169,9 @@ def check_declaration(experiment: Experiment, where: str, package_name: str | No
     sites = experiment.sites
     if isinstance(sites, str) or not sites or any(site not in SITES for site in sites) or len(set(sites)) != len(sites):
         fail(f"sites must be a non-empty tuple of distinct sites from {', '.join(SITES)}; got {sites!r}")
+    needs = experiment.needs
+    if isinstance(needs, str) or any(need not in NEEDS for need in needs):
+        fail(f"needs must be a tuple of names from {', '.join(NEEDS)}; got {needs!r}")
     if (experiment.analyse is None) == (experiment.reducer is None):
         fail("declare exactly one of analyse (the whole store) and reducer (streamed chunks)")
     files = experiment.metrics

@@ -114,6 +114,7 @@ class WorkflowPlan:
     def __post_init__(self) -> None:
         for run in self.runs:
             self.experiments.update(run.experiments)
+            self.notes.extend(note for note in run.notes if note not in self.notes)
             for stage in run.stages.values():
                 self.stages.setdefault(stage.hash, stage)
                 self.run_of.setdefault(stage.hash, run)

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from laminae.config.compose import Composer, cache_dir, compose_config, expand_sweep, experiment_packages, group_files
 from laminae.config.keys import get_key, select_keys, stable_hash
 from laminae.config.model_source import resolve_model_keys
+from laminae.config.needs import drop_inapplicable, names_experiments
 from laminae.config.stages import RUNTIME_KEYS, Run, Stage, analysis_settings, plan_run
 from laminae.config.validate import resolve_layer, validate_config
 from laminae.errors import ConfigError
@@ -66,7 +67,9 @@ def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_
                     models[key] = resolve_model_keys(cfg["model"], run_overrides, config_dir, root)
                 cfg["model"] = copy.deepcopy(models[key])
             validate_config(cfg, root, registry, _GroupFiles(run_overrides, config_dir, registry))
-            runs.append(plan_run(cfg, root, registry, combination))
+            explicit = len(combinations) == 1 and names_experiments(run_overrides)
+            notes = drop_inapplicable(cfg, registry, root, explicit)
+            runs.append(plan_run(cfg, root, registry, combination, tuple(notes)))
     if len({run.config["results_dir"] for run in runs}) > 1:
         raise ConfigError("results_dir", "one value for every run of a sweep", sorted({r.config["results_dir"] for r in runs}))
     return runs

@@ -90,6 +90,7 @@ class Run:
     overrides: tuple[str, ...]
     stages: dict[str, Stage] = field(default_factory=dict)
     experiments: dict[str, Experiment] = field(default_factory=dict)   # the enabled ones, in config order
+    notes: tuple[str, ...] = ()   # experiments skipped because the model cannot run them (laminae.config.needs)
 
     @property
     def runtime(self) -> dict[str, Any]:
@@ -123,7 +124,7 @@ def stored_sites(experiments: list[Experiment], cfg: Mapping[str, Any]) -> list[
 
 
 def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[str, Experiment],
-             overrides: tuple[str, ...] = ()) -> Run:
+             overrides: tuple[str, ...] = (), notes: tuple[str, ...] = ()) -> Run:
     """Stage configs, hashes and folders for every experiment in `cfg["experiments"]`.
 
     `cfg` must be validated already (see `validate_config`). An experiment with claims
@@ -173,7 +174,7 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
                               "experiment_version": experiment.version}
                 judged = _stage(f"{experiment.name}.claims", claims_cfg, analysis, analysis.dir, variants=variants)
                 stages[judged.name] = judged
-    return Run(config=cfg, overrides=tuple(overrides), stages=stages, experiments=enabled)
+    return Run(config=cfg, overrides=tuple(overrides), stages=stages, experiments=enabled, notes=tuple(notes))
 
 
 def _stage(name: str, config: dict[str, Any], upstream: Stage | None, parent: Path, label: str | None = None,
