@@ -37,7 +37,8 @@ def reference_gpt2_sites(weights: Mapping[str, np.ndarray], n_heads: int, input_
     d_model = x.shape[1]
     head = d_model // n_heads
     causal = np.triu(np.full((seq, seq), -np.inf), k=1)
-    sites: dict[str, list[np.ndarray]] = {s: [] for s in ("q", "k", "v", "attn_out", "mlp_out", "resid_pre", "resid_post")}
+    sites: dict[str, list[np.ndarray]] = {s: [] for s in ("q", "k", "v", "attn_out", "mlp_out", "resid_pre", "resid_post",
+                                                          "mlp_post")}
     n_layers = 1 + max(int(k.split(".")[1]) for k in w if k.startswith("h."))
     for layer in range(n_layers):
         p = f"h.{layer}."
@@ -55,8 +56,9 @@ def reference_gpt2_sites(weights: Mapping[str, np.ndarray], n_heads: int, input_
         attn_out = np.concatenate(heads, axis=1) @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
         x = x + attn_out
         h = _layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
-        mlp_out = _gelu_tanh(h @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"]) @ w[p + "mlp.c_proj.weight"] \
-            + w[p + "mlp.c_proj.bias"]
+        mlp_post = _gelu_tanh(h @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"])   # (seq, d_mlp)
+        mlp_out = mlp_post @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
+        sites["mlp_post"].append(mlp_post)
         x = x + mlp_out
         sites["attn_out"].append(attn_out), sites["mlp_out"].append(mlp_out), sites["resid_post"].append(x)
     return sites

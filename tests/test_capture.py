@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import AutoModel
@@ -68,6 +70,35 @@ def test_bert_qkv_are_linear_maps_of_the_block_input(minilm: LoadedModel) -> Non
         for site, linear in (("q", self_attn.query), ("k", self_attn.key),
                              ("v", self_attn.value)):
             close(out[site][layer], x @ linear.weight.T + linear.bias, atol=1e-4)
+
+
+# -- mlp_post against a manual computation ----------------------------------------------------
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def test_gpt2_mlp_post_is_gelu_of_c_fc_of_ln_2(tiny_gpt2: LoadedModel) -> None:
+    _, out = capture(tiny_gpt2, TEXTS, sites=("mlp_post", "mlp_out", "attn_out", "resid_pre"))
+    for layer, block in enumerate(tiny_gpt2.adapter.blocks(tiny_gpt2.model)):
+        x = block.ln_2(out["resid_pre"][layer] + out["attn_out"][layer])  # (batch, seq, d_model)
+        hidden = _gelu_tanh(x @ block.mlp.c_fc.weight + block.mlp.c_fc.bias)  # (batch, seq, d_mlp)
+        assert hidden.shape[-1] == tiny_gpt2.adapter.site_widths(tiny_gpt2.model.config)["mlp_post"]
+        close(out["mlp_post"][layer], hidden)
+        close(out["mlp_out"][layer], hidden @ block.mlp.c_proj.weight + block.mlp.c_proj.bias)
+
+
+def test_bert_mlp_post_is_the_intermediate_activation(minilm: LoadedModel) -> None:
+    _, out = capture(minilm, TEXTS[:2], sites=("mlp_post", "attn_out", "resid_pre"))
+    assert minilm.model.config.hidden_act == "gelu"   # the erf form
+    for layer, block in enumerate(minilm.adapter.blocks(minilm.model)):
+        # attn_out is the attention's dense output, before dropout + LayerNorm(x + residual)
+        x = block.attention.output.LayerNorm(out["attn_out"][layer] + out["resid_pre"][layer])
+        dense = block.intermediate.dense
+        hidden = torch.nn.functional.gelu(x @ dense.weight.T + dense.bias)       # (batch, seq, 1536)
+        assert hidden.shape[-1] == minilm.model.config.intermediate_size == out["mlp_post"][layer].shape[-1]
+        close(out["mlp_post"][layer], hidden, atol=1e-4)
 
 
 # -- residual stream ---------------------------------------------------------------------------
@@ -140,9 +171,10 @@ def test_selector_keeps_only_selected_rows(tiny_gpt2: LoadedModel) -> None:
     _, last = capture(tiny_gpt2, TEXTS, select=select_last(mask))
     _, tokens = capture(tiny_gpt2, TEXTS, select=select_tokens(mask))
     positions = mask.sum(1) - 1
+    widths = tiny_gpt2.adapter.site_widths(tiny_gpt2.model.config)
     for site in SITES:
         for layer in range(tiny_gpt2.info.n_layers):
-            assert last[site][layer].shape == (len(TEXTS), 64)
+            assert last[site][layer].shape == (len(TEXTS), widths[site])
             assert torch.equal(last[site][layer], full[site][layer][torch.arange(4), positions])
             assert torch.equal(tokens[site][layer], full[site][layer][mask.bool()])
 
@@ -192,7 +224,8 @@ def test_only_needed_hooks_and_all_removed_after_an_error(tiny_gpt2: LoadedModel
     with SiteCapture(model, adapter, sites=("q", "k", "v")):
         assert _n_hooks(model) == before + 4  # one fused c_attn hook per layer
     with SiteCapture(model, adapter, sites=SITES, layers=[0]):
-        assert _n_hooks(model) == before + 5  # c_attn, c_proj x2, block pre + post
+        # c_attn, attn c_proj, mlp c_proj's output (mlp_out) and input (mlp_post), block pre + post
+        assert _n_hooks(model) == before + 6
     assert _n_hooks(model) == before
     with pytest.raises(ZeroDivisionError):
         with SiteCapture(model, adapter, sites=SITES):
@@ -233,7 +266,7 @@ def test_unpadded_batch_capture_equals_copying_selection(tiny_gpt2: LoadedModel)
     _, full = capture(tiny_gpt2, texts)
     for site in SITES:
         for layer in range(tiny_gpt2.info.n_layers):
-            assert torch.equal(viewed[site][layer], full[site][layer].reshape(-1, 64))
+            assert torch.equal(viewed[site][layer], full[site][layer].flatten(0, 1))
 
 
 @pytest.mark.parametrize("sites", [SITES, ("k", "mlp_out")])

@@ -35,7 +35,8 @@ from tiny_families import CONFIGS, FAMILY, WINDOW, build_tiny
 #: (seen: at most 1.2e-6; sdpa here, eager attention in TransformerLens)
 RTOL = 1e-5
 TL_HOOKS = {"q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "attn_out": "hook_attn_out",
-            "mlp_out": "hook_mlp_out", "resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post"}
+            "mlp_out": "hook_mlp_out", "resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post",
+            "mlp_post": "mlp.hook_post"}
 AGAINST_TL = ("gpt_neox", "opt", "opt_post_ln", "gptj", "gpt_neo", "phi", "phi3", "gemma2", "gemma3_text",
               "olmo2", "falcon")
 #: tiny checkpoint -> its sliding-window layers
@@ -187,8 +188,10 @@ def falcon_new_reference(model: torch.nn.Module, ids: list[int]) -> dict[str, li
             weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
             heads.append(weights @ v[:, head // group])
         attn_out = block.self_attention.dense(torch.cat(heads, dim=-1))
-        mlp_out = block.mlp.dense_4h_to_h(torch.nn.functional.gelu(block.mlp.dense_h_to_4h(mlp_in)))
+        mlp_post = torch.nn.functional.gelu(block.mlp.dense_h_to_4h(mlp_in))      # (seq, d_mlp)
+        mlp_out = block.mlp.dense_4h_to_h(mlp_post)
         x = x + attn_out + mlp_out
+        out["mlp_post"].append(mlp_post)
         out["attn_out"].append(attn_out)
         out["mlp_out"].append(mlp_out)
         out["resid_post"].append(x)

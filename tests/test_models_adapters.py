@@ -180,7 +180,7 @@ def test_model_dims() -> None:
 def test_site_widths_with_gqa() -> None:
     widths = ADAPTERS["llama"].site_widths(tf.LlamaConfig(**SMALL_LLAMA))
     assert widths == {"q": 32, "k": 16, "v": 16, "attn_out": 32, "mlp_out": 32,
-                      "resid_pre": 32, "resid_post": 32}
+                      "resid_pre": 32, "resid_post": 32, "mlp_post": 64}   # mlp_post: intermediate_size
 
 
 def test_module_paths() -> None:

@@ -6,10 +6,12 @@
     mlp_out      what the MLP sublayer adds to the residual stream
     resid_pre    the residual stream entering the block
     resid_post   the residual stream leaving the block
+    mlp_post     the MLP's hidden activations after its nonlinearity (gated MLPs: act(gate) * up),
+                 d_mlp wide: the input of the MLP's down projection
 
 Kept free of torch and numpy: the workflow checks experiment declarations against it while
 Snakemake builds the DAG.
 """
 
-SITES = ("q", "k", "v", "attn_out", "mlp_out", "resid_pre", "resid_post")
+SITES = ("q", "k", "v", "attn_out", "mlp_out", "resid_pre", "resid_post", "mlp_post")
 QKV = ("q", "k", "v")

@@ -1,5 +1,5 @@
-"""Collect sites (q, k, v, attn_out, mlp_out, resid_pre, resid_post) per layer with plain
-PyTorch forward hooks, keeping only the rows a selector picks.
+"""Collect sites (laminae.sites.SITES: q, k, v, attn_out, mlp_out, resid_pre, resid_post,
+mlp_post) per layer with plain PyTorch forward hooks, keeping only the rows a selector picks.
 
     loaded = load_model(cfg["model"])
     batch = forward_inputs(loaded.tokenizer, prompts, loaded.info.device)   # right padding
@@ -44,7 +44,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from laminae.capture.selectors import Selector
-from laminae.models.adapters import Adapter
+from laminae.models.adapters import INPUT_SITES, Adapter
 from laminae.sites import QKV, SITES
 
 
@@ -72,6 +72,7 @@ class SiteCapture:
 
         >>> from transformers import GPT2Config, GPT2Model
         >>> from laminae.models.adapters import get_adapter
+        >>> from laminae.capture.selectors import select_last
         >>> model = GPT2Model(GPT2Config(n_layer=2, n_embd=32, n_head=4)).eval()
         >>> adapter = get_adapter("auto", model.config)
         >>> ids = torch.tensor([[5, 6, 7], [8, 9, 0]])          # (batch, seq), right-padded
@@ -225,7 +226,10 @@ class SiteCapture:
             if site in fused:
                 continue
             module = adapter.module(block, site)
-            self._handles.append(module.register_forward_hook(self._output_hook(slot, site)))
+            if site in INPUT_SITES:   # mlp_post: the down projection's input
+                self._handles.append(module.register_forward_pre_hook(self._module_input_hook(slot, site)))
+            else:
+                self._handles.append(module.register_forward_hook(self._output_hook(slot, site)))
         if "resid_pre" in self.sites:
             self._handles.append(block.register_forward_pre_hook(
                 self._input_hook(slot), with_kwargs=True))
@@ -261,6 +265,18 @@ class SiteCapture:
             # and a tuple in 4.x and some families (GPTNeoBlock, FalconDecoderLayer); sublayer
             # projections always return a tensor.
             act = output[0] if isinstance(output, tuple) else output
+            if flat:  # (batch * seq, width) -> (batch, seq, width)
+                act = act.view(*self._shapes[slot], act.shape[-1])
+            self._keep(site, slot, act, copy=copy)
+
+        return hook
+
+    def _module_input_hook(self, slot: int, site: str) -> Callable[..., None]:
+        flat = site in self.adapter.flat_sites
+        copy = site in self.adapter.copy_sites
+
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            act = args[0]   # projections take their input positionally
             if flat:  # (batch * seq, width) -> (batch, seq, width)
                 act = act.view(*self._shapes[slot], act.shape[-1])
             self._keep(site, slot, act, copy=copy)

@@ -22,6 +22,9 @@ Every family's sites mean the same thing:
 - `attn_out`, `mlp_out`: exactly what each sublayer adds to the residual stream; after the
   sublayer's output norm where a family has one (Gemma 2/3, OLMo 2).
 - `resid_pre`, `resid_post`: the block's input and output.
+- `mlp_post`: the MLP's hidden activations after its nonlinearity, `d_mlp` wide: the input of
+  its down projection (a forward pre-hook), so in gated MLPs (Llama, Phi-3, Gemma, OLMo 2)
+  `act(gate) * up`.
 
     >>> from transformers import GPT2Config, GPT2Model
     >>> model = GPT2Model(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100))
@@ -50,6 +53,8 @@ if TYPE_CHECKING:  # torch only for annotations: the preflight reads MODEL_TYPE_
     from torch import nn
 
 QKV_LAYOUTS = ("concat", "grouped")
+#: sites that are the INPUT of the module their path names (a forward pre-hook), not its output
+INPUT_SITES = ("mlp_post",)
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class ModelDims:
     n_kv_heads: int  # == n_heads except with grouped- or multi-query attention
     head_dim: int
     max_positions: int | None  # longest input the position scheme allows (None: unknown)
+    d_mlp: int  # the MLP's hidden width (mlp_post's)
 
 
 @dataclass(frozen=True)
@@ -72,13 +78,16 @@ class ConfigKeys:
     `n_layers`, `d_model` and `n_heads` must be there. The others may be absent or None:
     `n_kv_heads` then equals `n_heads` (a function of the config instead of a name, for
     families whose key/value head count depends on several keys, like Falcon's), `head_dim` is
-    `d_model // n_heads` and `max_positions` is unknown. None for a name: the family has no
-    such key (GPT-2 has neither grouped-query attention nor a separate head width).
+    `d_model // n_heads`, `max_positions` is unknown and `d_mlp` (the MLP's hidden width:
+    `intermediate_size`, GPT-2's and GPT-J's `n_inner`, OPT's `ffn_dim`, Falcon's
+    `ffn_hidden_size`) is `4 * d_model`, what those families build when the key is None. None
+    for a name: the family has no such key (GPT-2 has neither grouped-query attention nor a
+    separate head width).
 
         >>> from transformers import GPT2Config
         >>> ConfigKeys(n_layers="n_layer", d_model="n_embd", n_heads="n_head", n_kv_heads=None,
-        ...            head_dim=None, max_positions="n_positions").read(GPT2Config(n_head=4))
-        ModelDims(n_layers=12, d_model=768, n_heads=4, n_kv_heads=4, head_dim=192, max_positions=1024)
+        ...            head_dim=None, max_positions="n_positions", d_mlp="n_inner").read(GPT2Config(n_head=4))
+        ModelDims(n_layers=12, d_model=768, n_heads=4, n_kv_heads=4, head_dim=192, max_positions=1024, d_mlp=3072)
     """
 
     n_layers: str = "num_hidden_layers"
@@ -87,6 +96,7 @@ class ConfigKeys:
     n_kv_heads: str | Callable[[Any], int] | None = "num_key_value_heads"
     head_dim: str | None = "head_dim"
     max_positions: str | None = "max_position_embeddings"
+    d_mlp: str | None = "intermediate_size"
 
     def read(self, config: Any) -> ModelDims:
         """The `ModelDims` of `config` (AttributeError when a required key is missing)."""
@@ -98,6 +108,7 @@ class ConfigKeys:
             n_kv_heads = _optional(config, self.n_kv_heads) or n_heads
         head_dim = _optional(config, self.head_dim) or d_model // n_heads
         max_positions = _optional(config, self.max_positions)
+        d_mlp = _optional(config, self.d_mlp) or 4 * d_model
         return ModelDims(
             n_layers=int(n_layers),
             d_model=int(d_model),
@@ -105,6 +116,7 @@ class ConfigKeys:
             n_kv_heads=int(n_kv_heads),
             head_dim=int(head_dim),
             max_positions=None if max_positions is None else int(max_positions),
+            d_mlp=int(d_mlp),
         )
 
 
@@ -120,7 +132,9 @@ class Adapter:
     `model_types` are the `config.model_type` values whose module layout and residual structure
     match this row (each checked in tests with tiny random models against TransformerLens or a
     manual computation); no two adapters may claim one. `blocks_path` is an attribute path on
-    the base model; the other paths are inside a block. With `fused_qkv`, `q`, `k` and `v` name
+    the base model; the other paths are inside a block: the module whose OUTPUT a site is, but
+    for the sites of `INPUT_SITES` (`mlp_post`: the path of the MLP's down projection, whose
+    INPUT is hooked). With `fused_qkv`, `q`, `k` and `v` name
     the same module, whose output `split_qkv` cuts into q, k and v by `qkv_layout` (a layout
     name, or a function of the HF config for families whose checkpoints differ, like Falcon).
     `pre_norm` (or a function of the config) says whether
@@ -143,6 +157,7 @@ class Adapter:
     v: str
     attn_out: str
     mlp_out: str
+    mlp_post: str
     fused_qkv: bool = False
     qkv_layout: str | Callable[[Any], str] = "concat"
     pre_norm: bool | Callable[[Any], bool] = True
@@ -169,8 +184,9 @@ class Adapter:
         return resid
 
     def module_path(self, site: str) -> str | None:
-        """Path inside a block of the module whose output is `site`; None for the residual
-        sites, which are the block's own input / output."""
+        """Path inside a block of the module whose output is `site` (whose input, for a site of
+        `INPUT_SITES`: mlp_post is the down projection's input); None for the residual sites,
+        which are the block's own input / output."""
         if site in ("resid_pre", "resid_post"):
             return None
         if site not in SITES:
@@ -187,11 +203,13 @@ class Adapter:
         return self.config_keys.read(config)
 
     def site_widths(self, config: Any) -> dict[str, int]:
-        """Width of each site's vectors. With GQA / MQA, k and v are narrower than q."""
+        """Width of each site's vectors. With GQA / MQA, k and v are narrower than q; mlp_post
+        is `d_mlp` wide."""
         dims = self.dims(config)
         widths = dict.fromkeys(SITES, dims.d_model)
         widths["q"] = dims.n_heads * dims.head_dim
         widths["k"] = widths["v"] = dims.n_kv_heads * dims.head_dim
+        widths["mlp_post"] = dims.d_mlp
         return widths
 
     def layout(self, config: Any) -> str:
@@ -282,7 +300,7 @@ def _post_norm_sublayers(family: str, model_types: tuple[str, ...]) -> Adapter:
     before it is added to the residual stream, so attn_out / mlp_out are those norms' outputs."""
     return Adapter(family=family, model_types=model_types, blocks_path="layers", q="self_attn.q_proj",
                    k="self_attn.k_proj", v="self_attn.v_proj", attn_out="post_attention_layernorm",
-                   mlp_out="post_feedforward_layernorm")
+                   mlp_out="post_feedforward_layernorm", mlp_post="mlp.down_proj")
 
 
 #: family -> adapter: the one table every other list is derived from. The order is the order
@@ -297,9 +315,10 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="attn.c_attn",
         attn_out="attn.c_proj",
         mlp_out="mlp.c_proj",
+        mlp_post="mlp.c_proj",  # its input: gelu(c_fc(ln_2(x)))
         fused_qkv=True,
         config_keys=ConfigKeys(n_layers="n_layer", d_model="n_embd", n_heads="n_head", n_kv_heads=None,
-                               head_dim=None, max_positions="n_positions"),
+                               head_dim=None, max_positions="n_positions", d_mlp="n_inner"),
         final_modules=("ln_f",),
     ),
     Adapter(
@@ -311,6 +330,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="attention.self.value",
         attn_out="attention.output.dense",  # before dropout + LayerNorm(x + residual)
         mlp_out="output.dense",
+        mlp_post="output.dense",  # its input: the intermediate layer's output, act(dense(x))
         pre_norm=False,
         final_modules=(),  # the last block's output is the last hidden state
         next_token=False,  # an encoder
@@ -325,6 +345,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="self_attn.v_proj",
         attn_out="self_attn.o_proj",
         mlp_out="mlp.down_proj",
+        mlp_post="mlp.down_proj",  # its input: act(gate_proj(x)) * up_proj(x)
     ),
     Adapter(  # parallel residual (Pythia) or sequential, by use_parallel_residual
         family="gpt_neox",
@@ -335,6 +356,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="attention.query_key_value",
         attn_out="attention.dense",
         mlp_out="mlp.dense_4h_to_h",
+        mlp_post="mlp.dense_4h_to_h",
         fused_qkv=True,
         qkv_layout="grouped",  # per head [q, k, v]
         final_modules=("final_layer_norm",),
@@ -348,8 +370,10 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="self_attn.v_proj",
         attn_out="self_attn.out_proj",
         mlp_out="fc2",
+        mlp_post="fc2",
         pre_norm=lambda config: bool(config.do_layer_norm_before),  # False for OPT-350m
-        flat_sites=("mlp_out",),
+        flat_sites=("mlp_out", "mlp_post"),
+        config_keys=ConfigKeys(d_mlp="ffn_dim"),
         final_modules=("decoder.final_layer_norm", "decoder.project_out"),  # None where a checkpoint has none
     ),
     Adapter(  # parallel: attention and MLP both read ln_1(resid_pre)
@@ -361,6 +385,8 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="attn.v_proj",
         attn_out="attn.out_proj",
         mlp_out="mlp.fc_out",
+        mlp_post="mlp.fc_out",
+        config_keys=ConfigKeys(d_mlp="n_inner"),  # n_inner None: 4 * n_embd
         final_modules=("ln_f",),
     ),
     Adapter(  # global and local (sliding-window) attention layers alternate
@@ -372,6 +398,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="attn.attention.v_proj",
         attn_out="attn.attention.out_proj",
         mlp_out="mlp.c_proj",
+        mlp_post="mlp.c_proj",  # intermediate_size None: 4 * hidden_size
         final_modules=("ln_f",),
     ),
     Adapter(  # parallel; q/k before the optional qk_layernorm and partial rotary
@@ -383,6 +410,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="self_attn.v_proj",
         attn_out="self_attn.dense",
         mlp_out="mlp.fc2",
+        mlp_post="mlp.fc2",
         final_modules=("final_layernorm",),
     ),
     Adapter(
@@ -394,6 +422,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="self_attn.qkv_proj",
         attn_out="self_attn.o_proj",
         mlp_out="mlp.down_proj",
+        mlp_post="mlp.down_proj",  # its input: up * act(gate) of the fused gate_up_proj
         fused_qkv=True,  # [q | k | v], k and v narrower with grouped-query attention
     ),
     _post_norm_sublayers("gemma2", ("gemma2",)),
@@ -408,10 +437,11 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         v="self_attention.query_key_value",
         attn_out="self_attention.dense",
         mlp_out="mlp",  # the block adds the attention output into it in place: copied first
+        mlp_post="mlp.dense_4h_to_h",
         fused_qkv=True,
         qkv_layout=_falcon_layout,
         copy_sites=("mlp_out",),
-        config_keys=ConfigKeys(n_kv_heads=_falcon_kv_heads),
+        config_keys=ConfigKeys(n_kv_heads=_falcon_kv_heads, d_mlp="ffn_hidden_size"),
         final_modules=("ln_f",),
     ),
 ])
@@ -469,7 +499,7 @@ def model_dims(config: Any, family: str) -> ModelDims:
         >>> cfg = LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
         ...                   num_key_value_heads=2, max_position_embeddings=128)
         >>> model_dims(cfg, "llama")
-        ModelDims(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, max_positions=128)
+        ModelDims(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, max_positions=128, d_mlp=11008)
     """
     if family not in ADAPTERS:
         raise ConfigError("model.family", f"one of {', '.join(FAMILIES)} or auto", family)
