@@ -307,3 +307,78 @@ def test_bad_settings_fail_with_one_line_naming_the_key(tmp_path, data, model, m
                            ({"grid": {"window": 0, "start": 0, "span": 0}}, "logit_lens.grid.span")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             analyse(tmp_path, data, model, monkeypatch, name=f"bad-{key}", **overrides)
+
+
+# ------------------------------------------------------------------------ figures, measures, needs
+CONTEXT = {"model": "tiny-test", "random_weights": True, "corpus": "toy", "experiment": "logit_lens",
+           "analysis": settings()}
+
+
+def plot_stage(grid_colour="logprob") -> dict:
+    config = {"plot": {"dpi": 40}, "logit_lens": {"plot": {"grid_colour": grid_colour}},
+              "stage": "logit_lens.plot", "version": 1, "upstream": "a1b2c3d4e5"}
+    return {"stage": "logit_lens.plot", "hash": "0123456789", "config": config}
+
+
+def test_figures_measures_and_comparison(tmp_path, data, model, monkeypatch):
+    from laminae.experiment import CompareJob, MeasureJob
+    from laminae.experiments.logit_lens.figures import plot_grid, plot_profile
+    from laminae.experiments.logit_lens.table import LensTable, read_grid
+    from laminae.stages.figures import run_figures
+
+    metrics = analyse(tmp_path, data, model, monkeypatch)
+    written = run_figures(EXPERIMENT, plot_stage(), CONTEXT, metrics, tmp_path / "figures")
+    expected = sorted([f"{f.name}.{ext}" for f in EXPERIMENT.figures for ext in ("png", "pdf")] + ["config.yaml"])
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == expected == sorted(p.name for p in written)
+    table = LensTable.read(metrics / "logit_lens.tsv")
+    fig, axes = plot_profile(table, CONTEXT, vocab_size=VOCAB)
+    np.testing.assert_allclose(axes[0, 1].get_lines()[0].get_ydata(), table.get("logprob", "median"))
+    assert axes[0, 0].get_yscale() == "log" and "RANDOM WEIGHTS" in fig.texts[0].get_text()
+    fig, ax = plot_grid(read_grid(metrics / "logit_lens_grid.tsv"), CONTEXT, "rank", GRID["window"])
+    assert len(ax.texts) == N_LAYERS * GRID["span"]
+    with pytest.raises(ConfigError, match="logit_lens.plot.grid_colour"):
+        run_figures(EXPERIMENT, plot_stage("colour"), CONTEXT, metrics, tmp_path / "bad")
+
+    measured = EXPERIMENT.hook("measure")(MeasureJob(metrics, settings()))
+    assert set(measured) == {m.name for m in EXPERIMENT.measures}
+    np.testing.assert_allclose(measured["kl_median"].values, table.get("kl", "median"))
+    np.testing.assert_allclose(measured["top1_agreement"].high, table.get("top1_agreement", "mean", "ci_high"))
+
+    other = analyse(tmp_path, data, model, monkeypatch, name="other", seed=SEED + 1)
+    comparison = EXPERIMENT.hook("compare")(CompareJob(metrics_dirs=[metrics, other], labels=["seed 2", "seed 3"],
+                                                       settings=[settings(), settings(seed=SEED + 1)], plot={}))
+    assert len(comparison.axes) == 3 and len(comparison.axes[1].get_lines()) == 2
+
+
+def test_captions_render_to_valid_restructuredtext():
+    """Every caption through Jinja (as Snakemake's report does) and docutils, errors fatal."""
+    from types import SimpleNamespace
+
+    import docutils.core
+    import docutils.utils
+    import jinja2
+
+    for grid_colour in ("logprob", "rank"):
+        stage = {"config": {"logit_lens": {"plot": {"grid_colour": grid_colour}},
+                            "runs": [{"label": "model=a", "analysis": "0123456789"}]}}
+        snakemake = SimpleNamespace(params=SimpleNamespace(context={**CONTEXT, "random_weights": False}, stage=stage),
+                                    wildcards=SimpleNamespace(label="nietzsche"))
+        for caption in [f.caption for f in EXPERIMENT.figures] + [EXPERIMENT.compare_caption]:
+            text = jinja2.Template(EXPERIMENT.path(caption).read_text()).render(snakemake=snakemake)
+            assert "tiny-test" in text or caption.endswith("compare.rst")
+            docutils.core.publish_doctree(text, settings_overrides={
+                "halt_level": docutils.utils.Reporter.WARNING_LEVEL, "report_level": 5})
+
+
+def test_needs_a_readout_refused_for_an_encoder_and_skipped_in_a_sweep():
+    from laminae.config import load_runs
+    from laminae.workflow import WorkflowPlan
+
+    assert EXPERIMENT.needs == ("readout",)
+    with pytest.raises(ConfigError) as refused:
+        load_runs(["model=minilm-l6", "experiments=[logit_lens]"], project_root=ROOT)
+    assert str(refused.value).count("\n") == 0 and "logit_lens: an encoder (family bert)" in str(refused.value)
+    plan = WorkflowPlan.from_snakemake_config({"overrides": ["experiments=[logit_lens,pathlength]"],
+                                               "sweep": ["model=tiny-gpt2,minilm-l6"]}, ROOT)
+    assert [list(run.experiments) for run in plan.runs] == [["logit_lens", "pathlength"], ["pathlength"]]
+    assert plan.notes == ["logit_lens skipped for minilm-l6: an encoder (family bert) has no next-token readout"]

@@ -58,6 +58,7 @@ EXPERIMENT = Experiment(
     name="logit_lens",
     title="Logit lens",
     inputs="corpus",
+    needs=("readout",),
     sites=("attn_out", "mlp_out", "resid_pre", "resid_post"),
     metrics=("logit_lens.tsv", "logit_lens_pathlength.tsv", "logit_lens_grid.tsv", "logit_lens_tokens.h5"),
     figures=(Figure("logit_lens_profile", caption="captions/profile.rst", label="laminar profile"),

@@ -111,11 +111,8 @@ def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def open_readout(job: ReducerJob) -> LensReadout:
-    """The run's readout, offered by the job (`job.readout()`)."""
-    offer = getattr(job, "readout", None)
-    if offer is None:
-        raise RuntimeError("logit_lens: this laminae offers no readout to reducers (ReducerJob.readout)")
-    return offer() if callable(offer) else offer
+    """The run's readout (`job.readout()`: laminae.models.readout.Readout on the CPU)."""
+    return job.readout()
 
 
 class LogitLensReducer:
