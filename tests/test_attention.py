@@ -122,3 +122,233 @@ def test_block_bootstrap_matches_a_naive_resampling():
         pooled = np.concatenate([values[block == k] for k in draws[b]])
         np.testing.assert_allclose(got[b], np.nanmean(pooled, axis=0), rtol=1e-12)
     assert block_bootstrap_means(sums, counts, n_bootstrap=0, seed=0).shape == (0, 2)
+
+
+# ------------------------------------------------------------------------------ the reducer
+from laminae.errors import ConfigError  # noqa: E402
+from laminae.experiment import FigureJob, MeasureJob, ReducerJob  # noqa: E402
+from laminae.store import RowTable, read_tsv  # noqa: E402
+
+SETTINGS = {"exclude_first_token": True, "causal": "auto", "block_tokens": 2, "n_bootstrap": 40, "confidence": 0.9,
+            "seed": 3}
+
+
+def synthetic_corpus(rng, lengths=(5, 7, 4), n_layers=3, n_heads=2, d_model=6, causal=True):
+    """rows, pattern (n_layers, rows, n_heads * n_keys), resid_post (n_layers, rows, d_model)."""
+    n_keys = max(lengths)
+    window = np.concatenate([[w] * n for w, n in enumerate(lengths)])
+    position = np.concatenate([np.arange(n) for n in lengths])
+    n_visible = position + 1 if causal else np.concatenate([[n] * n for n in lengths])
+    pattern = np.stack([random_patterns(rng, position.size, n_heads, n_keys, position, n_visible, causal=causal,
+                                        peaked=layer > 0).reshape(position.size, -1) for layer in range(n_layers)])
+    resid = rng.normal(size=(n_layers, position.size, d_model))
+    resid[:, position == 0] *= 20.0                                       # an outlier first token
+    rows = RowTable([{"window": int(w), "position": int(p), "token_id": 100 + i}
+                     for i, (w, p) in enumerate(zip(window, position))])
+    return rows, pattern.astype(np.float32), resid, n_visible
+
+
+def reducer_job(rows, pattern, resid, out_dir, settings=SETTINGS, family="llama", n_heads=2):
+    return ReducerJob(settings=settings, rows=rows, n_layers=pattern.shape[0],
+                      widths={"pattern": pattern.shape[2], "resid_post": resid.shape[2]},
+                      model_attrs={"n_heads": n_heads, "family": family}, out_dir=out_dir,
+                      attrs={"laminae_version": "test"})
+
+
+def run_reducer(job, pattern, resid, sizes):
+    from laminae.experiments.attention.analysis import AttentionReducer
+
+    reducer = AttentionReducer(job)
+    start = 0
+    for size in sizes:
+        stop = min(start + size, pattern.shape[1])
+        reducer.update(start, {"pattern": pattern[:, start:stop], "resid_post": resid[:, start:stop]})
+        start = stop
+    assert start == pattern.shape[1]
+    return reducer
+
+
+def naive_tables(pattern, resid, rows, n_visible, n_heads, causal, settings):
+    """Per (layer, head, statistic) means over included queries, the mean/median over heads, the
+    block bootstrap by a loop over resampled blocks, and the norm ratio, all by loops."""
+    position = rows.integers("position")
+    window = rows.integers("window")
+    n_layers, n_rows, width = pattern.shape
+    n_keys = width // n_heads
+    include = position > 0 if settings["exclude_first_token"] else np.ones(n_rows, bool)
+    stats = np.stack([naive_statistics(pattern[layer].reshape(n_rows, n_heads, n_keys).astype(np.float64), position,
+                                       n_visible, causal) for layer in range(n_layers)])   # (L, rows, H, S)
+    head_means = np.nanmean(stats[:, include], axis=1)                                  # (L, H, S)
+    # blocks: (window, position // block_tokens) in order of first appearance among included rows
+    keys = []
+    for w, p, keep in zip(window, position, include):
+        if keep and (w, p // settings["block_tokens"]) not in keys:
+            keys.append((w, p // settings["block_tokens"]))
+    members = [np.flatnonzero(include & (window == w) & (position // settings["block_tokens"] == b)) for w, b in keys]
+    draws = np.random.default_rng(settings["seed"]).integers(0, len(keys), size=(settings["n_bootstrap"], len(keys)))
+    boot = np.stack([np.nanmean(stats[:, np.concatenate([members[k] for k in draw])], axis=1) for draw in draws])
+    tail = 50 * (1 - settings["confidence"])
+    first = position == 0
+    norms = np.linalg.norm(resid, axis=-1)
+    ratio = norms[:, first] / np.median(norms[:, ~first], axis=1)[:, None]
+    return {"head_means": head_means, "boot": boot, "tail": tail, "ratio": ratio}
+
+
+def table_value(rows, **where):
+    hits = [row for row in rows if all(str(row[k]) == str(v) for k, v in where.items())]
+    assert len(hits) == 1, where
+    return hits[0]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_reducer_matches_naive_loops(tmp_path, causal):
+    from laminae.experiments.attention.analysis import read_blocks
+
+    rng = np.random.default_rng(11)
+    rows, pattern, resid, n_visible = synthetic_corpus(rng, causal=causal, n_heads=3)   # 3: median != mean
+    job = reducer_job(rows, pattern, resid, tmp_path, family="llama" if causal else "bert", n_heads=3)
+    run_reducer(job, pattern, resid, sizes=[3, 1, 6, 4, 100]).finish()
+    want = naive_tables(pattern, resid, rows, n_visible, 3, causal, SETTINGS)
+    heads = read_tsv(tmp_path / "attention_heads.tsv")
+    layers = read_tsv(tmp_path / "attention.tsv")
+    tail = want["tail"]
+    for s, metric in enumerate(STATISTICS):
+        for layer in range(3):
+            for head in range(3):
+                row = table_value(heads, layer=layer, head=head, metric=metric)
+                np.testing.assert_allclose(float(row["value"]), want["head_means"][layer, head, s], rtol=1e-9)
+                low, high = np.percentile(want["boot"][:, layer, head, s], [tail, 100 - tail])
+                np.testing.assert_allclose([float(row["ci_low"]), float(row["ci_high"])], [low, high], rtol=1e-9)
+            values = want["head_means"][layer, :, s]
+            for summary, reduce in (("mean", np.mean), ("median", np.median)):
+                row = table_value(layers, layer=layer, metric=metric, summary=summary)
+                np.testing.assert_allclose(float(row["value"]), reduce(values), rtol=1e-9)
+                replicates = reduce(want["boot"][:, layer, :, s], axis=1)
+                np.testing.assert_allclose([float(row["low"]), float(row["high"])],
+                                           np.percentile(replicates, [tail, 100 - tail]), rtol=1e-9)
+            for summary, value in (("min", values.min()), ("max", values.max()),
+                                   ("q25", np.quantile(values, 0.25)), ("q75", np.quantile(values, 0.75))):
+                np.testing.assert_allclose(float(table_value(layers, layer=layer, metric=metric,
+                                                             summary=summary)["value"]), value, rtol=1e-9)
+    for layer in range(3):
+        row = table_value(layers, layer=layer, metric="first_token_norm_ratio", summary="median")
+        np.testing.assert_allclose([float(row["value"]), float(row["low"]), float(row["high"])],
+                                   [np.median(want["ratio"][layer]), want["ratio"][layer].min(),
+                                    want["ratio"][layer].max()], rtol=1e-9)
+        assert int(row["n"]) == 3
+    arrays, attrs = read_blocks(tmp_path / "attention_blocks.h5")
+    assert bool(attrs["causal"]) is causal and attrs["laminae_version"] == "test"
+    np.testing.assert_allclose(arrays["resid_norm"], np.linalg.norm(resid, axis=-1), rtol=1e-12)
+
+
+def test_first_token_included_when_asked(tmp_path):
+    rng = np.random.default_rng(2)
+    rows, pattern, resid, n_visible = synthetic_corpus(rng)
+    settings = {**SETTINGS, "exclude_first_token": False, "n_bootstrap": 0}
+    run_reducer(reducer_job(rows, pattern, resid, tmp_path, settings), pattern, resid, [7, 9]).finish()
+    want = naive_tables(pattern, resid, rows, n_visible, 2, True, {**settings, "n_bootstrap": 1})
+    heads = read_tsv(tmp_path / "attention_heads.tsv")
+    row = table_value(heads, layer=1, head=0, metric="sink")
+    np.testing.assert_allclose(float(row["value"]), want["head_means"][1, 0, 2], rtol=1e-9)
+    assert int(row["n"]) == 16 and row["ci_low"] == ""                 # every query; no bootstrap: no CI
+    assert int(table_value(heads, layer=1, head=0, metric="entropy_normalised")["n"]) == 13   # n = 1: undefined
+
+
+def test_sharded_run_equals_unsharded(tmp_path):
+    """Two shards (windows 0 and 1-2) reduced apart, partial(), absorbed: the same tables."""
+    rng = np.random.default_rng(5)
+    rows, pattern, resid, _ = synthetic_corpus(rng)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    run_reducer(reducer_job(rows, pattern, resid, whole), pattern, resid, [4, 12]).finish()
+    records = list(rows)
+    cut = 5
+    parts = []
+    for index, (begin, end) in enumerate(((0, cut), (cut, len(records)))):
+        folder = tmp_path / f"shard{index}"
+        folder.mkdir()
+        shard_rows = RowTable(records[begin:end])
+        run_reducer(reducer_job(shard_rows, pattern[:, begin:end], resid[:, begin:end], folder),
+                    pattern[:, begin:end], resid[:, begin:end], [3, 3, 3, 3]).partial()
+        parts.append((begin, folder))
+    gathered = tmp_path / "gathered"
+    gathered.mkdir()
+    from laminae.experiments.attention.analysis import AttentionReducer
+
+    reducer = AttentionReducer(reducer_job(rows, pattern, resid, gathered))
+    for begin, folder in parts:
+        reducer.absorb(begin, folder)
+    reducer.finish()
+    for name in ("attention.tsv", "attention_heads.tsv"):
+        a, b = read_tsv(whole / name), read_tsv(gathered / name)
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert x.keys() == y.keys()
+            for key in x:
+                if x[key] and key not in ("interval", "metric", "summary"):
+                    np.testing.assert_allclose(float(x[key]), float(y[key]), rtol=1e-12, err_msg=f"{name} {key}")
+                else:
+                    assert x[key] == y[key]
+
+
+def test_bidirectional_patterns_refused_as_causal(tmp_path):
+    rng = np.random.default_rng(3)
+    rows, pattern, resid, _ = synthetic_corpus(rng, causal=False)
+    reducer = run_reducer(reducer_job(rows, pattern, resid, tmp_path, family="llama"), pattern, resid, [16])
+    with pytest.raises(RuntimeError, match="attention.causal=false"):
+        reducer.finish()
+
+
+@pytest.mark.parametrize("key, value", [("n_bootstrap", -1), ("block_tokens", 0), ("confidence", 1.0),
+                                        ("causal", "yes"), ("seed", 1.5), ("exclude_first_token", 1)])
+def test_bad_settings_name_the_key(tmp_path, key, value):
+    from laminae.experiments.attention.analysis import check_settings
+
+    with pytest.raises(ConfigError, match=f"attention.{key}"):
+        check_settings({**SETTINGS, key: value})
+
+
+def test_figures_and_measures(tmp_path):
+    from laminae.experiments.attention.figures import plot
+    from laminae.experiments.attention.measures import measure
+
+    rng = np.random.default_rng(8)
+    rows, pattern, resid, _ = synthetic_corpus(rng, lengths=(9, 12, 6, 12), n_layers=5, n_heads=3)
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    run_reducer(reducer_job(rows, pattern, resid, metrics, n_heads=3), pattern, resid, [10, 30]).finish()
+    out = tmp_path / "figures"
+    out.mkdir()
+    plot(FigureJob(settings=SETTINGS, plot={"sort_heads": True}, dpi=60, metrics_dir=metrics, out_dir=out,
+                   context={"model": "synthetic", "corpus": "synthetic", "random_weights": True}))
+    for name in ("attention_laminar", "attention_heads", "attention_sink_norm"):
+        assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.pdf").is_file()
+    measurements = measure(MeasureJob(metrics_dir=metrics, settings=SETTINGS))
+    table = read_tsv(metrics / "attention.tsv")
+    sink = measurements["sink"]
+    assert sink.n_layers == 5 and sink.has_interval
+    np.testing.assert_allclose(sink.values, [float(table_value(table, layer=layer, metric="sink", summary="mean")["value"])
+                                             for layer in range(5)])
+    assert measurements["first_token_norm_ratio"].interval == "range over windows"
+    assert (measurements["first_token_norm_ratio"].values > 5).all()          # the planted outlier (x20)
+    from laminae.experiments.attention import MEASURES
+
+    assert set(measurements) == {m.name for m in MEASURES}
+
+
+def test_compare_overlays_runs(tmp_path):
+    from laminae.experiment import CompareJob
+    from laminae.experiments.attention.compare import compare
+
+    folders = []
+    for index, n_layers in enumerate((3, 5)):
+        rng = np.random.default_rng(index)
+        rows, pattern, resid, _ = synthetic_corpus(rng, n_layers=n_layers)
+        folder = tmp_path / f"run{index}"
+        folder.mkdir()
+        run_reducer(reducer_job(rows, pattern, resid, folder), pattern, resid, [16]).finish()
+        folders.append(folder)
+    fig = compare(CompareJob(metrics_dirs=folders, labels=["a", "b"], settings=[SETTINGS, SETTINGS], plot={}))
+    axes = fig.axes
+    assert len(axes) == 3 and len(axes[1].lines) == 2
+    np.testing.assert_allclose(axes[1].lines[1].get_xdata(), np.arange(5) / 4)     # relative depth
