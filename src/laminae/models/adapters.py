@@ -25,6 +25,13 @@ Every family's sites mean the same thing:
 - `mlp_post`: the MLP's hidden activations after its nonlinearity, `d_mlp` wide: the input of
   its down projection (a forward pre-hook), so in gated MLPs (Llama, Phi-3, Gemma, OLMo 2)
   `act(gate) * up`.
+- `pattern`: the attention probabilities after masking and softmax, per query token the row
+  over keys of every head, (n_heads, n_keys) flattened head-major (GQA: one row per QUERY
+  head); n_keys is the longest input of the extraction (`site_widths(config, n_keys)`), key j
+  is position j of the token's own sequence, keys past its sequence are 0. Hooked on the
+  attention module's output (`attention`), whose second element is the probabilities
+  (batch, heads, query, key) when the model runs eager attention (the extraction then loads it
+  so: `load_model(..., patterns=True)`); sliding windows show as zeros outside the window.
 
     >>> from transformers import GPT2Config, GPT2Model
     >>> model = GPT2Model(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100))
@@ -134,7 +141,10 @@ class Adapter:
     manual computation); no two adapters may claim one. `blocks_path` is an attribute path on
     the base model; the other paths are inside a block: the module whose OUTPUT a site is, but
     for the sites of `INPUT_SITES` (`mlp_post`: the path of the MLP's down projection, whose
-    INPUT is hooked). With `fused_qkv`, `q`, `k` and `v` name
+    INPUT is hooked), and `attention`, the attention module whose output is (attn_output,
+    probabilities) under eager attention, which `pattern` hooks. `returns_pattern` says whether
+    the family's attention can return its probabilities at all (the workflow refuses `pattern`
+    otherwise). With `fused_qkv`, `q`, `k` and `v` name
     the same module, whose output `split_qkv` cuts into q, k and v by `qkv_layout` (a layout
     name, or a function of the HF config for families whose checkpoints differ, like Falcon).
     `pre_norm` (or a function of the config) says whether
@@ -158,6 +168,8 @@ class Adapter:
     attn_out: str
     mlp_out: str
     mlp_post: str
+    attention: str
+    returns_pattern: bool = True
     fused_qkv: bool = False
     qkv_layout: str | Callable[[Any], str] = "concat"
     pre_norm: bool | Callable[[Any], bool] = True
@@ -191,7 +203,7 @@ class Adapter:
             return None
         if site not in SITES:
             raise ValueError(f"unknown site {site!r}; expected one of {', '.join(SITES)}")
-        return getattr(self, site)
+        return self.attention if site == "pattern" else getattr(self, site)
 
     def module(self, block: nn.Module, site: str) -> nn.Module:
         """The module of `block` that `site` hooks (the block itself for resid sites)."""
@@ -202,14 +214,26 @@ class Adapter:
         """Layers, width, heads and context length of a model of this family with `config`."""
         return self.config_keys.read(config)
 
-    def site_widths(self, config: Any) -> dict[str, int]:
+    def site_widths(self, config: Any, n_keys: int | None = None) -> dict[str, int]:
         """Width of each site's vectors. With GQA / MQA, k and v are narrower than q; mlp_post
-        is `d_mlp` wide."""
+        is `d_mlp` wide; pattern `n_heads * n_keys`, with `n_keys` the longest input of the
+        extraction: without it the dict has no `pattern`, and asking for it raises a
+        ValueError that says so.
+
+            >>> from transformers import GPT2Config
+            >>> widths = ADAPTERS["gpt2"].site_widths(GPT2Config(n_embd=32, n_head=4), n_keys=10)
+            >>> widths["mlp_post"], widths["pattern"]
+            (128, 40)
+        """
         dims = self.dims(config)
-        widths = dict.fromkeys(SITES, dims.d_model)
+        widths = SiteWidths.fromkeys([site for site in SITES if site != "pattern"], dims.d_model)
         widths["q"] = dims.n_heads * dims.head_dim
         widths["k"] = widths["v"] = dims.n_kv_heads * dims.head_dim
         widths["mlp_post"] = dims.d_mlp
+        if n_keys is not None:
+            if int(n_keys) < 1:
+                raise ValueError(f"n_keys must be >= 1 (the longest input's tokens); got {n_keys}")
+            widths["pattern"] = dims.n_heads * int(n_keys)
         return widths
 
     def layout(self, config: Any) -> str:
@@ -234,6 +258,17 @@ class Adapter:
         """
         dims = self.dims(config)
         return split_fused_qkv(fused, self.layout(config), dims.n_heads, dims.n_kv_heads, dims.head_dim)
+
+
+class SiteWidths(dict):
+    """site -> width (`Adapter.site_widths`); asking for `pattern` when its width was not
+    computed (no `n_keys`) is a ValueError saying why, not a bare KeyError."""
+
+    def __missing__(self, site: str) -> int:
+        if site == "pattern":
+            raise ValueError("the width of site 'pattern' is n_heads * n_keys, n_keys the longest input of the "
+                             "extraction: pass n_keys to Adapter.site_widths")
+        raise KeyError(site)
 
 
 def split_fused_qkv(fused: torch.Tensor, layout: str, n_heads: int, n_kv_heads: int,
@@ -300,7 +335,7 @@ def _post_norm_sublayers(family: str, model_types: tuple[str, ...]) -> Adapter:
     before it is added to the residual stream, so attn_out / mlp_out are those norms' outputs."""
     return Adapter(family=family, model_types=model_types, blocks_path="layers", q="self_attn.q_proj",
                    k="self_attn.k_proj", v="self_attn.v_proj", attn_out="post_attention_layernorm",
-                   mlp_out="post_feedforward_layernorm", mlp_post="mlp.down_proj")
+                   mlp_out="post_feedforward_layernorm", mlp_post="mlp.down_proj", attention="self_attn")
 
 
 #: family -> adapter: the one table every other list is derived from. The order is the order
@@ -316,6 +351,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         attn_out="attn.c_proj",
         mlp_out="mlp.c_proj",
         mlp_post="mlp.c_proj",  # its input: gelu(c_fc(ln_2(x)))
+        attention="attn",
         fused_qkv=True,
         config_keys=ConfigKeys(n_layers="n_layer", d_model="n_embd", n_heads="n_head", n_kv_heads=None,
                                head_dim=None, max_positions="n_positions", d_mlp="n_inner"),
@@ -331,6 +367,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         attn_out="attention.output.dense",  # before dropout + LayerNorm(x + residual)
         mlp_out="output.dense",
         mlp_post="output.dense",  # its input: the intermediate layer's output, act(dense(x))
+        attention="attention.self",
         pre_norm=False,
         final_modules=(),  # the last block's output is the last hidden state
         next_token=False,  # an encoder
@@ -346,6 +383,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         attn_out="self_attn.o_proj",
         mlp_out="mlp.down_proj",
         mlp_post="mlp.down_proj",  # its input: act(gate_proj(x)) * up_proj(x)
+        attention="self_attn",
     ),
     Adapter(  # parallel residual (Pythia) or sequential, by use_parallel_residual
         family="gpt_neox",
@@ -357,6 +395,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         attn_out="attention.dense",
         mlp_out="mlp.dense_4h_to_h",
         mlp_post="mlp.dense_4h_to_h",
+        attention="attention",
         fused_qkv=True,
         qkv_layout="grouped",  # per head [q, k, v]
         final_modules=("final_layer_norm",),
@@ -371,6 +410,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         attn_out="self_attn.out_proj",
         mlp_out="fc2",
         mlp_post="fc2",
+        attention="self_attn",
         pre_norm=lambda config: bool(config.do_layer_norm_before),  # False for OPT-350m
         flat_sites=("mlp_out", "mlp_post"),
         config_keys=ConfigKeys(d_mlp="ffn_dim"),
@@ -386,6 +426,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         attn_out="attn.out_proj",
         mlp_out="mlp.fc_out",
         mlp_post="mlp.fc_out",
+        attention="attn",
         config_keys=ConfigKeys(d_mlp="n_inner"),  # n_inner None: 4 * n_embd
         final_modules=("ln_f",),
     ),
@@ -399,6 +440,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         attn_out="attn.attention.out_proj",
         mlp_out="mlp.c_proj",
         mlp_post="mlp.c_proj",  # intermediate_size None: 4 * hidden_size
+        attention="attn.attention",
         final_modules=("ln_f",),
     ),
     Adapter(  # parallel; q/k before the optional qk_layernorm and partial rotary
@@ -411,6 +453,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         attn_out="self_attn.dense",
         mlp_out="mlp.fc2",
         mlp_post="mlp.fc2",
+        attention="self_attn",
         final_modules=("final_layernorm",),
     ),
     Adapter(
@@ -423,6 +466,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         attn_out="self_attn.o_proj",
         mlp_out="mlp.down_proj",
         mlp_post="mlp.down_proj",  # its input: up * act(gate) of the fused gate_up_proj
+        attention="self_attn",
         fused_qkv=True,  # [q | k | v], k and v narrower with grouped-query attention
     ),
     _post_norm_sublayers("gemma2", ("gemma2",)),
@@ -438,6 +482,7 @@ ADAPTERS: dict[str, Adapter] = index_adapters([
         attn_out="self_attention.dense",
         mlp_out="mlp",  # the block adds the attention output into it in place: copied first
         mlp_post="mlp.dense_4h_to_h",
+        attention="self_attention",  # eager: the probabilities with ALiBi or rotary alike
         fused_qkv=True,
         qkv_layout=_falcon_layout,
         copy_sites=("mlp_out",),
