@@ -64,6 +64,7 @@ if TYPE_CHECKING:  # only for annotations: the declaration stays importable with
     import numpy as np
     from matplotlib.figure import Figure as MplFigure
 
+    from laminae.models.readout import Readout
     from laminae.store import ActivationStore, RowTable
 
 #: A hook: a callable, or "module:function" (a leading dot: relative to the experiment's package).
@@ -217,6 +218,40 @@ def resolve_hook(target: Hook, package: str) -> Callable[..., Any]:
 
 # ------------------------------------------------------------------------------ what hooks get
 @dataclass(frozen=True)
+class ModelSource:
+    """Where a run's model is: what `Readout.open` needs, recorded by the stage that builds a
+    job (the extraction's model config and models_dir). Its readouts are built on first use and
+    kept, one per device.
+
+        >>> source = ModelSource({"name": "tiny-gpt2", ...}, models_dir="models", project_root=Path("."))
+        >>> source.readout().vocab_size
+        50257
+    """
+
+    config: Mapping[str, Any]        # the model config dict, as `load_model` takes it
+    models_dir: str = "models"
+    project_root: Path = Path(".")
+    device: str = "cpu"              # the default device of its readouts
+    _readouts: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def readout(self, device: str | None = None) -> "Readout":
+        device = device or self.device
+        if device not in self._readouts:
+            from laminae.models.readout import Readout  # torch: only when a hook asks
+
+            self._readouts[device] = Readout.open(self.config, models_dir=self.models_dir,
+                                                  project_root=self.project_root, device=device)
+        return self._readouts[device]
+
+
+def _readout(source: ModelSource | None, device: str | None) -> "Readout":
+    if source is None:
+        raise RuntimeError("this job was built without its model (ModelSource): no readout; the stages of "
+                           "laminae.stages give one")
+    return source.readout(device)
+
+
+@dataclass(frozen=True)
 class AnalysisJob:
     """What `analyse` gets: the validated store and where to write.
 
@@ -229,6 +264,16 @@ class AnalysisJob:
     store: "ActivationStore"
     out_dir: Path
     attrs: Mapping[str, Any]        # provenance: put these on every HDF5 file written
+    model: "ModelSource | None" = None   # the run's model, for `readout()`
+
+    def readout(self, device: str | None = None) -> "Readout":
+        """The run's model's next-token readout (`laminae.models.readout.Readout`: final norm,
+        unembedding, softcap; only those tensors are read), built on first use, one per device
+        (None: `model.device`, cpu unless the stage says otherwise):
+
+            >>> logits = job.readout().logits(job.store.read("resid_post", layers=[5])[0])  # (rows, vocab)
+        """
+        return _readout(self.model, device)
 
 
 @dataclass(frozen=True)
@@ -247,6 +292,12 @@ class ReducerJob:
     model_attrs: Mapping[str, Any]  # the model's attributes (n_heads, d_model, family, ...)
     out_dir: Path                   # where `finish` (or `update`) writes the declared metrics files
     attrs: Mapping[str, Any]        # provenance: put these on every HDF5 file written
+    model: "ModelSource | None" = None   # the run's model, for `readout()`
+
+    def readout(self, device: str | None = None) -> "Readout":
+        """The run's model's next-token readout, as `AnalysisJob.readout` (during extraction on
+        the extraction's device unless told otherwise)."""
+        return _readout(self.model, device)
 
 
 class Reducer(Protocol):

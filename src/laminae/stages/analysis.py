@@ -30,7 +30,7 @@ from laminae.atomic import atomic_dir
 from laminae.errors import ExperimentError, InputFileError
 from laminae.experiment import AnalysisJob, Experiment, ReducerJob
 from laminae.provenance import provenance_attrs, read_stage_record, stage_config_record, upstream_attrs
-from laminae.stages.records import AnalysisRecord, Runtime
+from laminae.stages.records import AnalysisRecord, Runtime, model_source
 from laminae.store import CONFIG_FILE, REDUCTIONS, ActivationStore
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,10 @@ log = logging.getLogger(__name__)
 
 def run_analysis(experiment: Experiment, record: AnalysisRecord | Mapping[str, Any], activations_dir: str | Path,
                  metrics_dir: str | Path, runtime: Runtime | Mapping[str, Any] | None = None,
-                 chunk_rows: int | None = None) -> list[Path]:
+                 chunk_rows: int | None = None, project_root: Path | None = None) -> list[Path]:
     """Run the stage (see module docstring); returns the written paths, config.yaml last.
-    `chunk_rows`: rows per streamed chunk (default: what fits `laminae.store.CHUNK_BYTES`)."""
+    `chunk_rows`: rows per streamed chunk (default: what fits `laminae.store.CHUNK_BYTES`).
+    `project_root` (default: the working directory) locates the model for the jobs' readout."""
     stage = AnalysisRecord.parse(record)
     runtime = None if runtime is None else Runtime.parse(runtime)
     settings = stage.settings
@@ -50,14 +51,17 @@ def run_analysis(experiment: Experiment, record: AnalysisRecord | Mapping[str, A
     store = ActivationStore(activations_dir, expected_hash=stage.upstream)
     store.require(experiment.sites, f"experiment {experiment.name!r}")
     attrs = {**provenance_attrs(stage, runtime), **upstream_attrs(store.attrs)}
+    extraction = read_stage_record(activations_dir / CONFIG_FILE)   # its model, for job.readout()
+    model = model_source(extraction, extraction.get("runtime"), project_root)
     log.info("experiment %s over %d layers, %d rows; sites %s", experiment.name, store.n_layers, store.n_rows,
              ",".join(experiment.sites))
     with atomic_dir(metrics_dir) as tmp:
         if experiment.analyse is not None:
-            experiment.hook("analyse")(AnalysisJob(settings=settings, store=store, out_dir=tmp, attrs=attrs))
+            experiment.hook("analyse")(AnalysisJob(settings=settings, store=store, out_dir=tmp, attrs=attrs,
+                                                          model=model))
         else:
             job = ReducerJob(settings=settings, rows=store.rows, n_layers=store.n_layers, widths=dict(store.widths),
-                             model_attrs=store.model_attrs, out_dir=tmp, attrs=attrs)
+                             model_attrs=store.model_attrs, out_dir=tmp, attrs=attrs, model=model)
             reducer = experiment.hook("reducer")(job)
             chunk_rows = chunk_rows or store.chunk_rows(experiment.sites)
             log.info("streaming chunks of %d rows", chunk_rows)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from laminae.capture.fidelity import FirstBatchCheck, fidelity_attrs, write_fidelity
-from laminae.capture.forward import overlap_writes, run_plan
+from laminae.capture.forward import overlap_writes, plan_keys, run_plan
 from laminae.disk import require_store_space
 from laminae.errors import ConfigError
 from laminae.experiment import SHARD_METHODS, Experiment, ReducerJob
@@ -36,7 +36,7 @@ from laminae.models.loading import LoadedModel, load_model, open_model, resolve_
 from laminae.models.placement import placement_summary
 from laminae.provenance import dump_yaml, provenance_attrs, stage_config_record, upstream_attrs
 from laminae.shards import SHARD_RECORD, Shard, shard_record
-from laminae.stages.records import ExtractionRecord, Runtime
+from laminae.stages.records import ExtractionRecord, Runtime, model_source
 from laminae.store import FIDELITY_FILE, REDUCTIONS, ActivationWriter
 
 log = logging.getLogger(__name__)
@@ -53,17 +53,22 @@ def extract(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime | Map
     files = open_model(record.model, runtime.models_dir, project_root)
     plan = input_kind(record.inputs).plan(record.config, files.tokenizer, files.dims.max_positions, project_root,
                                           shard=shard)
-    require_store_space(out_dir, files.dims.n_layers, plan.n_rows, files.adapter.site_widths(files.config),
-                        record.sites, record.storage_dtype, runtime.compression)  # before the weights load
+    captured = captured_sites(record, registry)
+    widths = files.adapter.site_widths(files.config, plan_keys(plan, captured))
+    require_store_space(out_dir, files.dims.n_layers, plan.n_rows, widths, record.sites, record.storage_dtype,
+                        runtime.compression)  # before the weights load
     # where the blocks run is a runtime setting, not hashed (model.device_map, model.gpus)
     model_cfg = {**record.model, "device_map": runtime.device_map, "gpus": runtime.gpus or 1}
-    loaded = load_model(model_cfg, runtime.device, runtime.models_dir, project_root, files=files)
-    write_extraction(loaded, plan, record, runtime, out_dir, registry, shard=shard)
+    # eager attention (slower) only when attention patterns are captured: sdpa returns none
+    loaded = load_model(model_cfg, runtime.device, runtime.models_dir, project_root, files=files,
+                        patterns="pattern" in captured)
+    write_extraction(loaded, plan, record, runtime, out_dir, registry, shard=shard, project_root=project_root)
     log.info("wrote %s", out_dir)
 
 
 def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: ExtractionRecord, runtime: Runtime,
-                     out_dir: Path, registry: Mapping[str, Experiment], shard: Shard | None = None) -> None:
+                     out_dir: Path, registry: Mapping[str, Experiment], shard: Shard | None = None,
+                     project_root: Path | None = None) -> None:
     """The extraction with the model loaded and the inputs planned: an ActivationWriter (one
     layer file per block, provenance attributes, atomic folder; no layer file when no site is
     stored) fed by `run_plan`, the reducers of the experiments computed during extraction, their
@@ -83,13 +88,16 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: Extracti
                               compression=runtime.compression, chunk_rows=runtime.chunk_rows,
                               config_text=stage_config_record(record, runtime, model=loaded.info.to_dict()),
                               store_layers=bool(stored))
-    widths = loaded.adapter.site_widths(loaded.model.config)
+    widths = loaded.adapter.site_widths(loaded.model.config, plan_keys(plan, captured_sites(record, registry)))
     check = FirstBatchCheck(loaded)   # a misplaced hook stops the first batch: nothing is kept
+    # the reducers' readout (job.readout()): on the model's device, from the same files
+    model = model_source(record, runtime, project_root, device=loaded.info.device)
     with writer:
         reducers = [(experiment.hook("reducer")(ReducerJob(
             settings=record.reductions[name].settings, rows=plan.rows, n_layers=loaded.info.n_layers,
             widths=widths, model_attrs=loaded.info.as_attrs(),
-            out_dir=_folder(writer.tmp_dir / REDUCTIONS / name), attrs=upstream_attrs(attrs))), experiment.sites)
+            out_dir=_folder(writer.tmp_dir / REDUCTIONS / name), attrs=upstream_attrs(attrs), model=model)),
+            experiment.sites)
             for name, experiment in reducing.items()]
         if shard is not None:
             for (reducer, _), name in zip(reducers, reducing):
@@ -111,6 +119,11 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: Extracti
             (writer.tmp_dir / SHARD_RECORD).write_text(dump_yaml(shard_record(
                 shard, plan.first_row, plan.n_rows, loaded.info.n_layers, widths, loaded.info.as_attrs())),
                 encoding="utf-8")
+
+
+def captured_sites(record: ExtractionRecord, registry: Mapping[str, Experiment]) -> set[str]:
+    """The sites an extraction captures: those it stores and those its reducers read."""
+    return {*record.sites, *(site for name in record.reductions for site in registry[name].sites)}
 
 
 def _folder(path: Path) -> Path:

@@ -27,15 +27,17 @@ from laminae.errors import InputFileError
 from laminae.experiment import Experiment, ReducerJob
 from laminae.provenance import provenance_attrs, stage_config_record, upstream_attrs
 from laminae.shards import SHARD_RECORD
-from laminae.stages.records import ExtractionRecord, Runtime
+from laminae.stages.records import ExtractionRecord, Runtime, model_source
 from laminae.store import CONFIG_FILE, FIDELITY_FILE, REDUCTIONS, ROWS_FILE, RowTable, link_shards
 
 log = logging.getLogger(__name__)
 
 
 def gather(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime | Mapping[str, Any],
-           shard_dirs: Sequence[Path], out_dir: Path, registry: Mapping[str, Experiment]) -> None:
-    """The store of an extraction from its shards, atomically (module docstring)."""
+           shard_dirs: Sequence[Path], out_dir: Path, registry: Mapping[str, Experiment],
+           project_root: Path | None = None) -> None:
+    """The store of an extraction from its shards, atomically (module docstring).
+    `project_root` (default: the working directory) locates the model for the reducers' readout."""
     record, runtime = ExtractionRecord.parse(record), Runtime.parse(runtime)
     shard_dirs = [Path(folder) for folder in shard_dirs]
     records = read_shards(record, shard_dirs)
@@ -52,10 +54,11 @@ def gather(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime | Mapp
         loaded = yaml.safe_load((shard_dirs[0] / CONFIG_FILE).read_text(encoding="utf-8")).get("loaded_model")
         (tmp / CONFIG_FILE).write_text(stage_config_record(record, runtime, model=loaded), encoding="utf-8")
         attrs = upstream_attrs({**provenance_attrs(record, runtime), **first["model_attrs"]})
+        model = model_source(record, runtime, project_root)
         for name, reduction in record.reductions.items():
             job = ReducerJob(settings=reduction.settings, rows=rows, n_layers=int(first["n_layers"]),
                              widths=dict(first["widths"]), model_attrs=dict(first["model_attrs"]),
-                             out_dir=tmp / REDUCTIONS / name, attrs=attrs)
+                             out_dir=tmp / REDUCTIONS / name, attrs=attrs, model=model)
             _merge_reduction(registry[name], job, shard_dirs, [shard["first_row"] for shard in records])
         log.info("gathered %d shards: %d rows, %d layer files of virtual datasets%s", len(shard_dirs), n_rows,
                  len(layers), f"; reductions merged: {', '.join(record.reductions)}" if record.reductions else "")

@@ -29,7 +29,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+
+from laminae.experiment import ModelSource
 
 R = TypeVar("R", bound="StageRecord")
 
@@ -107,6 +110,24 @@ class ExtractionRecord(StageRecord):
                 "storage_dtype": config["extract"]["storage_dtype"],
                 "reductions": {experiment: Reduction(int(spec["version"]), spec["settings"])
                                for experiment, spec in config["reductions"].items()}}
+
+
+def model_source(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime | Mapping[str, Any] | None,
+                 project_root: str | Path | None = None, device: str = "cpu") -> ModelSource | None:
+    """Where an extraction's model is (its model config, models_dir and the project root), for
+    the readout of the jobs built on it; None when `record` is not an extraction's record (a
+    store without its config.yaml). `project_root` None: the working directory.
+
+        >>> model_source(read_stage_record(activations / "config.yaml"), None).config["name"]   # doctest: +SKIP
+        'tiny-gpt2'
+    """
+    try:
+        record = ExtractionRecord.parse(record)
+    except ValueError:
+        return None
+    models_dir = Runtime.parse(runtime).models_dir
+    return ModelSource(config=dict(record.model), models_dir=models_dir,
+                       project_root=Path.cwd() if project_root is None else Path(project_root), device=device)
 
 
 @dataclass(frozen=True)
