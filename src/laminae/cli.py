@@ -3,11 +3,15 @@
     laminae runs [FILTER=VALUE ...] [--results DIR] [--paths] [--tsv]   every run on disk, filtered
     laminae show RUN [--results DIR]                 a run's config, headline numbers, claims verdicts
     laminae where [OVERRIDES ...] [--sweep S ...]    where a config's outputs are or would be
+    laminae report [OVERRIDES ...] [--sweep S ...]   the Snakemake report of a config's results
+    laminae gc [--keep 'OVERRIDES [--sweep S]' ...] [--delete]   result folders no kept config needs
     laminae config [OVERRIDES ...] [--markdown]      every config key (python -m laminae.config)
 
     $ laminae runs experiment=qkv qkv.n_permutations=20
     $ laminae show af339e
     $ laminae where model=tiny-gpt2 qkv.selectivity=difference
+    $ laminae report --sweep model=smollm2-135m,minilm-l6     # results/reports/sweep_model=....html
+    $ laminae gc --keep '' --keep 'model=tiny-gpt2'           # lists; --delete removes
 
 A filter is a column of `laminae runs` (run, model, revision, inputs, experiment, status, ...) or
 any config key of a run (`qkv.n_permutations=20`); text values take shell wildcards
@@ -21,6 +25,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from laminae.disk import size_text
 from laminae.errors import LaminaeError
 
 #: The columns `laminae runs` prints (`--paths` adds `path`).
@@ -68,17 +73,42 @@ def parser() -> argparse.ArgumentParser:
                                 description="The output folder of every stage of the config these overrides "
                                 "compose (as `snakemake --config overrides=[...]` would run it), and which exist. "
                                 "Nothing runs.")
-    where.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=tiny-gpt2 qkv.zscore=true")
-    where.add_argument("--sweep", action="append", default=[], metavar="KEY=A,B",
-                       help="a sweep axis (repeatable), as in --config sweep=[...]")
-    where.add_argument("--project", default=None, help="the laminae checkout (default: here or above)")
-    where.add_argument("--workdir", "-d", default=".", help="where Snakemake runs (results_dir is relative to it)")
+    config_arguments(where)
     where.add_argument("--missing", action="store_true", help="only the outputs that do not exist")
     where.set_defaults(handler=cmd_where)
+
+    report = commands.add_parser("report", help="the Snakemake report of a config's results",
+                                 description="Snakemake's report (one HTML page: every figure and claims table "
+                                 "with its caption) of the outputs of the config these overrides compose, as far as "
+                                 "they exist; written to results/reports/<config>.html unless --out says where.")
+    config_arguments(report)
+    report.add_argument("--out", default=None, help="where to write the report (.html, or .zip)")
+    report.set_defaults(handler=cmd_report)
+
+    gc = commands.add_parser("gc", help="result folders no kept config needs (--delete removes them)",
+                             description="Every stage folder under the results folder that none of the kept "
+                             "configs needs, with its size. Nothing is removed without --delete, and never while "
+                             "a Snakemake run holds its lock on the working directory.")
+    gc.add_argument("--keep", action="append", default=[], metavar="'OVERRIDES [--sweep KEY=A,B]'",
+                    help="a config to keep, as laminae where takes it, quoted (repeatable; '' is the default "
+                    "config; none given: the default config)")
+    gc.add_argument("--delete", action="store_true", help="remove the listed folders")
+    gc.add_argument("--project", default=None, help="the laminae checkout (default: here or above)")
+    gc.add_argument("--workdir", "-d", default=".", help="where Snakemake runs (results_dir is relative to it)")
+    gc.set_defaults(handler=cmd_gc)
 
     commands.add_parser("config", help="every config key: type, default, description (laminae config --help)",
                         add_help=False)
     return top
+
+
+def config_arguments(command: argparse.ArgumentParser) -> None:
+    """The arguments that name a config: overrides, sweep axes, the checkout, the working folder."""
+    command.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=tiny-gpt2 qkv.zscore=true")
+    command.add_argument("--sweep", action="append", default=[], metavar="KEY=A,B",
+                         help="a sweep axis (repeatable), as in --config sweep=[...]")
+    command.add_argument("--project", default=None, help="the laminae checkout (default: here or above)")
+    command.add_argument("--workdir", "-d", default=".", help="where Snakemake runs (results_dir is relative to it)")
 
 
 # ------------------------------------------------------------------------------ commands
@@ -95,7 +125,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no runs{where} in '{args.results}'")
         return 0
     shown = table[list(RUNS_COLUMNS) + (["path"] if args.paths else [])].copy()
-    shown["size"] = shown["size"].map(human_size)
+    shown["size"] = shown["size"].map(size_text)
     shown["date"] = shown["date"].map(lambda d: "" if d is None or str(d) == "NaT" else d.strftime("%Y-%m-%d %H:%M"))
     print(shown.to_string(index=False))
     partial = int((table["status"] == "partial").sum())
@@ -152,6 +182,49 @@ def cmd_where(args: argparse.Namespace) -> int:
     print(f"\n{done} of {len(planned.outputs)} outputs exist"
           + ("; snakemake with the same --config (or laminae.plan(...).run()) makes the rest"
              if done < len(planned.outputs) else ""))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from laminae.api.plan import plan
+
+    planned = plan(args.overrides, args.sweep, project=args.project, workdir=args.workdir)
+    done = sum(output.exists for output in planned.outputs)
+    if done == 0:
+        raise LaminaeError("nothing to report: none of this config's outputs exist yet "
+                           "(run it first: snakemake with the same --config, or make run)")
+    path = planned.report(args.out)
+    print(f"report: {path} ({done} of {len(planned.outputs)} outputs of the config exist)")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    import shlex
+
+    from laminae.api.gc import remove, unused
+    from laminae.api.plan import plan
+
+    keep_parser = argparse.ArgumentParser(prog="laminae gc --keep", add_help=False)
+    keep_parser.add_argument("overrides", nargs="*")
+    keep_parser.add_argument("--sweep", action="append", default=[])
+    kept = []
+    for text in args.keep or [""]:
+        parsed, unknown = keep_parser.parse_known_args(shlex.split(text))
+        if unknown:
+            raise LaminaeError(f"--keep {text!r}: expected overrides and --sweep KEY=A,B, got {' '.join(unknown)}")
+        kept.append(plan(parsed.overrides, parsed.sweep, project=args.project, workdir=args.workdir))
+    found = unused(kept)
+    if not found:
+        print("every result folder is needed by a kept config")
+        return 0
+    for item in found:
+        print(f"{size_text(item.size):>9}  {item.stage:<18} {item.path}")
+    total = size_text(sum(item.size for item in found))
+    if not args.delete:
+        print(f"\n{len(found)} folder(s) no kept config needs, {total}; laminae gc --delete (same --keep) removes them")
+        return 0
+    freed = remove(found, args.workdir)
+    print(f"\nremoved {len(found)} folder(s), {size_text(freed)}")
     return 0
 
 
@@ -216,15 +289,6 @@ def headline_text(run) -> str:
 
 def indent(text: str, prefix: str = "  ") -> str:
     return "\n".join(prefix + line if line else line for line in text.splitlines())
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 if __name__ == "__main__":

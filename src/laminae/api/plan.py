@@ -22,6 +22,7 @@ holding both, else the checkout laminae is installed from).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from laminae.config.keys import stable_hash
 from laminae.errors import LaminaeError
 
 if TYPE_CHECKING:
@@ -122,6 +124,29 @@ class Plan:
 
         return pd.DataFrame([{**output.__dict__, "path": str(output.path)} for output in self.outputs],
                             columns=["run", "stage", "kind", "hash", "path", "exists"])
+
+    @property
+    def report_path(self) -> Path:
+        """Where `report()` writes by default: `<results_dir>/reports/<config>.html`, `<config>`
+        being `default` or the overrides and sweep axes (a long list shortened by its hash).
+
+            >>> plan(["model=tiny-gpt2"], sweep=["qkv.zscore=true,false"]).report_path
+            PosixPath('results/reports/model=tiny-gpt2_sweep_qkv.zscore=true,false.html')
+        """
+        words = [*self.overrides, *(f"sweep_{axis}" for axis in self.sweep)]
+        name = re.sub(r"[^A-Za-z0-9=,.+-]+", "_", "_".join(words)) or "default"
+        if len(name) > 80:
+            name = f"{name[:60]}-{stable_hash(words)}"
+        return self.path(Path(self.workflow.results_dir) / "reports" / f"{name}.html")
+
+    def report(self, path: str | Path | None = None, timeout: float | None = None) -> Path:
+        """Snakemake's report of this config (one HTML page: every figure and claims table its
+        outputs hold, with their captions) at `path` (default `report_path`), built through
+        Snakemake (`--report`) from the outputs that exist; returns the path."""
+        target = Path(path) if path is not None else self.report_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.run(cores=1, args=["--report", str(target.resolve())], timeout=timeout)
+        return target
 
     def command(self, cores: int = 1, args: Sequence[str] = ()) -> list[str]:
         """The Snakemake command line that runs this config."""
