@@ -15,6 +15,7 @@ from laminae.metrics.resampling import permuted_labels
 from laminae.metrics.unit_selectivity import (
     clopper_pearson,
     fraction_significant,
+    min_detectable,
     null_fractions,
     unit_category_test,
 )
@@ -170,9 +171,171 @@ def test_null_fraction_is_small_under_the_null_and_planted_units_are_found():
     assert null.mean() < 0.02
 
 
+def test_min_detectable_is_the_bh_floor():
+    """k units at the smallest permutation p (the rest at 1) pass BH exactly when k >= the floor."""
+    for n_units, n_perm, alpha in [(1536, 1000, 0.05), (1536, 10000, 0.05), (12, 200, 0.05), (40, 99, 0.1)]:
+        floor = min_detectable(n_units, n_perm, alpha)
+        for k in (floor - 1, floor):
+            if k < 1:
+                continue
+            p = np.r_[np.full(k, 1 / (1 + n_perm)), np.ones(n_units - k)]
+            passed = int((scipy.stats.false_discovery_control(p, method="bh") <= alpha).sum())
+            assert passed == (k if k >= floor else 0)
+
+
 def test_bad_shuffles_are_refused():
     labels = np.repeat([0, 1, 2], 3)
     with pytest.raises(ValueError, match="rearrangement"):
         unit_category_test(np.zeros((9, 2)), labels, np.zeros((3, 9), dtype=int))
     with pytest.raises(ValueError, match="n_null_draws"):
         unit_category_test(np.zeros((9, 2)), labels, permuted_labels(labels, 3, np.random.default_rng(0)), n_null_draws=4)
+
+
+# ------------------------------------------------------------------ the experiment, through its stages
+from laminae.stages.analysis import run_analysis  # noqa: E402
+from laminae.stages.figures import run_figures  # noqa: E402
+from laminae.store import ActivationWriter, read_tsv  # noqa: E402
+
+UPSTREAM = "f00dfeed00"
+CATEGORIES = {"fruit": 6, "space": 5, "furniture": 7}
+WIDTHS = {"mlp_post": 40, "q": 12, "k": 8, "v": 8}
+SETTINGS = {"sites": ["mlp_post", "q", "k", "v"], "n_permutations": 200, "n_null_draws": 20, "alpha": 0.05,
+            "confidence": 0.95, "seed": 0, "top_site": "mlp_post", "top_k": 3, "top_words": 4}
+CONTEXT = {"model": "tiny-test", "random_weights": True, "stimuli": "toy", "template": "A {word}.",
+           "position": "target_last", "experiment": "neurons", "analysis": SETTINGS}
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    """The declaration as the registry completes it (module and folder), checked like the
+    registry does; built directly so that another experiment's state cannot break these tests."""
+    import dataclasses
+    from pathlib import Path
+
+    import laminae.experiments.neurons as package
+    from laminae.registry import check_declaration
+
+    declared = dataclasses.replace(package.EXPERIMENT, module=package.__name__, folder=Path(package.__file__).parent)
+    check_declaration(declared, "src/laminae/experiments/neurons")
+    return declared
+
+
+def stimuli(n_layers=3, seed=0):
+    """Words, labels and activations with planted units: mlp_post units 0-5 prefer fruit in
+    layer 2 only, q dimensions 0-1 prefer space everywhere; the rest noise. (With 200
+    permutations BH over 12 units finds no fewer than 2: `min_detectable`.)"""
+    rng = np.random.default_rng(seed)
+    names = list(CATEGORIES)
+    labels = np.repeat(np.arange(3), list(CATEGORIES.values()))
+    words = [f"{names[c]}{i}" for i, c in enumerate(labels)]
+    data = {site: rng.normal(size=(n_layers, labels.size, width)) for site, width in WIDTHS.items()}
+    data["mlp_post"][2, :, :6] += 4.0 * (labels == 0)[:, None]
+    data["q"][:, :, :2] += 4.0 * (labels == 1)[:, None]
+    data["mlp_post"][:, :, 39] = 0.0                      # a dead neuron
+    return words, labels, names, data
+
+
+def write_stimuli_store(out, words, labels, names, data):
+    n_layers, n_rows = data["q"].shape[:2]
+    with ActivationWriter(out, n_layers, n_rows, {"stage_hash": UPSTREAM, "model_id": "test"},
+                          config_text="stage: stimuli.extract\n") as writer:
+        writer.write(0, {site: values.astype(np.float32) for site, values in data.items()})
+        writer.set_rows([{"word": w, "category": names[c]} for w, c in zip(words, labels)], ["word", "category"])
+    return out
+
+
+def stage_record(settings=SETTINGS):
+    config = {"neurons": dict(settings), "stage": "neurons.analysis", "version": 1, "upstream": UPSTREAM}
+    return {"stage": "neurons.analysis", "hash": "a1b2c3d4e5", "config": config}
+
+
+@pytest.fixture(scope="module")
+def metrics(tmp_path_factory, experiment):
+    words, labels, names, data = stimuli()
+    root = tmp_path_factory.mktemp("neurons")
+    store = write_stimuli_store(root / "activations", words, labels, names, data)
+    run_analysis(experiment, stage_record(), store, root / "metrics")
+    return root / "metrics", (words, labels, names, {s: v.astype(np.float32).astype(np.float64) for s, v in data.items()})
+
+
+def test_laminar_table_matches_an_independent_computation(metrics):
+    """Every (site, layer) count recomputed with scipy: f_oneway per unit, p from the same
+    shuffles counted in a loop, BH with false_discovery_control, Clopper-Pearson with binomtest."""
+    folder, (words, labels, names, data) = metrics
+    rows = {(int(r["layer"]), r["site"], r["category"]): r for r in read_tsv(folder / "neurons_laminar.tsv")}
+    shuffles = permuted_labels(labels, SETTINGS["n_permutations"], np.random.default_rng(SETTINGS["seed"]))
+    for site in ("mlp_post", "q"):
+        for layer in range(3):
+            x = data[site][layer]
+            f = lambda lab: scipy.stats.f_oneway(*[x[lab == c] for c in range(3)], axis=0).statistic  # noqa: E731
+            observed = f(labels)                                                  # (n_units,)
+            exceed = sum((f(s) >= observed * (1 - 1e-12)).astype(int) for s in shuffles)
+            p = np.where(np.ptp(x, axis=0) == 0, 1.0, (1 + exceed) / (1 + len(shuffles)))
+            q = scipy.stats.false_discovery_control(np.array(p), method="bh")
+            k = int((q <= SETTINGS["alpha"]).sum())
+            row = rows[(layer, site, "all")]
+            assert int(row["n_selective"]) == k and int(row["n_units"]) == x.shape[1]
+            assert int(row["n_uncorrected"]) == int((np.array(p) < SETTINGS["alpha"]).sum())
+            ci = scipy.stats.binomtest(k, x.shape[1]).proportion_ci(0.95, method="exact")
+            assert float(row["ci_low"]) == pytest.approx(ci.low, abs=1e-9)
+            assert float(row["ci_high"]) == pytest.approx(ci.high, abs=1e-9)
+    assert int(rows[(2, "mlp_post", "all")]["n_selective"]) >= 6
+    assert int(rows[(2, "mlp_post", "fruit")]["n_selective"]) >= 6
+    assert int(rows[(0, "mlp_post", "all")]["n_selective"]) <= 2
+    assert int(rows[(0, "q", "space")]["n_selective"]) >= 1
+    assert int(rows[(0, "mlp_post", "all")]["n_constant"]) == 1
+    assert all(0 <= float(r["null_mean"]) <= float(r["null_high"]) <= 0.2
+               for key, r in rows.items() if key[2] == "all")
+
+
+def test_top_units_are_the_planted_ones_with_their_words(metrics):
+    folder, (words, labels, names, data) = metrics
+    top = read_tsv(folder / "neurons_top.tsv")
+    fruit = [r for r in top if r["category"] == "fruit"]
+    assert len(fruit) == 3 and all(int(r["layer"]) == 2 and int(r["unit"]) < 6 for r in fruit)
+    for r in top:
+        values = data["mlp_post"][int(r["layer"]), :, int(r["unit"])]
+        c = names.index(r["category"])
+        inside, rest = values[labels == c], values[labels != c]
+        assert float(r["t"]) == pytest.approx(scipy.stats.ttest_ind(inside, rest).statistic, rel=1e-6)
+        assert r["top_words"].split(", ") == [words[i] for i in np.argsort(-values, kind="stable")[:4]]
+    d = [float(r["cohens_d"]) for r in fruit]
+    assert d == sorted(d, reverse=True)
+    per_word = read_tsv(folder / "neurons_top_words.tsv")
+    assert len(per_word) == len(top) * len(words)
+
+
+def test_measures_and_figures(metrics, experiment, tmp_path):
+    from laminae.experiment import MeasureJob
+
+    folder, _ = metrics
+    measured = experiment.hook("measure")(MeasureJob(metrics_dir=folder, settings=SETTINGS))
+    assert set(measured) == {f"{kind}:{site}" for kind in ("fraction", "null_fraction") for site in WIDTHS}
+    assert {m.name for m in experiment.measures} >= set(measured)
+    assert measured["fraction:mlp_post"].has_interval and measured["fraction:mlp_post"].n_layers == 3
+    record = {"stage": "neurons.plot", "hash": "0123456789",
+              "config": {"plot": {"dpi": 60}, "neurons": {"plot": {"per_category": True}}, "stage": "neurons.plot",
+                         "version": 1, "upstream": "a1b2c3d4e5"}}
+    written = run_figures(experiment, record, CONTEXT, folder, tmp_path / "figures")
+    assert {p.name for p in written} >= {"neurons_laminar.png", "neurons_top.pdf"}
+
+
+def test_compare_overlays_runs(metrics, experiment):
+    from laminae.experiment import CompareJob
+
+    folder, _ = metrics
+    job = CompareJob(metrics_dirs=[folder, folder], labels=["a", "b"], settings=[SETTINGS, SETTINGS],
+                     plot={"per_category": True})
+    fig = experiment.hook("compare")(job)
+    assert len(fig.axes) == 4 and len(fig.axes[0].lines) == 3       # alpha line + two runs
+
+
+def test_bad_config_is_one_line_before_work():
+    from laminae.errors import ConfigError
+    from laminae.experiments.neurons import validate
+
+    cfg = {"neurons": {**SETTINGS, "top_site": "q", "sites": ["mlp_post"]}}
+    with pytest.raises(ConfigError, match="neurons.top_site"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match="neurons.n_null_draws"):
+        validate({"neurons": {**SETTINGS, "n_null_draws": 500}})

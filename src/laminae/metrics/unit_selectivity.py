@@ -167,16 +167,26 @@ def _unit_chunk(x: np.ndarray, onehot: np.ndarray, counts: np.ndarray, n_null_dr
 
 def _pseudo_observed_p(eta2: np.ndarray, n_draws: int, constant: np.ndarray) -> np.ndarray:
     """p-values of shuffles 1..n_draws taken as observed, against the other P labellings
-    (observed included): eta2 (1 + P, u) -> (n_draws, u); 1 for constant units."""
-    out = np.empty((n_draws, eta2.shape[1]))
-    for start in range(0, n_draws, 16):
-        stop = min(n_draws, start + 16)
-        pseudo = eta2[1 + start : 1 + stop]                                     # (b, u)
-        threshold = pseudo - 100 * np.finfo(np.float64).eps * np.abs(pseudo)
-        # every labelling (itself included) >= the pseudo-observed: itself plays the +1
-        exceed = (eta2[None, :, :] >= threshold[:, None, :]).sum(axis=1)        # (b, u)
-        out[start:stop] = exceed / eta2.shape[0]
-    return np.where(constant, 1.0, out)
+    (observed included): eta2 (1 + P, u) -> (n_draws, u); 1 for constant units. Each is
+    #{labellings >= it, itself included (the +1)} / (1 + P), ties within 100 eps relative,
+    counted by binary search in each unit's sorted statistics."""
+    out = np.ones((n_draws, eta2.shape[1]))
+    if n_draws == 0:
+        return out
+    pseudo = eta2[1 : 1 + n_draws]                                              # (n_draws, u)
+    threshold = pseudo - 100 * np.finfo(np.float64).eps * np.abs(pseudo)
+    ordered = np.sort(eta2, axis=0)                                             # (1 + P, u)
+    for unit in np.flatnonzero(~constant):
+        below = np.searchsorted(ordered[:, unit], threshold[:, unit], side="left")
+        out[:, unit] = (eta2.shape[0] - below) / eta2.shape[0]
+    return out
+
+
+def min_detectable(n_units: int, n_permutations: int, alpha: float) -> int:
+    """The fewest units BH at level alpha can declare selective when p-values cannot go below
+    1 / (1 + P): the smallest k with k / n_units * alpha >= 1 / (1 + P). Fewer truly selective
+    units than this are found only by chance; raise n_permutations to lower it."""
+    return max(1, int(np.ceil(n_units / (alpha * (1 + n_permutations)) - 1e-12)))
 
 
 def fraction_significant(p: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
