@@ -352,3 +352,91 @@ def test_compare_overlays_runs(tmp_path):
     axes = fig.axes
     assert len(axes) == 3 and len(axes[1].lines) == 2
     np.testing.assert_allclose(axes[1].lines[1].get_xdata(), np.arange(5) / 4)     # relative depth
+
+
+# ------------------------------------------------------------------------ end to end, tiny model
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+# 4 windows of 100, 100, 100 and 46 tokens; batches of 2 windows: the second batch is padded
+SMALL = ["model=tiny-gpt2", "experiments=[attention]", "corpus.window_tokens=100", "batch_size=2", "device=cpu",
+         "attention.n_bootstrap=50", "attention.block_tokens=8"]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+def attention_pipeline(out, models_dir, *overrides):
+    """Extraction then analysis, as the Snakefile runs them; returns (run, activations, metrics)."""
+    from laminae.config import load_runs
+    from laminae.registry import discover
+    from laminae.stages.analysis import run_analysis
+    from laminae.stages.extract import extract
+
+    (run,) = load_runs([*SMALL, f"models_dir={models_dir}", *overrides], project_root=ROOT)
+    activations, metrics = out / "activations", out / "metrics"
+
+    def record(stage):
+        return {"stage": stage.name, "hash": stage.hash, "config": stage.config}
+
+    extract(record(run.stages["corpus.extract"]), run.runtime, activations, ROOT, discover())
+    run_analysis(discover()["attention"], record(run.stages["attention.analysis"]), activations, metrics, run.runtime)
+    return run, activations, metrics
+
+
+def hf_reference(model_folder, rows, n_heads):
+    """Per window, a plain HF forward (eager attention, output_attentions=True) of the window's
+    tokens alone; the statistics of every query by the naive loop. Returns (stats (n_layers,
+    rows, n_heads, n_stats), resid_post norms (n_layers, rows) from hidden_states)."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_folder, attn_implementation="eager", dtype=torch.float32).eval()
+    window, position, token = rows.integers("window"), rows.integers("position"), rows.integers("token_id")
+    stats, norms = [], []
+    for w in np.unique(window):
+        index = np.flatnonzero(window == w)
+        ids = torch.tensor(token[index][np.argsort(position[index])])[None]
+        with torch.no_grad():
+            out = model(ids, output_attentions=True, output_hidden_states=True)
+        n = ids.shape[1]
+        pos = np.arange(n)
+        stats.append(np.stack([naive_statistics(a[0].permute(1, 0, 2).double().numpy(), pos, pos + 1, True)
+                               for a in out.attentions]))                        # (n_layers, n, n_heads, S)
+        norms.append(np.stack([h[0].double().norm(dim=-1).numpy() for h in out.hidden_states[1:]]))
+    return np.concatenate(stats, axis=1), np.concatenate(norms, axis=1)
+
+
+@pytest.mark.slow
+def test_end_to_end_matches_a_plain_hf_forward(tmp_path, models_dir):
+    """The pattern site through the extraction (stored, and reduced during extraction) against
+    output_attentions=True of the same tiny GPT-2, statistics by the naive loop."""
+    from laminae.store import RowTable
+
+    run, stored, two_stage = attention_pipeline(tmp_path / "two", models_dir, "attention.during_extraction=false")
+    _, inline, during = attention_pipeline(tmp_path / "during", models_dir, "attention.during_extraction=true")
+    assert not list(inline.glob("layer_*.h5"))                                  # no patterns on disk
+    for name in ("attention.tsv", "attention_heads.tsv"):
+        a, b = read_tsv(two_stage / name), read_tsv(during / name)
+        assert [r["metric"] for r in a] == [r["metric"] for r in b]
+        for x, y in zip(a, b):
+            for key in ("value", "low", "high", "ci_low", "ci_high"):
+                if x.get(key):
+                    np.testing.assert_allclose(float(y[key]), float(x[key]), rtol=1e-6, atol=1e-9)
+
+    rows = RowTable.from_tsv(stored / "rows.tsv")
+    folder = next(p for p in models_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
+    stats, norms = hf_reference(folder, rows, 4)
+    include = rows.integers("position") > 0
+    want = np.nanmean(stats[:, include], axis=1)                                  # (n_layers, n_heads, S)
+    heads = read_tsv(two_stage / "attention_heads.tsv")
+    for s, metric in enumerate(STATISTICS):
+        got = np.array([[float(table_value(heads, layer=layer, head=head, metric=metric)["value"])
+                         for head in range(4)] for layer in range(4)])
+        np.testing.assert_allclose(got, want[..., s], rtol=2e-5, atol=1e-6, err_msg=metric)
+    layers = read_tsv(two_stage / "attention.tsv")
+    first = rows.integers("position") == 0
+    for layer in range(3):                       # GPT-2's last hidden state has ln_f applied: not resid_post
+        ratio = norms[layer, first] / np.median(norms[layer, ~first])
+        row = table_value(layers, layer=layer, metric="first_token_norm_ratio", summary="median")
+        np.testing.assert_allclose(float(row["value"]), np.median(ratio), rtol=1e-5)
