@@ -382,3 +382,27 @@ def test_needs_a_readout_refused_for_an_encoder_and_skipped_in_a_sweep():
                                                "sweep": ["model=tiny-gpt2,minilm-l6"]}, ROOT)
     assert [list(run.experiments) for run in plan.runs] == [["logit_lens", "pathlength"], ["pathlength"]]
     assert plan.notes == ["logit_lens skipped for minilm-l6: an encoder (family bert) has no next-token readout"]
+
+
+def test_claims_hold_on_a_falling_kl_and_fail_on_a_rising_one(tmp_path):
+    """The two published trends judged on tables written for the purpose (8 layers)."""
+    import yaml
+
+    from laminae.claims import evaluate_claims
+    from laminae.experiments.logit_lens.table import TABLE_COLUMNS, write_rows
+    from laminae.stages.claims import measurements_of
+
+    claims = yaml.safe_load((ROOT / "conf" / "logit_lens" / "default.yaml").read_text())["claims"]
+    verdicts = {}
+    for name, kl, agreement in (("holds", np.linspace(5, 0, 8), np.linspace(0.1, 1, 8)),
+                                ("fails", np.linspace(0, 5, 8), np.linspace(1, 0.1, 8))):
+        rows = [{"metric": metric, "statistic": statistic, "layer": layer, "value": value, "ci_low": value - 0.1,
+                 "ci_high": value + 0.1, "n": 50}
+                for metric, statistic, values in (("kl", "median", kl), ("top1_agreement", "mean", agreement))
+                for layer, value in enumerate(values)]
+        (tmp_path / name).mkdir()
+        write_rows(tmp_path / name / "logit_lens.tsv", rows, TABLE_COLUMNS)
+        measured = measurements_of(EXPERIMENT, tmp_path / name, settings())
+        verdicts[name] = {r.claim: r.verdict for r in evaluate_claims(claims, measured)}
+    assert verdicts["holds"] == {"kl_falls_with_depth": "holds", "agreement_rises_with_depth": "holds"}
+    assert verdicts["fails"] == {"kl_falls_with_depth": "fails", "agreement_rises_with_depth": "fails"}

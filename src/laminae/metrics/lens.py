@@ -84,14 +84,15 @@ def lens_stats(logits: torch.Tensor, targets: torch.Tensor, final: FinalReferenc
     if logits.ndim != 2 or targets.shape != logits.shape[:1] or final.logprobs.shape != logits.shape:
         raise ValueError(f"logits (rows, vocab) {tuple(logits.shape)}, targets (rows,) {tuple(targets.shape)} and "
                          f"final (rows, vocab) {tuple(final.logprobs.shape)} must agree")
-    targets = targets.to(torch.int64)[:, None]
+    targets = targets.to(device=logits.device, dtype=torch.int64)[:, None]
     target_logit = logits.gather(1, targets)                                     # (rows, 1)
     rank = 1 + (logits > target_logit).sum(dim=1)
     logprobs = torch.log_softmax(logits.to(torch.float64), dim=-1)               # (rows, vocab)
     kl = (final.logprobs.exp() * (final.logprobs - logprobs)).sum(dim=1)
     top1 = logits.argmax(dim=-1)
-    return LensStats(rank=rank.numpy().astype(np.int64), logprob=logprobs.gather(1, targets)[:, 0].numpy(),
-                     kl=kl.numpy(), top1=top1.numpy().astype(np.int64), agree=(top1 == final.top1).numpy())
+    return LensStats(rank=rank.cpu().numpy().astype(np.int64), logprob=logprobs.gather(1, targets)[:, 0].cpu().numpy(),
+                     kl=kl.cpu().numpy(), top1=top1.cpu().numpy().astype(np.int64),
+                     agree=(top1 == final.top1.to(top1.device)).cpu().numpy())
 
 
 @dataclass(frozen=True)

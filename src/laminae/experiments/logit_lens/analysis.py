@@ -195,17 +195,17 @@ class LogitLensReducer:
             for name in ("rank", "logprob", "kl", "top1", "agree"):
                 self.out[name][layer, slot:stop] = getattr(stats, name)
         dla_sum = torch.zeros(hi - lo, dtype=torch.float64)
-        embed = self.readout.direct_logits(tensor("resid_pre", 0), final_resid, targets).to(torch.float64)
+        embed = self.readout.direct_logits(tensor("resid_pre", 0), final_resid, targets).cpu().to(torch.float64)
         self.out["dla_embed"][slot:stop] = embed.numpy()
         dla_sum += embed
         for site, name in (("attn_out", "dla_attn"), ("mlp_out", "dla_mlp")):
             values = np.empty((self.n_layers, hi - lo))
             for layer in range(self.n_layers):
-                part = self.readout.direct_logits(tensor(site, layer), final_resid, targets).to(torch.float64)
+                part = self.readout.direct_logits(tensor(site, layer), final_resid, targets).cpu().to(torch.float64)
                 values[layer] = part.numpy()
                 dla_sum += part
             self.out[name][:, slot:stop] = values
-        final_logit = final_logits.gather(1, targets[:, None].to(torch.int64))[:, 0].to(torch.float64)
+        final_logit = final_logits.gather(1, targets[:, None].to(final_logits.device))[:, 0].cpu().to(torch.float64)
         self.out["final_logit"][slot:stop] = final_logit.numpy()
         self.out["dla_rest"][slot:stop] = (final_logit - dla_sum).numpy()
 
