@@ -65,3 +65,9 @@ onstart:
     except LaminaeError as error:
         print(f"laminae: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+onsuccess:
+    from laminae.api.summary import end_of_run
+
+    print(end_of_run(PLAN, config.get("overrides"), config.get("sweep")), file=sys.stderr)

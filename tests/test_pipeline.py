@@ -144,3 +144,55 @@ def test_two_runs_give_identical_datasets(workdir, run, tmp_path):
                     assert sorted(attrs_a) == sorted(attrs_b), first
                     for key, value in attrs_a.items():
                         np.testing.assert_array_equal(value, attrs_b[key], err_msg=f"{first} attribute {key}")
+
+
+#: Run inside the report page once it has loaded: decode every result's image, list the
+#: categories the report's navigation shows, and leave both as JSON in <pre id="probe">.
+BROWSER_PROBE = """<script>
+window.addEventListener("load", async () => {
+  const decoded = {};
+  for (const [path, result] of Object.entries(results)) {
+    const image = new Image();
+    image.src = result.data_uri;
+    try { await image.decode(); decoded[path] = [image.naturalWidth, image.naturalHeight]; }
+    catch (error) { decoded[path] = String(error); }
+  }
+  const shown = Object.keys(categories).filter(name => document.body.innerText.includes(name));
+  const probe = document.createElement("pre");
+  probe.id = "probe";
+  probe.textContent = JSON.stringify({decoded, shown});
+  document.body.appendChild(probe);
+});
+</script>"""
+
+
+def test_the_report_holds_every_figure_and_claims_table_and_renders_in_a_browser(workdir, run, tmp_path):
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    from laminae.api.plan import plan
+
+    report = plan(OVERRIDES, project=PROJECT_ROOT, workdir=workdir).report()
+    assert report.parent == workdir / "results" / "reports" and report.is_file()
+    page = report.read_text(encoding="utf-8")
+    results = json.loads(re.search(r'<script id="results">\s*var results = (.*?);?\s*</script>', page, re.S).group(1))
+    expected = {str(path.relative_to(workdir)) for stage in run.stages.values() if stage.kind in ("plot", "claims")
+                for path in (workdir / stage.output_dir).glob("*.png")}
+    declared = sum(len(e.figures) + 1 for e in run.experiments.values())   # each figure, each claims table
+    assert len(expected) == declared and set(results) == expected
+    assert "system-message" not in page and "System Message" not in page   # captions render without docutils warnings
+
+    browser = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                    if shutil.which(name)), None)
+    if browser is None:
+        pytest.skip("no Chromium here to render the report (Debian: apt install chromium)")
+    probed = tmp_path / "report.html"
+    probed.write_text(page.replace("</body>", BROWSER_PROBE + "</body>"), encoding="utf-8")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+                          "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    found = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
+    assert set(found["decoded"]) == expected
+    assert all(isinstance(size, list) and min(size) > 100 for size in found["decoded"].values()), found["decoded"]
+    assert sorted(found["shown"]) == sorted(e.title for e in run.experiments.values())

@@ -44,16 +44,17 @@ def unused(keep: Sequence[Plan]) -> list[Unused]:
     if not keep:
         raise LaminaeError("gc needs at least one config to keep (laminae gc --keep 'OVERRIDES')")
     needed: set[Path] = set()
-    results: set[Path] = set()
+    results: dict[Path, Path] = {}   # resolved -> as the plan names it (paths are shown that way)
     for plan in keep:
-        results.add(plan.path(plan.workflow.results_dir).resolve())
+        folder = plan.path(plan.workflow.results_dir)
+        results.setdefault(folder.resolve(), folder)
         for output in plan.outputs:
             folder = output.path if output.kind in ("compare", "matrix") else output.path.parent
             needed.add(folder.resolve())
     kept_or_above = needed | {parent for folder in needed for parent in folder.parents}
     found: list[Unused] = []
     dropped: set[Path] = set()
-    for root in sorted(results):
+    for root in results.values():
         for folder, stage in stage_folders(root):
             resolved = folder.resolve()
             if resolved in kept_or_above or dropped.intersection(resolved.parents):
