@@ -339,3 +339,40 @@ def test_bad_config_is_one_line_before_work():
         validate(cfg)
     with pytest.raises(ConfigError, match="neurons.n_null_draws"):
         validate({"neurons": {**SETTINGS, "n_null_draws": 500}})
+
+
+# ------------------------------------------------------------------ end to end: a tiny model, a sweep
+@pytest.mark.slow
+def test_a_sweep_on_a_tiny_model_runs_end_to_end_and_overlays(tmp_path):
+    """Snakemake on tiny-gpt2 with the experiment alone, swept over alpha: both runs' metrics and
+    figures, the comparison figure; the stored mlp_post is d_mlp (4 x 64) wide, and one layer's
+    count of selective neurons is recomputed from the stored activations with scipy."""
+    import yaml
+
+    from laminae.store import ActivationStore
+    from workflow_helpers import snakemake
+
+    overrides = ["model=tiny-gpt2", "experiments=[neurons]", "neurons.n_permutations=200", "neurons.n_null_draws=10"]
+    snakemake(tmp_path, overrides, "--cores", "2", sweep=["neurons.alpha=0.05,0.2"])
+    tables = sorted((tmp_path / "results").glob("**/neurons/analysis-*/metrics/neurons_laminar.tsv"))
+    assert len(tables) == 2
+    (sweep,) = (tmp_path / "results" / "sweeps").glob("neurons-*")
+    assert (sweep / "compare_neurons.png").stat().st_size > 0
+    assert len(list((tmp_path / "results").glob("**/neurons/analysis-*/plot-*/figures/neurons_top.png"))) == 2
+    (activations,) = {p for p in (tmp_path / "results").glob("**/activations") if (p / "rows.tsv").exists()}
+    store = ActivationStore(activations)
+    mlp = store.read("mlp_post", layers=[1])[0]                          # (n_words, 256)
+    assert mlp.shape[1] == 256
+    names = list(dict.fromkeys(store.column("category")))
+    labels = np.array([names.index(c) for c in store.column("category")])
+    shuffles = permuted_labels(labels, 200, np.random.default_rng(0))
+    f = lambda lab: scipy.stats.f_oneway(*[mlp[lab == c] for c in range(len(names))], axis=0).statistic  # noqa: E731
+    observed = f(labels)
+    exceed = sum((f(s) >= observed * (1 - 1e-12)).astype(int) for s in shuffles)
+    p = np.where(np.ptp(mlp, axis=0) == 0, 1.0, (1 + exceed) / 201)
+    for table in tables:
+        record = yaml.safe_load((table.parent / "config.yaml").read_text())
+        alpha = float(record.get("config", record)["neurons"]["alpha"])
+        expected = int((scipy.stats.false_discovery_control(p, method="bh") <= alpha).sum())
+        row = next(r for r in read_tsv(table) if r["layer"] == "1" and r["site"] == "mlp_post" and r["category"] == "all")
+        assert int(row["n_selective"]) == expected and int(row["n_units"]) == 256

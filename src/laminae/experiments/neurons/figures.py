@@ -133,9 +133,11 @@ def plot_top(rows: Sequence[Mapping[str, str]], context: Mapping[str, Any], sett
         if cols:
             ax.text(np.mean(cols), -0.7, category, ha="center", va="bottom", fontsize=8, fontweight="bold")
         rws = [i for i, c in enumerate(unit_cats) if c == category]
-        if rws:
-            ax.text(-0.06, 1 - (np.mean(rws) + 0.5) / len(units), f"prefer\n{category}", transform=ax.transAxes,
-                    ha="right", va="center", fontsize=8, fontweight="bold")
+        if rws:   # left of the tick labels ("L<layer> #<unit>", about 4 points a character at size 7)
+            ax.annotate(category, xy=(0, float(np.mean(rws))), xycoords=("axes fraction", "data"),
+                        xytext=(-4.2 * max(len(t.get_text()) for t in ax.get_yticklabels()) - 12, 0),
+                        textcoords="offset points", rotation=90, ha="center", va="center", fontsize=8,
+                        fontweight="bold")
     fig.colorbar(image, ax=ax, shrink=0.8, label="activation, z-scored across words")
     site = settings.get("top_site", "mlp_post")
     fig.suptitle(run_title(context, f"Top {site} units per category (one-vs-rest Cohen's d), by word"), fontsize=10)
