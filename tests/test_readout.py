@@ -35,10 +35,10 @@ from transformers import AutoModelForCausalLM
 from conftest import PROJECT_ROOT, read_model_cfg
 from laminae.capture import SiteCapture
 from laminae.errors import ConfigError
-from laminae.experiment import AnalysisJob, ModelSource
+from laminae.experiment import AnalysisJob
 from laminae.models.adapters import get_adapter
 from laminae.models.loading import load_model
-from laminae.models.readout import Readout, has_readout
+from laminae.models.readout import ModelSource, Readout, has_readout
 from laminae.stages.records import model_source
 from tiny_families import CONFIGS, build_tiny, save_tokenizer
 

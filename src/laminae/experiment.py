@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # only for annotations: the declaration stays importable with
     import numpy as np
     from matplotlib.figure import Figure as MplFigure
 
-    from laminae.models.readout import Readout
+    from laminae.models.readout import ModelSource, Readout
     from laminae.store import ActivationStore, RowTable
 
 #: A hook: a callable, or "module:function" (a leading dot: relative to the experiment's package).
@@ -217,34 +217,7 @@ def resolve_hook(target: Hook, package: str) -> Callable[..., Any]:
 
 
 # ------------------------------------------------------------------------------ what hooks get
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a run's model is: what `Readout.open` needs, recorded by the stage that builds a
-    job (the extraction's model config and models_dir). Its readouts are built on first use and
-    kept, one per device.
-
-        >>> source = ModelSource({"name": "tiny-gpt2", ...}, models_dir="models", project_root=Path("."))
-        >>> source.readout().vocab_size
-        50257
-    """
-
-    config: Mapping[str, Any]        # the model config dict, as `load_model` takes it
-    models_dir: str = "models"
-    project_root: Path = Path(".")
-    device: str = "cpu"              # the default device of its readouts
-    _readouts: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    def readout(self, device: str | None = None) -> "Readout":
-        device = device or self.device
-        if device not in self._readouts:
-            from laminae.models.readout import Readout  # torch: only when a hook asks
-
-            self._readouts[device] = Readout.open(self.config, models_dir=self.models_dir,
-                                                  project_root=self.project_root, device=device)
-        return self._readouts[device]
-
-
-def _readout(source: ModelSource | None, device: str | None) -> "Readout":
+def _readout(source: "ModelSource | None", device: str | None) -> "Readout":
     if source is None:
         raise RuntimeError("this job was built without its model (ModelSource): no readout; the stages of "
                            "laminae.stages give one")

@@ -51,7 +51,7 @@ import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,33 @@ class FinalStep:
     kind: str          # LAYER_NORM | RMS_NORM | LINEAR | OTHER
     gain: "torch.Tensor | None" = None   # RMS_NORM: the effective per-feature gain (Gemma's 1 + w)
     eps: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a run's model is: what `Readout.open` needs, recorded by the stage that builds a
+    plug-in job (`laminae.stages.records.model_source`: the extraction's model config and
+    models_dir), so that `AnalysisJob.readout()` / `ReducerJob.readout()` can build the readout.
+    Readouts are built on first use and kept, one per device.
+
+        >>> source = ModelSource({"name": "tiny-gpt2", ...}, models_dir="models", project_root=Path("."))
+        >>> source.readout().vocab_size                               # doctest: +SKIP
+        50257
+    """
+
+    config: Mapping[str, Any]        # the model config dict, as `load_model` takes it
+    models_dir: str = "models"
+    project_root: Path = Path(".")
+    device: str = "cpu"              # the default device of its readouts
+    readouts: dict[str, "Readout"] = field(default_factory=dict, repr=False, compare=False)
+
+    def readout(self, device: str | None = None) -> "Readout":
+        """The readout on `device` (None: `self.device`), opened on first use."""
+        device = device or self.device
+        if device not in self.readouts:
+            self.readouts[device] = Readout.open(self.config, models_dir=self.models_dir,
+                                                 project_root=self.project_root, device=device)
+        return self.readouts[device]
 
 
 class Readout:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from laminae.experiment import ModelSource
+from laminae.models.readout import ModelSource
 
 R = TypeVar("R", bound="StageRecord")
 
