@@ -440,3 +440,59 @@ def test_end_to_end_matches_a_plain_hf_forward(tmp_path, models_dir):
         ratio = norms[layer, first] / np.median(norms[layer, ~first])
         row = table_value(layers, layer=layer, metric="first_token_norm_ratio", summary="median")
         np.testing.assert_allclose(float(row["value"]), np.median(ratio), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ claims, captions
+def write_sink_table(folder, sink, uniform, half_width=0.02):
+    from laminae.experiments.attention.table import TABLE_COLUMNS, TABLE_FILENAME
+    from laminae.store import write_tsv
+
+    rows = [{"layer": layer, "metric": metric, "summary": "mean", "value": value, "low": value - half_width,
+             "high": value + half_width, "interval": "95% block bootstrap CI", "n": 100}
+            for metric, values in (("sink", sink), ("sink_uniform", uniform)) for layer, value in enumerate(values)]
+    write_tsv(folder / TABLE_FILENAME, rows, TABLE_COLUMNS)
+
+
+@pytest.mark.parametrize("dip, verdict", [(None, "holds"), (0.0, "fails"), (0.05, "undecided")])
+def test_sink_claim_verdicts(tmp_path, dip, verdict):
+    """Xiao et al.'s sink: above the uniform baseline at every layer past a tenth of the depth
+    (layers 1-9 of 10 here); layer 0 is outside the band, so its value never matters."""
+    import yaml
+
+    from laminae.claims import evaluate_claims
+    from laminae.registry import discover
+    from laminae.stages.claims import measurements_of
+
+    sink = np.full(10, 0.5)
+    sink[0] = 0.0
+    if dip is not None:
+        sink[6] = dip                                    # 0: below the baseline; 0.05: intervals overlap it
+    write_sink_table(tmp_path, sink, np.full(10, 0.04))
+    claims = yaml.safe_load((ROOT / "conf" / "attention" / "default.yaml").read_text())["claims"]
+    results = evaluate_claims(claims, measurements_of(discover()["attention"], tmp_path, SETTINGS))
+    assert {r.claim: r.verdict for r in results} == {"sink_beyond_bottom_layers": verdict}
+
+
+def test_captions_render_to_valid_restructuredtext():
+    """Every caption through Jinja (as Snakemake's report does) and docutils, errors fatal."""
+    from types import SimpleNamespace
+
+    import docutils.core
+    import docutils.utils
+    import jinja2
+
+    from laminae.registry import discover
+
+    EXPERIMENT = discover()["attention"]
+    for sort_heads in (False, True):
+        context = {"model": "tiny-test", "corpus": "nietzsche", "random_weights": sort_heads,
+                   "analysis": SETTINGS}
+        stage = {"config": {"attention": {"plot": {"sort_heads": sort_heads}},
+                            "runs": [{"label": "model=a", "analysis": "0123456789"}]}}
+        snakemake = SimpleNamespace(params=SimpleNamespace(context=context, stage=stage),
+                                    wildcards=SimpleNamespace(label="nietzsche"))
+        for caption in [f.caption for f in EXPERIMENT.figures] + [EXPERIMENT.compare_caption]:
+            text = jinja2.Template(EXPERIMENT.path(caption).read_text()).render(snakemake=snakemake)
+            assert "tiny-test" in text or caption.endswith("compare.rst")
+            docutils.core.publish_doctree(text, settings_overrides={
+                "halt_level": docutils.utils.Reporter.WARNING_LEVEL, "report_level": 5})
