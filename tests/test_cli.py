@@ -82,11 +82,77 @@ def test_config_lists_the_keys(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.startswith("laminae: config key 'model'")
 
 
+def test_report_paths_are_named_by_the_config():
+    from laminae.api.plan import plan
+
+    assert plan(["model=tiny-gpt2"], project=PROJECT_ROOT).report_path == Path("results/reports/model=tiny-gpt2.html")
+    swept = plan(["model=tiny-gpt2"], ["qkv.zscore=true,false"], project=PROJECT_ROOT, workdir="w")
+    assert swept.report_path == Path("w/results/reports/model=tiny-gpt2_sweep_qkv.zscore=true,false.html")
+    long = plan(["model=tiny-gpt2", *[f"qkv.n_permutations={n}" for n in range(10, 30)]], project=PROJECT_ROOT)
+    assert len(long.report_path.name) < 90 and long.report_path.name.startswith("model=tiny-gpt2_qkv.n_perm")
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("cli")
     snakemake(workdir, OVERRIDES, "--cores", "2")
     return workdir
+
+
+@pytest.mark.slow
+def test_the_run_ends_with_its_verdicts_and_where_its_figures_are(workdir):
+    from laminae.api.summary import end_of_run
+
+    plan = WorkflowPlan.from_snakemake_config({"overrides": OVERRIDES}, PROJECT_ROOT)
+    (run,) = plan.runs
+    claims = (workdir / run.stages["qkv.claims"].output_dir / "claims.tsv").read_text().splitlines()[1:]
+    verdicts = [line.split("\t")[7] for line in claims]
+    import os
+
+    here = os.getcwd()
+    try:
+        os.chdir(workdir)
+        text = end_of_run(plan, OVERRIDES)
+    finally:
+        os.chdir(here)
+    counted = {verdict: verdicts.count(verdict) for verdict in ("holds", "fails", "undecided", "not applicable")}
+    line = next(line for line in text.splitlines() if line.strip().startswith("qkv "))
+    assert line.split(None, 1)[1] == (f"{len(verdicts)} claims: {counted['holds']} hold{'s' if counted['holds'] == 1 else ''}, "
+                                      f"{counted['fails']} fail{'s' if counted['fails'] == 1 else ''}, "
+                                      f"{counted['undecided']} undecided, {counted['not applicable']} not applicable")
+    assert f"figures: {run.stages['qkv.plot'].output_dir}" in text
+    assert text.splitlines()[-1].endswith("report " + " ".join(OVERRIDES).replace("[qkv]", "'[qkv]'"))
+    finished = snakemake(workdir, [*OVERRIDES, "qkv.plot.dpi=80"], "--cores", "1")   # a real run prints it last
+    assert "figures: " in finished.stderr and finished.stderr.index("laminae: 1 run done") > finished.stderr.index("Finished")
+
+
+@pytest.mark.slow
+def test_gc_lists_what_no_kept_config_needs_and_removes_it_only_when_asked(workdir):
+    other = [*OVERRIDES[:-1], "qkv.n_permutations=30", "experiments=[qkv]"]
+    snakemake(workdir, other, "--cores", "2")
+    (run,) = WorkflowPlan.from_snakemake_config({"overrides": other}, PROJECT_ROOT).runs
+    extra = run.stages["qkv.analysis"].dir   # its plot and claims nest inside it
+    size = sum(path.stat().st_size for path in (workdir / extra).rglob("*") if path.is_file())
+    keep = " ".join(OVERRIDES).replace("[qkv]", "'[qkv]'")
+    listed = laminae("gc", "--keep", keep, cwd=workdir)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line for line in listed.stdout.splitlines() if str(extra) in line]
+    assert "qkv.analysis" in row and "1 folder(s) no kept config needs" in listed.stdout
+    from laminae.disk import size_text
+
+    assert row.split()[0] + " " + row.split()[1] == size_text(size) and (workdir / extra).is_dir()
+    both = laminae("gc", "--keep", keep, "--keep", " ".join(other).replace("[qkv]", "'[qkv]'"), cwd=workdir)
+    assert both.stdout.strip() == "every result folder is needed by a kept config"
+    lock = workdir / ".snakemake" / "locks" / "0.input.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("")
+    refused = laminae("gc", "--keep", keep, "--delete", cwd=workdir)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "holds its lock" in refused.stderr
+    assert (workdir / extra).is_dir()
+    lock.unlink()
+    removed = laminae("gc", "--keep", keep, "--delete", cwd=workdir)
+    assert removed.returncode == 0 and not (workdir / extra).exists()
+    assert "4 of 4 outputs exist" in laminae("where", *OVERRIDES, cwd=workdir).stdout
 
 
 @pytest.mark.slow

@@ -213,7 +213,7 @@ class Run:
 
     def activations(self, site: str, layers: Sequence[int] | int | None = None) -> Activations:
         """The stored `site` (`q`, `k`, `v`, `attn_out`, `mlp_out`, `resid_pre`, `resid_post`: see
-        README, "The activation store") as a lazy `(n_layers, n_rows, width)` array over the layer
+        docs/GUIDE.md, "The activation store") as a lazy `(n_layers, n_rows, width)` array over the layer
         files; `layers` picks some (negative from the end)."""
         return Activations(self.store, site, layers)
 

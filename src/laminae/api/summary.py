@@ -17,6 +17,7 @@ Paths are as the run wrote them (relative to Snakemake's working directory unles
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,9 +60,19 @@ def claims_line(stage) -> str:
 
 
 def report_command(overrides: list[str], sweep: list[str]) -> str:
-    """The `laminae report` command line that reports the same config."""
-    words = ["laminae", "report", *overrides]
+    """The `laminae report` command line that reports the same config (the `laminae` beside
+    this Python, as a path from here when it is below the current folder: `.venv/bin/laminae`)."""
+    words = [laminae_executable(), "report", *overrides]
     for axis in sweep:
         words += ["--sweep", axis]
     return " ".join(shlex.quote(word) for word in words)
 
+
+
+def laminae_executable() -> str:
+    """`laminae` as the user would type it here: the script beside this Python, relative to the
+    current folder when below it (a checkout's `.venv/bin/laminae`), else `laminae`."""
+    beside = Path(sys.executable).with_name("laminae")
+    if not beside.is_file():
+        return "laminae"
+    return str(beside.relative_to(Path.cwd())) if Path.cwd() in beside.parents else str(beside)

@@ -133,7 +133,7 @@ def render_markdown(project_root: str | Path = ".", config_dir: str | Path | Non
         "Every key of the composed config, with the type its schema accepts, its default in `conf/` and",
         "what it does. Set keys as Hydra overrides, e.g. `snakemake --cores 2 --config",
         "'overrides=[\"model=tiny-gpt2\", \"qkv.n_permutations=200\"]'`, or sweep them with",
-        "`sweep=[\"key=a,b\"]` (README, \"Ablations and sweeps\"). A key no schema declares stops the run",
+        "`sweep=[\"key=a,b\"]` (docs/GUIDE.md, \"Ablations and sweeps\"). A key no schema declares stops the run",
         "before any job with one line naming it. Keys marked *runtime* are in no stage hash: they change",
         "where and how fast a stage runs, not what it computes, so changing them reruns nothing.",
         "`python -m laminae.config [overrides...]` prints this reference for any composition (an",
