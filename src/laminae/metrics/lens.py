@@ -55,16 +55,20 @@ def next_token_targets(window: np.ndarray, position: np.ndarray, token_id: np.nd
 
 @dataclass(frozen=True)
 class FinalReference:
-    """The final layer's distribution over the vocabulary for a block of rows."""
+    """The final layer's distribution over the vocabulary for a block of rows: what KL(final ||
+    layer) needs of it, computed once for every layer."""
 
-    logprobs: torch.Tensor      # (rows, vocab) float64
+    probs: torch.Tensor         # (rows, vocab) float64: p_f
+    neg_entropy: torch.Tensor   # (rows,) float64: sum_v p_f log p_f
     top1: torch.Tensor          # (rows,) int64
 
     @classmethod
     def of(cls, final_logits: torch.Tensor) -> "FinalReference":
         """From the final layer's logits (rows, vocab), any float dtype."""
         logits = final_logits.to(torch.float64)
-        return cls(torch.log_softmax(logits, dim=-1), logits.argmax(dim=-1))
+        logprobs = torch.log_softmax(logits, dim=-1)
+        probs = logprobs.exp()
+        return cls(probs, (probs * logprobs).sum(dim=1), logits.argmax(dim=-1))
 
 
 @dataclass(frozen=True)
@@ -81,18 +85,20 @@ class LensStats:
 def lens_stats(logits: torch.Tensor, targets: torch.Tensor, final: FinalReference) -> LensStats:
     """Rank and log-probability of `targets` (rows,) int64 (every one a valid id) under
     `logits` (rows, vocab), KL(final || layer) and top-1 agreement with `final`."""
-    if logits.ndim != 2 or targets.shape != logits.shape[:1] or final.logprobs.shape != logits.shape:
+    if logits.ndim != 2 or targets.shape != logits.shape[:1] or final.probs.shape != logits.shape:
         raise ValueError(f"logits (rows, vocab) {tuple(logits.shape)}, targets (rows,) {tuple(targets.shape)} and "
-                         f"final (rows, vocab) {tuple(final.logprobs.shape)} must agree")
+                         f"final (rows, vocab) {tuple(final.probs.shape)} must agree")
     targets = targets.to(device=logits.device, dtype=torch.int64)[:, None]
     target_logit = logits.gather(1, targets)                                     # (rows, 1)
     rank = 1 + (logits > target_logit).sum(dim=1)
-    logprobs = torch.log_softmax(logits.to(torch.float64), dim=-1)               # (rows, vocab)
-    kl = (final.logprobs.exp() * (final.logprobs - logprobs)).sum(dim=1)
+    z = logits.to(torch.float64)                                                 # (rows, vocab)
+    lse = torch.logsumexp(z, dim=1)                                              # (rows,)
+    # log p = z - lse, and sum_v p_f = 1, so sum_v p_f log p = p_f . z - lse: no (rows, vocab) log p
+    kl = final.neg_entropy - ((final.probs * z).sum(dim=1) - lse)
     top1 = logits.argmax(dim=-1)
-    return LensStats(rank=rank.cpu().numpy().astype(np.int64), logprob=logprobs.gather(1, targets)[:, 0].cpu().numpy(),
-                     kl=kl.cpu().numpy(), top1=top1.cpu().numpy().astype(np.int64),
-                     agree=(top1 == final.top1.to(top1.device)).cpu().numpy())
+    return LensStats(rank=rank.cpu().numpy().astype(np.int64),
+                     logprob=(z.gather(1, targets)[:, 0] - lse).cpu().numpy(), kl=kl.cpu().numpy(),
+                     top1=top1.cpu().numpy().astype(np.int64), agree=(top1 == final.top1.to(top1.device)).cpu().numpy())
 
 
 @dataclass(frozen=True)

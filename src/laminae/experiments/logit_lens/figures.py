@@ -7,7 +7,8 @@
   agreement with the final layer; bootstrap CI bands.
 - `plot_grid`: the classic logit-lens picture: layers (rows, last on top) x tokens of the
   configured stretch (columns), each cell the layer's decoded top-1 token, coloured by the
-  log-prob (or rank) of the real next token; bold where the top-1 is the real next token.
+  log-prob (or rank) of the real next token; bold and boxed where the top-1 is the real next
+  token. Whitespace is made visible: \u2423 space, \u21b5 newline, \u2192 tab.
 - `plot_dla`: direct logit attribution of the next token per layer: attn_out and mlp_out (mean
   with CI, median dashed), the embedding left of layer 0.
 - `plot_pathlength`: each token's path length against the final log-prob of its next token,
@@ -34,6 +35,7 @@ from .table import LensTable, read_correlations, read_grid
 
 import matplotlib.pyplot as plt  # noqa: E402  (after style, which selects the Agg backend)
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 BAND_ALPHA = 0.18
@@ -97,7 +99,7 @@ def plot_profile(table: LensTable, context: Mapping[str, Any], references: Seque
 
 def cell_text(text: str) -> str:
     """A token as a short cell label: whitespace made visible, long tokens cut."""
-    shown = text.replace("\n", "\u21b5").replace("\t", "\u2192").replace(" ", "\u00b7")
+    shown = text.replace("\n", "\u21b5").replace("\t", "\u2192").replace(" ", "\u2423")
     return shown if len(shown) <= MAX_CELL_CHARS else shown[: MAX_CELL_CHARS - 1] + "\u2026"
 
 
@@ -132,9 +134,11 @@ def plot_grid(grid: Sequence[Mapping[str, Any]], context: Mapping[str, Any], col
             c = by[layer, position]
             r, g, b, _ = colormap(norm(np.clip(values[i, j], norm.vmin, norm.vmax)))
             ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
-            hit = c["top1"] == c["next_token"] and c["rank"] == 1
-            ax.text(j, i, cell_text(c["top1"]), ha="center", va="center", fontsize=6.2, color=ink,
+            hit = c["rank"] == 1                       # the layer's top-1 is the real next token
+            ax.text(j, i, cell_text(c["top1"]), ha="center", va="center", fontsize=6.5, color=ink,
                     fontweight="bold" if hit else "normal")
+            if hit:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.1))
     first = {p: by[layers[0], p] for p in positions}
     ax.set_xticks(range(len(positions)), [cell_text(first[p]["token"]) for p in positions], rotation=60,
                   ha="right", fontsize=7)
@@ -147,7 +151,7 @@ def plot_grid(grid: Sequence[Mapping[str, Any]], context: Mapping[str, Any], col
     ax.set_xlabel(f"input token (window {window}, positions {positions[0]}..{positions[-1]})")
     ax.grid(False)
     fig.colorbar(mesh, ax=ax, label=label, shrink=0.8, pad=0.01)
-    fig.suptitle(run_title(context, "Logit lens: each layer's top-1 token (bold: the real next token)"))
+    fig.suptitle(run_title(context, "Logit lens: each layer's top-1 token (bold, boxed: the real next token)"))
     return fig, ax
 
 
@@ -201,13 +205,14 @@ def plot_pathlength(metrics_dir: Path, context: Mapping[str, Any]) -> tuple[plt.
             interval = f" [{c['ci_low']:.2f}, {c['ci_high']:.2f}]" if np.isfinite(c.get("ci_low", np.nan)) else ""
             parts.append(f"{symbol} = {c.get('value', np.nan):.2f}{interval}")
         lines.append(f"{name}: " + ", ".join(parts))
-    ax.text(0.99, 0.02, "\n".join(lines), transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5,
-            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": NEUTRAL, "linewidth": 0.5})
-    if np.all(path_length > 0) and path_length.size and path_length.max() / path_length.min() > 30:
-        ax.set_xscale("log")
-    ax.set_xlabel("path length of the token (\u03a3 over layers of |resid_post \u2212 resid_pre|)")
+    ax.set_title("\n".join(lines), fontsize=8, loc="left")
+    log_axis = bool(path_length.size) and bool(np.all(path_length > 0))
+    if log_axis:
+        ax.set_xscale("log")          # the first token's path is often an order of magnitude longer
+    ax.set_xlabel("path length of the token (\u03a3 over layers of |resid_post \u2212 resid_pre|"
+                  + (", log axis)" if log_axis else ")"))
     ax.set_ylabel("final log p(real next token), nats")
-    ax.legend(fontsize=7.5, loc="upper right")
+    fig.legend(loc="outside lower center", ncol=2, fontsize=7.5)
     fig.suptitle(run_title(context, "Path length vs next-token log-prob (bootstrap CIs over tokens)"))
     return fig, ax
 
