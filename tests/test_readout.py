@@ -384,3 +384,55 @@ def test_smollm2_gguf_readout_equals_its_logits(models_dir: Path) -> None:
     close(logits, reference, "SmolLM2 logits")
     assert math.isclose(float(logits[-1].max()), float(reference[-1].max()), rel_tol=1e-5)
     assert readout.decode(logits[-1].argmax()[None]) == [loaded.tokenizer.decode([int(reference[-1].argmax())])]
+
+
+@pytest.mark.parametrize("during", [False, True])
+def test_the_stages_hand_jobs_the_runs_readout(during: bool, tmp_path: Path, models_dir: Path) -> None:
+    """Through the real stages (tiny-gpt2, experiment 2's reducer wrapped to ask for the readout):
+    during the extraction (on the extraction's device) and in the analysis over the store, the
+    job's readout is the run's model's: its logits of the store's last resid_post equal GPT-2's
+    own (GPT2LMHeadModel from the run's checkpoint, on the run's first window)."""
+    from dataclasses import replace
+
+    from laminae.config import load_runs
+    from laminae.registry import discover
+    from laminae.stages.analysis import run_analysis
+    from laminae.stages.extract import extract
+    from laminae.store import ActivationStore
+
+    seen: list[Any] = []
+    registry = discover()
+    original = registry["adjustments"].hook("reducer")
+
+    def reducer(job):
+        seen.append(job.readout())
+        return original(job)
+
+    registry["adjustments"] = replace(registry["adjustments"], reducer=reducer)
+    overrides = ["model=tiny-gpt2", "experiments=[adjustments]", "corpus.window_tokens=20", "batch_size=2",
+                 "device=cpu", f"models_dir={models_dir}", f"adjustments.during_extraction={str(during).lower()}"]
+    (run,) = load_runs(overrides, project_root=PROJECT_ROOT)
+    stage = run.stages["corpus.extract"]
+    activations = tmp_path / "activations"
+    extract({"stage": stage.name, "hash": stage.hash, "config": stage.config}, run.runtime, activations, PROJECT_ROOT,
+            registry)
+    analysis = run.stages["adjustments.analysis"]
+    run_analysis(registry["adjustments"], {"stage": analysis.name, "hash": analysis.hash, "config": analysis.config},
+                 activations, tmp_path / "metrics", run.runtime, project_root=PROJECT_ROOT)
+    assert len(seen) == 1 and seen[0].name == "tiny-gpt2" and seen[0].device.type == "cpu"
+    readout = seen[0]
+    expected = Readout.open(read_model_cfg("tiny-gpt2"), models_dir=models_dir, project_root=PROJECT_ROOT)
+    resid = torch.randn(4, expected.d_model, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(readout.logits(resid), expected.logits(resid))
+    if not during:  # the store's last resid_post of the first window read out = the model's logits
+        from laminae.models.locate import locate_model
+        from transformers import GPT2LMHeadModel
+
+        store = ActivationStore(activations)
+        first = np.asarray(store.rows.integers("window")) == 0
+        rows = store.read("resid_post", layers=[store.n_layers - 1])[0][first]
+        ids = torch.tensor(np.asarray(store.rows.integers("token_id"))[first])[None]
+        model = GPT2LMHeadModel.from_pretrained(locate_model(read_model_cfg("tiny-gpt2"), models_dir, PROJECT_ROOT))
+        with torch.no_grad():
+            reference = model(input_ids=ids).logits[0]
+        close(readout.logits(rows), reference, "the store's last resid_post, read out")
