@@ -436,3 +436,17 @@ def test_the_stages_hand_jobs_the_runs_readout(during: bool, tmp_path: Path, mod
         with torch.no_grad():
             reference = model(input_ids=ids).logits[0]
         close(readout.logits(rows), reference, "the store's last resid_post, read out")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_equals_on_cpu(tiny_dir) -> None:
+    """device="cuda": the tensors live there, results come back there, equal to the CPU's up to
+    float32 round-off (GPU matmuls may sum in another order)."""
+    folder = tiny_dir("gemma2")
+    cpu, cuda = Readout.open(model_cfg(folder)), Readout.open(model_cfg(folder), device="cuda")
+    resid = torch.randn(8, cpu.d_model, generator=torch.Generator().manual_seed(0))
+    logits = cuda.logits(resid)
+    assert logits.device.type == "cuda" and cuda.device.type == "cuda"
+    close(logits.cpu(), cpu.logits(resid), "cuda vs cpu")
+    targets = torch.arange(8) * 31
+    close(cuda.direct_logits(resid, resid * 2, targets).cpu(), cpu.direct_logits(resid, resid * 2, targets), "DLA")
