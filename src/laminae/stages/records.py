@@ -189,6 +189,7 @@ class CompareRecord(StageRecord):
     plot: Mapping[str, Any]                    # the experiment's `plot` keys of the first run
     dpi: int
     steps: tuple[int, ...] | None              # the runs' training steps, when they are checkpoints
+    model: str | None                          # the one model of every run (with its weights note), else None
 
     KIND: ClassVar[str] = "compare"
 
@@ -197,7 +198,8 @@ class CompareRecord(StageRecord):
         experiment = config["experiment"]
         steps = config.get("steps")
         return {"experiment": experiment, "runs": tuple(config["runs"]), "plot": config["plot"][experiment],
-                "dpi": int(config["plot"]["dpi"]), "steps": None if steps is None else tuple(steps)}
+                "dpi": int(config["plot"]["dpi"]), "steps": None if steps is None else tuple(steps),
+                "model": config.get("model")}
 
 
 @dataclass(frozen=True)
