@@ -496,3 +496,41 @@ def test_captions_render_to_valid_restructuredtext():
             assert "tiny-test" in text or caption.endswith("compare.rst")
             docutils.core.publish_doctree(text, settings_overrides={
                 "halt_level": docutils.utils.Reporter.WARNING_LEVEL, "report_level": 5})
+
+
+@pytest.mark.slow
+def test_sharded_extraction_equals_unsharded(tmp_path, models_dir):
+    """attention.during_extraction with corpus.shards=3 (11 windows of <= 32 tokens, batches of
+    2): each shard's partial() absorbed by the gather gives the unsharded run's tables."""
+    from laminae.config import load_runs
+    from laminae.registry import discover
+    from laminae.shards import Shard, shard_name
+    from laminae.stages.extract import extract
+    from laminae.stages.gather import gather
+
+    base = [*SMALL, "corpus.window_tokens=32", f"models_dir={models_dir}", "attention.during_extraction=true"]
+
+    def record(stage):
+        return {"stage": stage.name, "hash": stage.hash, "config": stage.config}
+
+    (run,) = load_runs(base, project_root=ROOT)
+    stage = record(run.stages["corpus.extract"])
+    extract(stage, run.runtime, tmp_path / "full", ROOT, discover())
+    (sharded,) = load_runs([*base, "corpus.shards=3"], project_root=ROOT)
+    folders = []
+    for index in range(3):
+        shard = Shard(index, 3, run.runtime["batch_size"])
+        folders.append(tmp_path / "shards" / shard_name(shard))
+        extract(stage, sharded.runtime, folders[-1], ROOT, discover(), shard=shard)
+    gather(stage, sharded.runtime, folders, tmp_path / "joined", discover())
+    full, joined = tmp_path / "full" / "reductions" / "attention", tmp_path / "joined" / "reductions" / "attention"
+    assert int(read_tsv(folders[1] / "rows.tsv")[0]["window"]) > 0
+    for name in ("attention.tsv", "attention_heads.tsv"):
+        a, b = read_tsv(full / name), read_tsv(joined / name)
+        assert len(a) == len(b) >= 80
+        for x, y in zip(a, b):
+            for key in x:
+                if x[key] and key not in ("metric", "summary", "interval"):
+                    assert math.isclose(float(x[key]), float(y[key]), rel_tol=1e-12), (name, key, x, y)
+                else:
+                    assert x[key] == y[key], (name, key)
