@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import MaxNLocator
+
 from laminae.atomic import atomic_write_text
 from laminae.experiment import CompareJob, Experiment
 from laminae.plots.style import save_figure
@@ -33,8 +35,12 @@ def run_comparison(experiment: Experiment, record: CompareRecord | Mapping[str, 
     job = CompareJob(metrics_dirs=[Path(d) for d in metrics_dirs], labels=[run["label"] for run in runs],
                      settings=[run["settings"] for run in runs], plot=stage.plot)
     figure = experiment.hook("compare")(job)
-    if stage.model:   # the runs differ in settings only: the model they share, once
-        figure.text(0.01, 0.005, f"every run: {stage.model}", fontsize=8, color="0.35", ha="left", va="bottom")
+    for ax in figure.axes:   # runs of one depth share a layer axis: whole layers only
+        if ax.get_xlabel() == "layer":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if stage.model:   # the runs differ in settings only: the model they share, once, in the title
+        title = figure.get_suptitle()
+        figure.suptitle(f"{title}\n{stage.model}" if title else stage.model)
     written = save_figure(figure, out_png, dpi=stage.dpi)
     sweep = {"stage": stage.name, "hash": stage.hash,
              "runs": [{**run, "metrics": str(path)} for run, path in zip(runs, metrics_dirs)]}
