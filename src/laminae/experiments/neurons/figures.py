@@ -50,7 +50,7 @@ def plot_laminar(table: LaminarTable, context: Mapping[str, Any], settings: Mapp
     """(a) fraction selective per layer and site, with intervals and the null; (b) per category."""
     alpha, confidence = float(settings["alpha"]), float(settings["confidence"])
     categories = table.categories if per_category else ()
-    fig = plt.figure(figsize=(8.5, 4.2 + (2.6 if categories else 0)))
+    fig = plt.figure(figsize=(8, 4.6 + (2.6 if categories else 0)), layout="constrained")
     grid = fig.add_gridspec(2 if categories else 1, max(1, len(categories)), height_ratios=[1.5, 1] if categories else None)
     ax = fig.add_subplot(grid[0, :])
     layers = np.arange(table.n_layers)
@@ -68,10 +68,12 @@ def plot_laminar(table: LaminarTable, context: Mapping[str, Any], settings: Mapp
     ax.set_ylabel(f"fraction of units selective\n(ANOVA, BH q ≤ {alpha:g} per layer)")
     ax.set_xlabel("layer")
     _axes(ax, table.n_layers)
-    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
     ax.set_title("(a) units selective for the categories", loc="left", fontsize=10)
+    first = None
     for col, category in enumerate(categories):
-        sub = fig.add_subplot(grid[1, col], sharey=None)
+        sub = fig.add_subplot(grid[1, col], sharey=first)
+        first = first or sub
         for index, site in enumerate(table.sites):
             colour = site_colour(site, index)
             sub.fill_between(layers, table.get(site, category, "ci_low"), table.get(site, category, "ci_high"),
@@ -81,7 +83,10 @@ def plot_laminar(table: LaminarTable, context: Mapping[str, Any], settings: Mapp
         sub.set_xlabel("layer")
         if col == 0:
             sub.set_ylabel(f"fraction (one vs rest,\nBH q ≤ {alpha:g})")
+        else:
+            sub.tick_params(labelleft=False)
         _axes(sub, table.n_layers)
+        sub.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
     words = f"{settings.get('n_permutations', '?')} label permutations, Clopper-Pearson {100 * confidence:g}% bands"
     fig.suptitle(run_title(context, f"Category-selective units per layer ({words})"), fontsize=10)
     return fig
@@ -135,7 +140,7 @@ def plot_top(rows: Sequence[Mapping[str, str]], context: Mapping[str, Any], sett
         rws = [i for i, c in enumerate(unit_cats) if c == category]
         if rws:   # left of the tick labels ("L<layer> #<unit>", about 4 points a character at size 7)
             ax.annotate(category, xy=(0, float(np.mean(rws))), xycoords=("axes fraction", "data"),
-                        xytext=(-4.2 * max(len(t.get_text()) for t in ax.get_yticklabels()) - 12, 0),
+                        xytext=(-4.2 * max(len(t.get_text()) for t in ax.get_yticklabels()) - 20, 0),
                         textcoords="offset points", rotation=90, ha="center", va="center", fontsize=8,
                         fontweight="bold")
     fig.colorbar(image, ax=ax, shrink=0.8, label="activation, z-scored across words")
