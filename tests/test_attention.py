@@ -201,11 +201,13 @@ def table_value(rows, **where):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_reducer_matches_naive_loops(tmp_path, causal):
+def test_reducer_matches_naive_loops(tmp_path, causal, monkeypatch):
+    from laminae.experiments.attention import analysis
     from laminae.experiments.attention.analysis import read_blocks
 
     rng = np.random.default_rng(11)
     rows, pattern, resid, n_visible = synthetic_corpus(rng, causal=causal, n_heads=3)   # 3: median != mean
+    monkeypatch.setattr(analysis, "SLICE_ELEMENTS", 2 * 3 * 7)      # chunks cut into slices of 2 rows
     job = reducer_job(rows, pattern, resid, tmp_path, family="llama" if causal else "bert", n_heads=3)
     run_reducer(job, pattern, resid, sizes=[3, 1, 6, 4, 100]).finish()
     want = naive_tables(pattern, resid, rows, n_visible, 3, causal, SETTINGS)

@@ -59,7 +59,7 @@ SITES = ("pattern", "resid_post")
 INDEX_COLUMNS = ("window", "position", "token_id")
 ENCODER_FAMILIES = ("bert",)          # bidirectional attention: distance is |q - j|
 FUTURE_MASS_TOLERANCE = 1e-5          # mass after the query above which a pattern is not causal
-HEAD_SUMMARIES = ("q25", "q75", "min", "max")
+SLICE_ELEMENTS = 2**24               # pattern values turned into statistics at once (float64: 128 MiB)
 
 
 def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,10 +141,14 @@ class AttentionReducer:
                     mass_after_query(p, position), initial=0.0)))
             if not used.size:
                 continue
-            stats = pattern_statistics(p, position, n_visible, causal=self.causal)    # (rows, n_heads, n_stats)
-            sums, counts = block_sums(stats, local, high - low)
-            self.sums[low:high, layer] += sums
-            self.counts[low:high, layer] += counts
+            step = max(1, SLICE_ELEMENTS // (self.n_heads * self.n_keys))     # float64 temporaries stay bounded
+            for begin in range(0, rows, step):
+                piece = slice(begin, begin + step)
+                stats = pattern_statistics(p[piece], position[piece], n_visible[piece],
+                                           causal=self.causal)                  # (piece, n_heads, n_stats)
+                sums, counts = block_sums(stats, local[piece], high - low)
+                self.sums[low:high, layer] += sums
+                self.counts[low:high, layer] += counts
         self.rows_seen = stop
 
     # ------------------------------------------------------------------ shards
