@@ -4,6 +4,7 @@ or laminae. Tests compare the stored activations against it.
 
     >>> sites = reference_gpt2_sites(state_dict, n_heads=4, input_ids=[464, 1306, 1573])
     >>> sites["q"][layer].shape       # (seq, d_model)
+    >>> sites["pattern"][layer].shape # (seq, n_heads, seq): query, head, key
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def reference_gpt2_sites(weights: Mapping[str, np.ndarray], n_heads: int, input_
     head = d_model // n_heads
     causal = np.triu(np.full((seq, seq), -np.inf), k=1)
     sites: dict[str, list[np.ndarray]] = {s: [] for s in ("q", "k", "v", "attn_out", "mlp_out", "resid_pre", "resid_post",
-                                                          "mlp_post")}
+                                                          "mlp_post", "pattern")}
     n_layers = 1 + max(int(k.split(".")[1]) for k in w if k.startswith("h."))
     for layer in range(n_layers):
         p = f"h.{layer}."
@@ -47,12 +48,15 @@ def reference_gpt2_sites(weights: Mapping[str, np.ndarray], n_heads: int, input_
         qkv = h @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]
         q, k, v = qkv[:, :d_model], qkv[:, d_model : 2 * d_model], qkv[:, 2 * d_model :]
         sites["q"].append(q), sites["k"].append(k), sites["v"].append(v)
-        heads = []
+        heads, pattern = [], []
         for i in range(n_heads):
             cols = slice(i * head, (i + 1) * head)
             scores = q[:, cols] @ k[:, cols].T / math.sqrt(head) + causal
             scores = np.exp(scores - scores.max(-1, keepdims=True))
-            heads.append((scores / scores.sum(-1, keepdims=True)) @ v[:, cols])
+            probabilities = scores / scores.sum(-1, keepdims=True)      # (query, key)
+            pattern.append(probabilities)
+            heads.append(probabilities @ v[:, cols])
+        sites["pattern"].append(np.stack(pattern, axis=1))             # (query, heads, key)
         attn_out = np.concatenate(heads, axis=1) @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
         x = x + attn_out
         h = _layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)

@@ -153,17 +153,17 @@ def test_dispatched_model_captures_the_same_rows(checkpoints) -> None:
     from laminae.inputs import ExtractionPlan
 
     cfg = model_cfg(checkpoints["gpt_neox"])
-    plain = load_model(cfg, device="cpu")
+    plain = load_model(cfg, device="cpu", patterns=True)   # eager: every site, pattern too
     device_map = {"embed_in": "cpu", "emb_dropout": "cpu", "layers.0": "cpu", "layers.1": "disk",
                   "final_layer_norm": "cpu", "rotary_emb": "cpu"}
-    dispatched = load_model({**cfg, "device_map": device_map}, device="cpu")
+    dispatched = load_model({**cfg, "device_map": device_map}, device="cpu", patterns=True)
     assert dispatched.model.hf_device_map["layers.1"] == "disk"
     assert dispatched.model.layers[1].attention.dense.weight.device.type == "meta"  # on disk until used
     plan = ExtractionPlan([[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]], [[0, 2, 4], [1, 2], [3]], False, [], ())
     ours, reference = laminae_rows(dispatched, plan, batch_size=2), laminae_rows(plain, plan, batch_size=2)
     for site in SITES:
         np.testing.assert_array_equal(ours[site], reference[site])
-    auto = load_model({**cfg, "device_map": "auto", "gpus": 1}, device="cpu")   # CPU only: all in memory
+    auto = load_model({**cfg, "device_map": "auto", "gpus": 1}, device="cpu", patterns=True)   # CPU only: all in memory
     np.testing.assert_array_equal(laminae_rows(auto, plan)["resid_post"], reference["resid_post"])
 
 

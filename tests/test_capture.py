@@ -1,5 +1,7 @@
 """SiteCapture: every site equals a manual computation, the residual identities hold, batched
-(right-padded) equals unbatched, and hooks never outlive the `with` block."""
+(right-padded) equals unbatched, and hooks never outlive the `with` block. Site `pattern` needs
+eager attention: the models capturing every site are loaded with it (`patterns=True`), and the
+plain fixtures are shown to keep sdpa."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import pytest
 import torch
 from transformers import AutoModel
 
+from conftest import PROJECT_ROOT, read_model_cfg
 from laminae.capture import SITES, SiteCapture, select_last, select_rows, select_tokens
-from laminae.models.loading import LoadedModel, forward_inputs
+from laminae.models.loading import LoadedModel, forward_inputs, load_model
+from reference_gpt2 import reference_gpt2_sites
 
 TEXTS = [
     "The next word is sun",
@@ -20,12 +24,38 @@ TEXTS = [
 ]
 
 
+#: keys of every pattern row here: more than any text above has tokens (GPT-2 or WordPiece)
+N_KEYS = 40
+
+
 def capture(loaded: LoadedModel, texts: list[str], sites=SITES, **kwargs):
     batch = forward_inputs(loaded.tokenizer, texts, loaded.info.device)
+    assert batch["input_ids"].shape[1] <= N_KEYS
     with torch.no_grad(), SiteCapture(loaded.model, loaded.adapter, sites=sites,
-                                      **kwargs) as cap:
+                                      n_keys=N_KEYS if "pattern" in sites else None, **kwargs) as cap:
         loaded.model(**batch)
         return batch, cap.pop()
+
+
+def _eager(name: str, models_dir) -> LoadedModel:
+    return load_model(read_model_cfg(name), device="cpu", models_dir=models_dir, project_root=PROJECT_ROOT,
+                      patterns=True)
+
+
+@pytest.fixture(scope="module")
+def eager_gpt2(models_dir) -> LoadedModel:
+    """tiny-gpt2 loaded for patterns (eager attention): the same weights as `tiny_gpt2`."""
+    return _eager("tiny-gpt2", models_dir)
+
+
+@pytest.fixture(scope="module")
+def eager_llama(models_dir) -> LoadedModel:
+    return _eager("tiny-llama", models_dir)
+
+
+@pytest.fixture(scope="module")
+def eager_minilm(models_dir) -> LoadedModel:
+    return _eager("minilm-l6", models_dir)
 
 
 def close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> None:
@@ -101,6 +131,90 @@ def test_bert_mlp_post_is_the_intermediate_activation(minilm: LoadedModel) -> No
         close(out["mlp_post"][layer], hidden, atol=1e-4)
 
 
+# -- pattern against a softmax of the captured q and k ------------------------------------------
+
+
+def heads_pattern(pattern: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(..., heads * N_KEYS) -> (..., heads, N_KEYS)."""
+    return pattern.unflatten(-1, (n_heads, N_KEYS))
+
+
+def test_gpt2_pattern_is_the_causal_softmax_of_q_and_k(eager_gpt2: LoadedModel) -> None:
+    batch, out = capture(eager_gpt2, TEXTS, sites=("q", "k", "pattern"))
+    mask = batch["attention_mask"].bool()                                  # (batch, seq)
+    n, n_heads = mask.shape[1], eager_gpt2.info.n_heads
+    head_dim = eager_gpt2.info.d_model // n_heads
+    causal = torch.ones(n, n).tril().bool()
+    for layer in range(eager_gpt2.info.n_layers):
+        q = out["q"][layer].unflatten(-1, (n_heads, head_dim)).transpose(1, 2)  # (batch, heads, seq, head_dim)
+        k = out["k"][layer].unflatten(-1, (n_heads, head_dim)).transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(head_dim)).masked_fill(~causal, float("-inf"))
+        expected = torch.softmax(scores, dim=-1).transpose(1, 2)           # (batch, query, heads, key)
+        got = heads_pattern(out["pattern"][layer], n_heads)                # (batch, query, heads, N_KEYS)
+        assert got.shape == (len(TEXTS), n, n_heads, N_KEYS)
+        assert got[..., n:].abs().max() == 0                               # keys past the batch: 0
+        real = mask[:, :, None].expand(-1, -1, n_heads)                    # real query tokens
+        close(got[..., :n][real], expected[real])
+        close(got.sum(-1)[real], torch.ones(int(real.sum())))
+
+
+def test_gpt2_pattern_and_mlp_post_match_the_numpy_reference(eager_gpt2: LoadedModel) -> None:
+    """The independent NumPy GPT-2 (tests/reference_gpt2.py) on one unpadded text."""
+    weights = {name: tensor.numpy() for name, tensor in eager_gpt2.model.state_dict().items()}
+    ids = eager_gpt2.tokenizer(TEXTS[2])["input_ids"]
+    reference = reference_gpt2_sites(weights, n_heads=eager_gpt2.info.n_heads, input_ids=ids)
+    _, out = capture(eager_gpt2, [TEXTS[2]], sites=("mlp_post", "pattern"))
+    for layer in range(eager_gpt2.info.n_layers):
+        close(out["mlp_post"][layer][0].double(), torch.from_numpy(reference["mlp_post"][layer]), atol=1e-4)
+        pattern = heads_pattern(out["pattern"][layer][0], eager_gpt2.info.n_heads)[..., :len(ids)]
+        close(pattern.double(), torch.from_numpy(reference["pattern"][layer]), atol=1e-5)
+
+
+def test_bert_pattern_is_the_padded_softmax_of_q_and_k(eager_minilm: LoadedModel) -> None:
+    """Bidirectional: every real key is seen, padded keys get 0."""
+    batch, out = capture(eager_minilm, TEXTS[:2], sites=("q", "k", "pattern"))
+    mask = batch["attention_mask"].bool()                                  # (batch, seq)
+    n, n_heads = mask.shape[1], eager_minilm.info.n_heads
+    head_dim = eager_minilm.info.d_model // n_heads
+    for layer in range(eager_minilm.info.n_layers):
+        q = out["q"][layer].unflatten(-1, (n_heads, head_dim)).transpose(1, 2)
+        k = out["k"][layer].unflatten(-1, (n_heads, head_dim)).transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(head_dim)).masked_fill(~mask[:, None, None, :], float("-inf"))
+        expected = torch.softmax(scores, dim=-1).transpose(1, 2)           # (batch, query, heads, key)
+        got = heads_pattern(out["pattern"][layer], n_heads)
+        assert got[..., n:].abs().max() == 0
+        real = mask[:, :, None].expand(-1, -1, n_heads)
+        close(got[..., :n][real], expected[real], atol=1e-5)
+        assert got[1, 0, :, :n][:, ~mask[1]].abs().max() == 0             # padded keys of the short text
+
+
+def test_pattern_needs_eager_attention_and_only_it_loads_eager(tiny_gpt2: LoadedModel, eager_gpt2) -> None:
+    """Plain loading keeps sdpa (the fast kernel); SiteCapture refuses `pattern` there in one
+    line; the eager model gives the same other sites."""
+    assert tiny_gpt2.model.config._attn_implementation == "sdpa"
+    assert eager_gpt2.model.config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match="eager"):
+        SiteCapture(tiny_gpt2.model, tiny_gpt2.adapter, sites=("pattern",))
+    _, fast = capture(tiny_gpt2, TEXTS, sites=("attn_out", "mlp_post"))
+    _, slow = capture(eager_gpt2, TEXTS, sites=("attn_out", "mlp_post"))
+    for site in fast:
+        for layer in range(tiny_gpt2.info.n_layers):
+            close(fast[site][layer], slow[site][layer])
+
+
+def test_pattern_width_needs_n_keys(eager_gpt2: LoadedModel) -> None:
+    config = eager_gpt2.model.config
+    widths = eager_gpt2.adapter.site_widths(config)
+    assert "pattern" not in widths
+    with pytest.raises(ValueError, match="n_keys"):
+        widths["pattern"]
+    assert eager_gpt2.adapter.site_widths(config, n_keys=7)["pattern"] == 7 * eager_gpt2.info.n_heads
+    batch = forward_inputs(eager_gpt2.tokenizer, TEXTS)
+    with torch.no_grad(), SiteCapture(eager_gpt2.model, eager_gpt2.adapter, sites=("pattern",), n_keys=3):
+        with pytest.raises(ValueError, match="n_keys=3"):                 # a longer input than n_keys
+            eager_gpt2.model(**batch)
+
+
 # -- residual stream ---------------------------------------------------------------------------
 
 
@@ -130,7 +244,7 @@ def test_minilm_resid_post_equals_hidden_states(minilm: LoadedModel) -> None:
 # -- batched (right padding) == unbatched --------------------------------------------------------
 
 
-@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama", "minilm"])
+@pytest.mark.parametrize("fixture", ["eager_gpt2", "eager_llama", "eager_minilm"])
 def test_batched_equals_unbatched(fixture: str, request: pytest.FixtureRequest) -> None:
     loaded: LoadedModel = request.getfixturevalue(fixture)
     batch, full = capture(loaded, TEXTS)
@@ -165,13 +279,14 @@ def test_left_padding_without_position_ids_corrupts_gpt2(tiny_gpt2: LoadedModel)
 # -- selectors, layers, hook hygiene -----------------------------------------------------------
 
 
-def test_selector_keeps_only_selected_rows(tiny_gpt2: LoadedModel) -> None:
+def test_selector_keeps_only_selected_rows(eager_gpt2: LoadedModel) -> None:
+    tiny_gpt2 = eager_gpt2
     batch, full = capture(tiny_gpt2, TEXTS)
     mask = batch["attention_mask"]
     _, last = capture(tiny_gpt2, TEXTS, select=select_last(mask))
     _, tokens = capture(tiny_gpt2, TEXTS, select=select_tokens(mask))
     positions = mask.sum(1) - 1
-    widths = tiny_gpt2.adapter.site_widths(tiny_gpt2.model.config)
+    widths = tiny_gpt2.adapter.site_widths(tiny_gpt2.model.config, n_keys=N_KEYS)
     for site in SITES:
         for layer in range(tiny_gpt2.info.n_layers):
             assert last[site][layer].shape == (len(TEXTS), widths[site])
@@ -218,14 +333,15 @@ def _n_hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def test_only_needed_hooks_and_all_removed_after_an_error(tiny_gpt2: LoadedModel) -> None:
-    model, adapter = tiny_gpt2.model, tiny_gpt2.adapter
+def test_only_needed_hooks_and_all_removed_after_an_error(eager_gpt2: LoadedModel) -> None:
+    model, adapter = eager_gpt2.model, eager_gpt2.adapter
     before = _n_hooks(model)
     with SiteCapture(model, adapter, sites=("q", "k", "v")):
         assert _n_hooks(model) == before + 4  # one fused c_attn hook per layer
     with SiteCapture(model, adapter, sites=SITES, layers=[0]):
-        # c_attn, attn c_proj, mlp c_proj's output (mlp_out) and input (mlp_post), block pre + post
-        assert _n_hooks(model) == before + 6
+        # c_attn, attn c_proj, mlp c_proj's output (mlp_out) and input (mlp_post), attn (pattern),
+        # block pre + post
+        assert _n_hooks(model) == before + 7
     assert _n_hooks(model) == before
     with pytest.raises(ZeroDivisionError):
         with SiteCapture(model, adapter, sites=SITES):
@@ -258,7 +374,8 @@ def test_select_rows_of_a_whole_unpadded_batch_is_a_view() -> None:
     assert torch.equal(partial, act.reshape(6, 4)[[0, 1, 3]])
 
 
-def test_unpadded_batch_capture_equals_copying_selection(tiny_gpt2: LoadedModel) -> None:
+def test_unpadded_batch_capture_equals_copying_selection(eager_gpt2: LoadedModel) -> None:
+    tiny_gpt2 = eager_gpt2
     texts = ["The next word is sun", "The next word is orange"]         # same length: no padding
     batch = forward_inputs(tiny_gpt2.tokenizer, texts)
     assert bool(batch["attention_mask"].all())
@@ -270,7 +387,8 @@ def test_unpadded_batch_capture_equals_copying_selection(tiny_gpt2: LoadedModel)
 
 
 @pytest.mark.parametrize("sites", [SITES, ("k", "mlp_out")])
-def test_reuse_buffers_equals_keeping_outputs(tiny_gpt2: LoadedModel, sites) -> None:
+def test_reuse_buffers_equals_keeping_outputs(eager_gpt2: LoadedModel, sites) -> None:
+    tiny_gpt2 = eager_gpt2
     model, adapter = tiny_gpt2.model, tiny_gpt2.adapter
     a = forward_inputs(tiny_gpt2.tokenizer, TEXTS[:2])
     b = forward_inputs(tiny_gpt2.tokenizer, TEXTS[2:])      # more tokens than `a`
@@ -284,8 +402,8 @@ def test_reuse_buffers_equals_keeping_outputs(tiny_gpt2: LoadedModel, sites) -> 
             for layer in range(tiny_gpt2.info.n_layers):
                 assert torch.equal(got[site][layer], expected[site][layer])
 
-    with torch.inference_mode(), SiteCapture(model, adapter, sites=sites) as plain, \
-            SiteCapture(model, adapter, sites=sites, reuse_buffers=True) as reused:
+    with torch.inference_mode(), SiteCapture(model, adapter, sites=sites, n_keys=N_KEYS) as plain, \
+            SiteCapture(model, adapter, sites=sites, reuse_buffers=True, n_keys=N_KEYS) as reused:
         check([a])
         check([b])                                            # grows the buffers
         check([a, b])                                         # two passes: concatenated (grows)

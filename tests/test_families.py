@@ -8,7 +8,9 @@ selectors, reused capture buffers) on real plans of both input kinds (stimuli pr
 target word's last token; corpus windows, every token); TransformerLens runs each sequence
 alone, unpadded. Agreement therefore also shows that batching with padding changes nothing.
 Sliding-window attention is exercised where a family has it (window 4, sequences of 12 tokens)
-and shown to be in force through TransformerLens' attention pattern.
+and shown to be in force through TransformerLens' attention pattern. laminae's own `pattern`
+(the model loaded with eager attention, as an extraction of that site loads it) equals
+TransformerLens' `hook_pattern`, keys padded to the plan's longest sequence.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from laminae.inputs import ExtractionPlan, input_kind
 from laminae.models.loading import LoadedModel, load_model
 from laminae.sites import SITES
 from laminae.capture import iter_batches
+from laminae.capture.forward import plan_keys
 from tiny_families import CONFIGS, FAMILY, WINDOW, build_tiny
 
 # `tiny_dir` (conftest.py): name -> the folder of that tiny checkpoint, built once per session
@@ -36,7 +39,7 @@ from tiny_families import CONFIGS, FAMILY, WINDOW, build_tiny
 RTOL = 1e-5
 TL_HOOKS = {"q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "attn_out": "hook_attn_out",
             "mlp_out": "hook_mlp_out", "resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post",
-            "mlp_post": "mlp.hook_post"}
+            "mlp_post": "mlp.hook_post", "pattern": "attn.hook_pattern"}
 AGAINST_TL = ("gpt_neox", "opt", "opt_post_ln", "gptj", "gpt_neo", "phi", "phi3", "gemma2", "gemma3_text",
               "olmo2", "falcon")
 #: tiny checkpoint -> its sliding-window layers
@@ -75,13 +78,21 @@ def plans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ExtractionPlan]
     return {"stimuli": stimuli, "corpus": windows}
 
 
-def laminae_rows(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int = 4) -> dict[str, np.ndarray]:
-    """{site: (n_layers, rows, width)} through the extraction's own batching and capture."""
-    chunks: dict[str, list[np.ndarray]] = {site: [] for site in SITES}
-    for _, batch in iter_batches(loaded, plan, SITES, batch_size):
-        for site in SITES:
+def laminae_rows(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int = 4,
+                 sites: tuple[str, ...] = SITES) -> dict[str, np.ndarray]:
+    """{site: (n_layers, rows, width)} through the extraction's own batching and capture
+    (`pattern` needs the model loaded with `patterns=True`)."""
+    chunks: dict[str, list[np.ndarray]] = {site: [] for site in sites}
+    for _, batch in iter_batches(loaded, plan, sites, batch_size):
+        for site in sites:
             chunks[site].append(np.stack(batch[site]))  # copies: the batch is only valid until the next
     return {site: np.concatenate(parts, axis=1) for site, parts in chunks.items()}
+
+
+def pad_keys(pattern: torch.Tensor, n_keys: int) -> np.ndarray:
+    """(rows, heads, keys) -> (rows, heads * n_keys): keys zero-padded, head-major, as stored."""
+    rows, heads, keys = pattern.shape
+    return torch.nn.functional.pad(pattern, (0, n_keys - keys)).reshape(rows, heads * n_keys).numpy()
 
 
 def close(ours: np.ndarray, reference: np.ndarray, what: str) -> float:
@@ -104,20 +115,26 @@ def bridge_class():
 @pytest.mark.parametrize("name", AGAINST_TL)
 def test_every_site_equals_transformer_lens(name: str, tiny_dir, plans, bridge_class) -> None:
     folder = tiny_dir(name)
-    loaded = load_model(model_cfg(folder), device="cpu")
+    loaded = load_model(model_cfg(folder), device="cpu", patterns=True)
     assert loaded.info.family == FAMILY[name] and loaded.info.n_layers == 2
+    assert loaded.model.config._attn_implementation == "eager"
     bridge = bridge_class.boot_transformers(str(folder), device="cpu")
     n_layers = loaded.info.n_layers
     names = [f"blocks.{layer}.{hook}" for layer in range(n_layers) for hook in TL_HOOKS.values()]
     patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in SLIDING.get(name, [])]
     for kind, plan in plans.items():
         ours = laminae_rows(loaded, plan)
+        n_keys = plan_keys(plan)
         theirs: dict[str, list[list[np.ndarray]]] = {site: [[] for _ in range(n_layers)] for site in SITES}
         with torch.inference_mode():
             for sequence, keep in zip(plan.sequences, plan.keep):  # one at a time, no padding
-                _, cache = bridge.run_with_cache(torch.tensor([sequence]), names_filter=names + patterns)
+                _, cache = bridge.run_with_cache(torch.tensor([sequence]), names_filter=names)
                 for site, hook in TL_HOOKS.items():
                     for layer in range(n_layers):
+                        if site == "pattern":   # (batch, heads, query, key) -> (kept, heads * n_keys)
+                            act = cache[f"blocks.{layer}.{hook}"][0, :, keep, :].transpose(0, 1)
+                            theirs[site][layer].append(pad_keys(act, n_keys))
+                            continue
                         act = cache[f"blocks.{layer}.{hook}"][0, keep]  # (kept, width) or (kept, heads, d_head)
                         theirs[site][layer].append(act.reshape(len(keep), -1).numpy())
                 for pattern_name in patterns:  # (heads, query, key): nothing beyond the window
@@ -134,16 +151,36 @@ def test_every_site_equals_transformer_lens(name: str, tiny_dir, plans, bridge_c
         else:  # post-LayerNorm (OPT-350m's layout): the sublayers' sum is normalised afterwards
             assert name == "opt_post_ln"
             assert np.abs(residual - ours["resid_post"]).max() > 0.1
+        check_pattern_rows(ours["pattern"], plan, loaded.info.n_heads, SLIDING.get(name, []))
+
+
+def check_pattern_rows(pattern: np.ndarray, plan: ExtractionPlan, n_heads: int, sliding: list[int]) -> None:
+    """Every stored pattern row (n_layers, rows, heads * n_keys) is a causal distribution over
+    its sequence's keys: sums to 1, zero after the query token (and beyond the window on the
+    sliding-window layers), positive on the keys it may see."""
+    n_keys = plan_keys(plan)
+    positions = np.concatenate([np.asarray(keep) for keep in plan.keep])             # (rows,)
+    rows = pattern.reshape(pattern.shape[0], len(positions), n_heads, n_keys)
+    np.testing.assert_allclose(rows.sum(-1), 1.0, atol=1e-5)
+    key = np.arange(n_keys)
+    for layer in range(rows.shape[0]):
+        window = WINDOW if layer in sliding else n_keys
+        visible = (key[None, :] <= positions[:, None]) & (positions[:, None] - key[None, :] < window)  # (rows, keys)
+        assert np.abs(rows[layer][~np.broadcast_to(visible[:, None], rows[layer].shape)]).max() == 0
+        assert rows[layer][np.broadcast_to(visible[:, None], rows[layer].shape)].min() > 0
 
 
 def test_sliding_window_changes_the_activations(tiny_dir, plans, tmp_path: Path) -> None:
     """The same Gemma 2 weights with a window longer than every input give other activations:
     the window of 4 that the comparison above runs with is in force, not a no-op."""
-    windowed = load_model(model_cfg(tiny_dir("gemma2")), device="cpu")
-    wide = load_model(model_cfg(build_tiny("gemma2", tmp_path / "wide", sliding_window=64)), device="cpu")
+    windowed = load_model(model_cfg(tiny_dir("gemma2")), device="cpu", patterns=True)
+    wide = load_model(model_cfg(build_tiny("gemma2", tmp_path / "wide", sliding_window=64)), device="cpu",
+                      patterns=True)
     a, b = laminae_rows(windowed, plans["corpus"]), laminae_rows(wide, plans["corpus"])
     np.testing.assert_array_equal(a["resid_pre"][0], b["resid_pre"][0])  # same weights
     assert np.abs(a["attn_out"][0] - b["attn_out"][0]).max() > 1e-2
+    # layer 0 slides: the wide model's pattern reaches keys the windowed one gives 0
+    assert np.abs(a["pattern"][0] - b["pattern"][0]).max() > 1e-2
 
 
 # -- Falcon's new_decoder_architecture against a manual forward pass ----------------------------
@@ -182,11 +219,13 @@ def falcon_new_reference(model: torch.nn.Module, ids: list[int]) -> dict[str, li
         out["v"].append(v.reshape(seq, -1))
         theta = config.rope_parameters["rope_theta"]
         q_rot, k_rot = _rotate(q, position, theta), _rotate(k, position, theta)
-        heads = []
+        heads, pattern = [], []
         for head in range(n_heads):
             scores = q_rot[:, head] @ k_rot[:, head // group].T / math.sqrt(head_dim)
-            weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+            weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)   # (query, key)
             heads.append(weights @ v[:, head // group])
+            pattern.append(weights)
+        out["pattern"].append(torch.stack(pattern, dim=1))                   # (query, heads, key)
         attn_out = block.self_attention.dense(torch.cat(heads, dim=-1))
         mlp_post = torch.nn.functional.gelu(block.mlp.dense_h_to_4h(mlp_in))      # (seq, d_mlp)
         mlp_out = block.mlp.dense_4h_to_h(mlp_post)
@@ -199,7 +238,7 @@ def falcon_new_reference(model: torch.nn.Module, ids: list[int]) -> dict[str, li
 
 
 def test_falcon_new_architecture_against_a_manual_forward(tiny_dir, plans) -> None:
-    loaded = load_model(model_cfg(tiny_dir("falcon_new")), device="cpu")
+    loaded = load_model(model_cfg(tiny_dir("falcon_new")), device="cpu", patterns=True)
     config = loaded.model.config
     assert config.new_decoder_architecture and config.num_kv_heads == 2 < config.num_attention_heads == 4
     widths = loaded.adapter.site_widths(config)
@@ -209,7 +248,9 @@ def test_falcon_new_architecture_against_a_manual_forward(tiny_dir, plans) -> No
         with torch.no_grad():
             references = [falcon_new_reference(loaded.model, sequence) for sequence in plan.sequences]
         for site in SITES:
-            reference = np.stack([np.concatenate([ref[site][layer][keep].numpy()
+            keys = plan_keys(plan)
+            reference = np.stack([np.concatenate([pad_keys(ref[site][layer][keep], keys) if site == "pattern"
+                                                  else ref[site][layer][keep].numpy()
                                                   for ref, keep in zip(references, plan.keep)])
                                   for layer in range(2)])
             close(ours[site], reference, f"falcon_new {kind} {site}")
@@ -234,7 +275,7 @@ def test_falcon_mlp_out_is_copied_before_the_in_place_add(tiny_dir) -> None:
     """FalconDecoderLayer adds the attention output into the MLP's output tensor in place; with
     no selector (the kept tensor would be the module output itself) mlp_out must still be the
     MLP's own output, so that resid_post = resid_pre + attn_out + mlp_out."""
-    loaded = load_model(model_cfg(tiny_dir("falcon")), device="cpu")
+    loaded = load_model(model_cfg(tiny_dir("falcon")), device="cpu", patterns=True)
     with torch.no_grad(), SiteCapture(loaded.model, loaded.adapter, sites=SITES) as cap:
         loaded.model(input_ids=torch.tensor([[100, 200, 300, 400]]))
         out = cap.pop()
@@ -257,9 +298,9 @@ def test_half_precision_every_family(tiny_dir, plans) -> None:
                           plans["corpus"].rows, plans["corpus"].columns)
     for name in CONFIGS:
         files = open_model(model_cfg(tiny_dir(name)))  # config and tokenizer, read once
-        reference = laminae_rows(load_model(model_cfg(tiny_dir(name)), device="cpu", files=files), plan)
+        reference = laminae_rows(load_model(model_cfg(tiny_dir(name)), device="cpu", files=files, patterns=True), plan)
         for dtype, tolerance in tolerances.items():
-            loaded = load_model(model_cfg(tiny_dir(name), dtype=dtype), device="cpu", files=files)
+            loaded = load_model(model_cfg(tiny_dir(name), dtype=dtype), device="cpu", files=files, patterns=True)
             assert {p.dtype for p in loaded.model.parameters()} == {getattr(torch, dtype)}
             ours = laminae_rows(loaded, plan)
             for site in SITES:

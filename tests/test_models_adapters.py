@@ -85,7 +85,7 @@ def test_config_keys_read_the_model_shapes(name: str) -> None:
     """Each family's dims (read through its `ConfigKeys`) are the shapes its modules produce."""
     config = tiny_config(name)
     torch.manual_seed(0)
-    model = tf.AutoModel.from_config(config).eval()
+    model = tf.AutoModel.from_config(config, attn_implementation="eager").eval()   # eager: site pattern
     adapter = get_adapter("auto", config)
     dims = adapter.dims(config)
     assert dims == model_dims(config, adapter.family)
@@ -95,14 +95,14 @@ def test_config_keys_read_the_model_shapes(name: str) -> None:
     with torch.no_grad(), SiteCapture(model, adapter, sites=SITES) as cap:
         model(input_ids=ids)
         out = cap.pop()
-    widths = adapter.site_widths(config)
+    widths = adapter.site_widths(config, n_keys=5)
     assert {site: out[site][0].shape[-1] for site in SITES} == widths
     assert widths["q"] == dims.n_heads * dims.head_dim and widths["resid_post"] == dims.d_model
 
 
 def _tiny(config_cls: type, kwargs: dict) -> torch.nn.Module:
     torch.manual_seed(0)
-    return tf.AutoModel.from_config(config_cls(**kwargs)).eval()
+    return tf.AutoModel.from_config(config_cls(**kwargs), attn_implementation="eager").eval()  # eager: pattern
 
 
 def _run_all_sites(model: torch.nn.Module, family: str) -> dict[str, list[torch.Tensor]]:
@@ -113,7 +113,7 @@ def _run_all_sites(model: torch.nn.Module, family: str) -> dict[str, list[torch.
     with torch.no_grad(), SiteCapture(model, adapter, sites=SITES) as cap:
         model(input_ids=ids, attention_mask=mask)
         out = cap.pop()
-    widths = adapter.site_widths(model.config)
+    widths = adapter.site_widths(model.config, n_keys=5)
     for site in SITES:
         assert [a.shape for a in out[site]] == [(2, 5, widths[site])] * 2
     return out

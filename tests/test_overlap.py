@@ -26,6 +26,16 @@ from laminae.store import ActivationWriter, BackgroundWriter, layer_filename
 CUDA = torch.cuda.is_available()
 
 
+@pytest.fixture(scope="module")
+def tiny_gpt2(models_dir) -> LoadedModel:
+    """tiny-gpt2 with eager attention, so that every site (SITES, with `pattern`) is captured."""
+    from conftest import PROJECT_ROOT, read_model_cfg
+    from laminae.models.loading import load_model
+
+    return load_model(read_model_cfg("tiny-gpt2"), device="cpu", models_dir=models_dir, project_root=PROJECT_ROOT,
+                      patterns=True)
+
+
 def make_plan(n_inputs: int, average: bool = False, seed: int = 0) -> ExtractionPlan:
     """Inputs of 3..12 tokens; each keeps 1-3 positions (the last one, or all when `full`)."""
     rng = np.random.default_rng(seed)

@@ -8,10 +8,13 @@
     resid_post   the residual stream leaving the block
     mlp_post     the MLP's hidden activations after its nonlinearity (gated MLPs: act(gate) * up),
                  d_mlp wide: the input of the MLP's down projection
+    pattern      the attention probabilities after masking and softmax: per query token its row
+                 over keys for every (query) head, n_heads * n_keys wide, head-major; n_keys the
+                 longest input of the extraction, keys past the token's own sequence 0
 
 Kept free of torch and numpy: the workflow checks experiment declarations against it while
 Snakemake builds the DAG.
 """
 
-SITES = ("q", "k", "v", "attn_out", "mlp_out", "resid_pre", "resid_post", "mlp_post")
+SITES = ("q", "k", "v", "attn_out", "mlp_out", "resid_pre", "resid_post", "mlp_post", "pattern")
 QKV = ("q", "k", "v")

@@ -6,7 +6,9 @@ with the forward) and to the reducers of experiments computed during extraction.
     >>> for row, batch in iter_batches(loaded, plan, ("attn_out",), batch_size=8):
     ...     batch["attn_out"][layer]           # (rows, width) numpy, valid until the next batch
 
-Hooks: laminae.capture.hooks; host transport: laminae.capture.staging.
+Hooks: laminae.capture.hooks; host transport: laminae.capture.staging. Site `pattern` is
+padded to the plan's longest sequence (`plan_keys`), so that every batch's rows have one width;
+it needs the model loaded with eager attention (`load_model(..., patterns=True)`).
 """
 
 from __future__ import annotations
@@ -123,12 +125,24 @@ def run_plan(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int, *, writ
                 layers.clear()
 
 
+def plan_keys(plan: ExtractionPlan, sites: Sequence[str] = ("pattern",)) -> int | None:
+    """The keys of a `pattern` row of `plan`: its longest sequence; None when `sites` has no
+    `pattern` (the plan is then not read: a corpus's windows come from disk).
+
+        >>> plan_keys(ExtractionPlan([[5, 6, 7], [8]], [[2], [0]], False, [], ()))
+        3
+    """
+    if "pattern" not in sites:
+        return None
+    return max((len(sequence) for sequence in plan.sequences), default=1)
+
+
 def _ring_depth(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[str], batch_size: int,
                 dtype: torch.dtype, n_layers: int) -> int:
     """Layers in the host ring: OVERLAP_BYTES over one layer's kept rows in the first batch."""
     keep = plan.keep[:batch_size]
     rows = len(keep) if plan.average else sum(len(positions) for positions in keep)
-    widths = loaded.adapter.site_widths(loaded.model.config)
+    widths = loaded.adapter.site_widths(loaded.model.config, plan_keys(plan, sites))
     layer_bytes = max(1, rows) * sum(widths[site] for site in sites) * dtype.itemsize
     return int(min(n_layers, max(OVERLAP_DEPTH, OVERLAP_BYTES // layer_bytes)))
 
@@ -202,7 +216,7 @@ def _forward_batches(loaded: LoadedModel, plan: ExtractionPlan, sites: Sequence[
     device = loaded.info.device
     pad_id = loaded.tokenizer.pad_token_id
     row = 0
-    with SiteCapture(loaded.model, loaded.adapter, sites, sink=staging) as capture:
+    with SiteCapture(loaded.model, loaded.adapter, sites, sink=staging, n_keys=plan_keys(plan, sites)) as capture:
         for start in tqdm(range(0, len(plan.sequences), batch_size), desc="extract", unit="batch",
                           total=-(-len(plan.sequences) // batch_size), mininterval=1.0, file=progress_stream()):
             sequences = plan.sequences[start : start + batch_size]

@@ -1,5 +1,6 @@
 """Collect sites (laminae.sites.SITES: q, k, v, attn_out, mlp_out, resid_pre, resid_post,
-mlp_post) per layer with plain PyTorch forward hooks, keeping only the rows a selector picks.
+mlp_post, pattern) per layer with plain PyTorch forward hooks, keeping only the rows a selector
+picks.
 
     loaded = load_model(cfg["model"])
     batch = forward_inputs(loaded.tokenizer, prompts, loaded.info.device)   # right padding
@@ -16,7 +17,12 @@ The selector runs inside the hook, on the module's full output, so a (batch, seq
 fused projection is reduced to (rows, 3 * d_model) before anything is kept; the adapter then
 splits it by the family's layout (`Adapter.split_qkv`). A module whose output the block later
 modifies in place (Falcon's MLP) is copied before it is kept, and one that sees the tokens
-flattened to (batch * seq, width) (OPT's MLP) is given back its (batch, seq) shape. The
+flattened to (batch * seq, width) (OPT's MLP) is given back its (batch, seq) shape. `mlp_post`
+is the input of the MLP's down projection (a forward pre-hook). `pattern` is the second output
+of the attention module, the probabilities (batch, heads, query, key), which only eager attention
+computes (`SiteCapture` refuses a model loaded with another kernel): turned into (batch, query,
+heads * n_keys), keys zero-padded up to `n_keys` (the longest input; without it, up to this
+pass's length, so passes of different lengths cannot be concatenated), then selected. The
 selector must index only the leading (batch, seq) dimensions with index tensors on the model's
 device (copied once to each other device of a model dispatched over several), so that a hook
 never waits for the GPU. Kept tensors are detached and stay on the model's device, in its
@@ -95,6 +101,7 @@ class SiteCapture:
         select: Selector | None = None,
         reuse_buffers: bool = False,
         sink: LayerSink | None = None,
+        n_keys: int | None = None,
     ) -> None:
         self.sites: tuple[str, ...] = tuple(sites)
         unknown = [site for site in self.sites if site not in SITES]
@@ -103,6 +110,9 @@ class SiteCapture:
                              f"got {list(self.sites)}")
         self.model = model
         self.adapter = adapter
+        self.n_keys = n_keys  # pattern rows are padded to this many keys (None: the pass's own)
+        if "pattern" in self.sites:
+            _require_patterns(model, adapter)
         self._blocks = adapter.blocks(model)
         n_layers = len(self._blocks)
         wanted = list(range(n_layers)) if layers is None else [int(i) for i in layers]
@@ -112,7 +122,7 @@ class SiteCapture:
                              f"got {wanted}")
         self.layers: list[int] = [i % n_layers for i in wanted]  # negative -> from the end
         self.select: Selector | None = select
-        self.widths = adapter.site_widths(model.config)
+        self.widths = adapter.site_widths(model.config, n_keys)
         # site -> one list of kept chunks per captured layer (one chunk per forward pass)
         self._chunks: dict[str, list[list[torch.Tensor]]] = {
             site: [[] for _ in self.layers] for site in self.sites
@@ -228,6 +238,8 @@ class SiteCapture:
             module = adapter.module(block, site)
             if site in INPUT_SITES:   # mlp_post: the down projection's input
                 self._handles.append(module.register_forward_pre_hook(self._module_input_hook(slot, site)))
+            elif site == "pattern":
+                self._handles.append(module.register_forward_hook(self._pattern_hook(slot)))
             else:
                 self._handles.append(module.register_forward_hook(self._output_hook(slot, site)))
         if "resid_pre" in self.sites:
@@ -280,6 +292,19 @@ class SiteCapture:
             if flat:  # (batch * seq, width) -> (batch, seq, width)
                 act = act.view(*self._shapes[slot], act.shape[-1])
             self._keep(site, slot, act, copy=copy)
+
+        return hook
+
+    def _pattern_hook(self, slot: int) -> Callable[..., None]:
+        n_heads = self.adapter.dims(self.model.config).n_heads
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if weights is None:
+                raise RuntimeError(f"{type(module).__name__} returned no attention probabilities for site 'pattern' "
+                                   f"(attn_implementation {self.model.config._attn_implementation!r}): load the "
+                                   "model with eager attention (load_model(..., patterns=True))")
+            self._keep("pattern", slot, pattern_rows(weights, n_heads, self.n_keys))
 
         return hook
 
@@ -338,6 +363,36 @@ class SiteCapture:
                 kept.append(parts[position].clone() if subset else parts[position])
 
         return hook
+
+
+def pattern_rows(weights: torch.Tensor, n_heads: int, n_keys: int | None = None) -> torch.Tensor:
+    """Attention probabilities (batch, heads, query, key) -> (batch, query, heads * n_keys),
+    head-major, keys past `key` zero (`n_keys` None: no padding). A new tensor: the model's
+    own is never kept.
+
+        >>> w = torch.arange(8.).reshape(1, 2, 2, 2)          # (batch, heads, query, key)
+        >>> pattern_rows(w, 2, n_keys=3)[0, 1].tolist()       # query 1: head 0's keys, head 1's
+        [2.0, 3.0, 0.0, 6.0, 7.0, 0.0]
+    """
+    batch, heads, queries, keys = weights.shape
+    n_keys = keys if n_keys is None else n_keys
+    if heads != n_heads or keys > n_keys:
+        raise ValueError(f"attention probabilities of shape {tuple(weights.shape)}: expected {n_heads} heads and at "
+                         f"most n_keys={n_keys} keys")
+    rows = weights.new_zeros((batch, queries, heads, n_keys))
+    rows[..., :keys] = weights.transpose(1, 2)
+    return rows.view(batch, queries, heads * n_keys)
+
+
+def _require_patterns(model: nn.Module, adapter: Adapter) -> None:
+    """ValueError unless `model` computes its attention probabilities (eager attention)."""
+    if not adapter.returns_pattern:
+        raise ValueError(f"site 'pattern': the attention of family {adapter.family!r} does not return probabilities")
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation != "eager":
+        raise ValueError(f"site 'pattern' needs the attention probabilities, which attn_implementation "
+                         f"{implementation!r} does not compute: load the model with eager attention "
+                         "(laminae.models.loading.load_model(..., patterns=True), or attn_implementation='eager')")
 
 
 def _shares_memory(rows: torch.Tensor, act: torch.Tensor) -> bool:

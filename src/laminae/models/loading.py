@@ -172,12 +172,15 @@ def load_model(
     models_dir: str | os.PathLike = "models",
     project_root: str | os.PathLike = ".",
     files: ModelFiles | None = None,
+    patterns: bool = False,
 ) -> LoadedModel:
     """Load the base model (`AutoModel`, no LM head) of `model_cfg` onto `device`.
 
     Checks the declared `n_layers` / `d_model` (when not null) and `family` against the model
     (see `open_model`; pass its result as `files` to skip reading config and tokenizer twice).
-    The KV cache is switched off (`config.use_cache = False`): we never generate.
+    The KV cache is switched off (`config.use_cache = False`): we never generate. `patterns`:
+    load with eager attention, the one implementation that returns the attention probabilities
+    (site `pattern`); otherwise the model keeps its default kernel (sdpa where it has one).
     """
     torch_device = resolve_device(device)
     dtype_name = model_cfg.get("dtype") or "float32"
@@ -189,11 +192,14 @@ def load_model(
         location = str(ensure_dequantized(files.gguf, files.gguf_tokenizer))
         config = AutoConfig.from_pretrained(location)
 
-    # sdpa (the default) is kept: batched == unbatched holds with right padding (tests).
+    # sdpa (the default) is kept: batched == unbatched holds with right padding (tests); eager
+    # only for patterns, on a copy of the config (from_pretrained records the choice in it).
     # model.device_map: accelerate spreads the blocks over devices (laminae.models.placement).
     dispatch = dispatch_kwargs(model_cfg, torch_device)
-    model = AutoModel.from_pretrained(location, revision=files.revision, config=config,
-                                      dtype=DTYPES[dtype_name], **dispatch)
+    attention = {"attn_implementation": "eager"} if patterns else {}
+    model = AutoModel.from_pretrained(location, revision=files.revision,
+                                      config=copy.deepcopy(config) if patterns else config,
+                                      dtype=DTYPES[dtype_name], **dispatch, **attention)
     model.config.use_cache = False
     model.requires_grad_(False)
     model.eval()
