@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 LAMINAR_FIGURE = "neurons_laminar"
 TOP_FIGURE = "neurons_top"
-SITE_COLOURS = {"mlp_post": "#000000", **{c: COMPONENT_COLOURS[c] for c in "qkv"}}
+SITE_COLOURS = {"mlp_post": "#D55E00", **{c: COMPONENT_COLOURS[c] for c in "qkv"}}
 SITE_NAMES = {"mlp_post": "MLP neurons (mlp_post)", "q": "Q dimensions", "k": "K dimensions", "v": "V dimensions"}
 
 
