@@ -421,3 +421,35 @@ def test_reuse_buffers_needs_row_selection(tiny_gpt2: LoadedModel) -> None:
                                              reuse_buffers=True):
         with pytest.raises(ValueError, match="selector"):
             tiny_gpt2.model(**batch)
+
+
+# -- the extraction loads eager attention only for pattern ---------------------------------------
+
+
+class _Loaded(Exception):
+    """Stops an extraction once its model is loaded."""
+
+
+@pytest.mark.parametrize("experiment,implementation", [("adjustments", "sdpa"), ("attention", "eager")])
+def test_only_an_extraction_of_pattern_loads_eager_attention(tmp_path, models_dir, monkeypatch, experiment,
+                                                            implementation) -> None:
+    """`adjustments` stores attn_out, mlp_out, resid_*: the fast kernel; `attention` reads
+    `pattern`: eager."""
+    from laminae.config import load_runs
+    from laminae.registry import discover
+    from laminae.stages import extract as extract_module
+
+    seen: list[str] = []
+
+    def spy(*args, **kwargs):
+        seen.append(load_model(*args, **kwargs).model.config._attn_implementation)
+        raise _Loaded
+
+    monkeypatch.setattr(extract_module, "load_model", spy)
+    (run,) = load_runs(["model=tiny-gpt2", f"experiments=[{experiment}]", f"models_dir={models_dir}", "device=cpu"],
+                       project_root=PROJECT_ROOT)
+    stage = run.stages["corpus.extract"]
+    with pytest.raises(_Loaded):
+        extract_module.extract({"stage": stage.name, "hash": stage.hash, "config": stage.config}, run.runtime,
+                               tmp_path / "activations", PROJECT_ROOT, discover())
+    assert seen == [implementation]
