@@ -327,7 +327,7 @@ def test_compare_overlays_runs(metrics, experiment):
     job = CompareJob(metrics_dirs=[folder, folder], labels=["a", "b"], settings=[SETTINGS, SETTINGS],
                      plot={"per_category": True})
     fig = experiment.hook("compare")(job)
-    assert len(fig.axes) == 4 and len(fig.axes[0].lines) == 3       # alpha line + two runs
+    assert len(fig.axes) == 4 and len(fig.axes[0].lines) == 3       # 2 x 2 panels; alpha line + two runs
 
 
 def test_bad_config_is_one_line_before_work():
