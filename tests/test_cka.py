@@ -1,0 +1,279 @@
+"""laminae.metrics.cka against independent computations: the naive HSIC with explicit n x n
+centred Gram matrices, closed forms (CKA(X, X) = 1, invariances), the debiased estimator's
+formula written out (Song et al. 2012, Eq. as in Nguyen et al. 2021), the streaming accumulator
+against the one-shot result, and torch_cka (PyPI `torch-cka`) as a second implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from laminae.metrics import cka
+from laminae.metrics.resampling import bootstrap_counts, bootstrap_indices
+
+
+def naive_hsic(x: np.ndarray, y: np.ndarray) -> float:
+    """tr(K H L H) / (n - 1)^2 with explicit n x n matrices."""
+    n = x.shape[0]
+    h = np.eye(n) - np.ones((n, n)) / n
+    return float(np.trace(x @ x.T @ h @ y @ y.T @ h)) / (n - 1) ** 2
+
+
+def naive_cka(x: np.ndarray, y: np.ndarray) -> float:
+    return naive_hsic(x, y) / np.sqrt(naive_hsic(x, x) * naive_hsic(y, y))
+
+
+def song_unbiased_hsic(k: np.ndarray, l: np.ndarray) -> float:
+    """Song et al. (2012)'s unbiased HSIC, the formula term by term with explicit loops-free sums."""
+    n = k.shape[0]
+    kt, lt = k.copy(), l.copy()
+    np.fill_diagonal(kt, 0.0)
+    np.fill_diagonal(lt, 0.0)
+    one = np.ones(n)
+    value = (np.trace(kt @ lt) + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+             - 2.0 / (n - 2) * (one @ kt @ lt @ one))
+    return float(value / (n * (n - 3)))
+
+
+def song_debiased_cka(x: np.ndarray, y: np.ndarray) -> float:
+    k, l = x @ x.T, y @ y.T
+    return song_unbiased_hsic(k, l) / np.sqrt(song_unbiased_hsic(k, k) * song_unbiased_hsic(l, l))
+
+
+def random_layers(rng, n_layers=4, n=40, width=12, shared=0.7):
+    """Layers that share a random signal to different degrees (CKA between 0 and 1)."""
+    base = rng.normal(size=(n, width))
+    return np.stack([shared * base @ rng.normal(size=(width, width)) + rng.normal(size=(n, width)) * (1 + i)
+                     for i in range(n_layers)]) + rng.normal(size=(1, 1, width)) * 5   # an offset to centre away
+
+
+# ------------------------------------------------------------------------------ linear CKA
+def test_linear_hsic_and_cka_equal_the_naive_gram_computation():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 7)) + 3.0, rng.normal(size=(30, 11)) @ rng.normal(size=(11, 11))
+    y[:, :7] += x
+    assert cka.linear_hsic(x, y) == pytest.approx(naive_hsic(x, y), rel=1e-10)
+    assert cka.linear_cka(x, y) == pytest.approx(naive_cka(x, y), rel=1e-10)
+    assert 0.05 < cka.linear_cka(x, y) < 0.95
+
+
+def test_linear_cka_matrix_equals_pairwise_naive_and_gram_form():
+    rng = np.random.default_rng(1)
+    xs, ys = random_layers(rng, 4, 25, 6), random_layers(rng, 3, 25, 9)
+    expected = np.array([[naive_cka(x, y) for y in ys] for x in xs])
+    np.testing.assert_allclose(cka.linear_cka_matrix(xs, ys), expected, rtol=1e-10)
+    np.testing.assert_allclose(cka.gram_cka_matrix(cka.gram(xs), cka.gram(ys)), expected, rtol=1e-10)
+    within = np.array([[naive_cka(x, y) for y in xs] for x in xs])
+    np.testing.assert_allclose(cka.linear_cka_matrix(xs), within, rtol=1e-10)
+
+
+def test_closed_forms_identity_orthogonal_and_isotropic_scaling():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(50, 8))
+    y = x @ rng.normal(size=(8, 8)) + 0.5 * rng.normal(size=(50, 8))
+    q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    assert cka.linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    base = cka.linear_cka(x, y)
+    assert cka.linear_cka(x @ q, y) == pytest.approx(base, rel=1e-10)
+    assert cka.linear_cka(x, 3.7 * y + 2.0) == pytest.approx(base, rel=1e-10)
+    # not invariant to an anisotropic scaling (CKA is not CCA): a change it must show
+    assert abs(cka.linear_cka(x * np.array([10.0] + [1.0] * 7), y) - base) > 1e-3
+    for estimator in cka.ESTIMATORS:
+        g = cka.gram(np.stack([x, x @ q * 2.5]))
+        np.testing.assert_allclose(cka.gram_cka_matrix(g, estimator=estimator), 1.0, atol=1e-10)
+
+
+def test_cka_with_independent_random_rows_is_small():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(5000, 10)), rng.normal(size=(5000, 10))
+    # E[linear CKA] of independent data is about sqrt(p q) / n here: small with many rows
+    assert cka.linear_cka(x, y) < 0.01
+    xs, ys = rng.normal(size=(1, 60, 40)), rng.normal(size=(1, 60, 40))
+    biased = cka.gram_cka_matrix(cka.gram(xs), cka.gram(ys), "linear")[0, 0]
+    debiased = cka.gram_cka_matrix(cka.gram(xs), cka.gram(ys), "debiased")[0, 0]
+    assert biased > 0.3                       # few rows, wide layers: the plain estimator is inflated
+    assert abs(debiased) < 0.1                # the debiased one is near 0 (Nguyen et al. 2021, App.)
+
+
+def test_constant_layer_gives_nan():
+    x = np.ones((10, 3))
+    assert np.isnan(cka.linear_cka(x, np.random.default_rng(0).normal(size=(10, 3))))
+
+
+# ---------------------------------------------------------------------------- debiased CKA
+def test_debiased_equals_the_formula_written_out():
+    rng = np.random.default_rng(4)
+    xs, ys = random_layers(rng, 3, 12, 5), random_layers(rng, 2, 12, 20)
+    expected = np.array([[song_debiased_cka(x, y) for y in ys] for x in xs])
+    np.testing.assert_allclose(cka.gram_cka_matrix(cka.gram(xs), cka.gram(ys), "debiased"), expected, rtol=1e-9)
+    # and U-centring's inner product is the unbiased HSIC itself, with its 1 / (n (n-3))
+    k, l = cka.gram(xs[:1])[0], cka.gram(ys[:1])[0]
+    n = k.shape[0]
+    assert np.sum(cka.u_centre(k) * cka.u_centre(l)) / (n * (n - 3)) == pytest.approx(song_unbiased_hsic(k, l),
+                                                                                       rel=1e-9)
+
+
+def test_debiased_needs_four_rows():
+    with pytest.raises(ValueError, match="at least 4"):
+        cka.u_centre(np.eye(3))
+
+
+# ------------------------------------------------------------------------ streaming form
+@pytest.mark.parametrize("chunks", [[40], [7, 13, 1, 19], [1] * 40])
+def test_streaming_within_equals_one_shot(chunks):
+    rng = np.random.default_rng(5)
+    xs = random_layers(rng, 5, sum(chunks), 6)
+    acc = cka.CrossProducts(5, 6)
+    start = 0
+    for rows in chunks:
+        acc.update(xs[:, start:start + rows].astype(np.float32 if len(chunks) == 40 else np.float64))
+        start += rows
+    expected = np.array([[naive_cka(x, y) for y in xs.astype(np.float32).astype(np.float64)] for x in xs]) \
+        if chunks == [1] * 40 else np.array([[naive_cka(x, y) for y in xs] for x in xs])
+    np.testing.assert_allclose(acc.cka(), expected, rtol=1e-6 if chunks == [1] * 40 else 1e-10)
+    hsic = np.array([[naive_hsic(x, y) for y in xs] for x in xs])
+    if chunks != [1] * 40:
+        np.testing.assert_allclose(acc.hsic(), hsic, rtol=1e-10)
+
+
+def test_streaming_between_and_merge_equal_one_shot():
+    rng = np.random.default_rng(6)
+    xs, ys = random_layers(rng, 3, 60, 5), random_layers(rng, 4, 60, 8)
+    first, second = cka.CrossProducts(3, 5, 4, 8), cka.CrossProducts(3, 5, 4, 8)
+    first.update(xs[:, :22], ys[:, :22])
+    second.update(xs[:, 22:41], ys[:, 22:41])
+    second.update(xs[:, 41:], ys[:, 41:])
+    first.merge(second)
+    expected = np.array([[naive_cka(x, y) for y in ys] for x in xs])
+    np.testing.assert_allclose(first.cka(), expected, rtol=1e-10)
+    within_a, within_b = cka.CrossProducts(3, 5), cka.CrossProducts(3, 5)
+    within_a.update(xs[:, :30])
+    within_b.update(xs[:, 30:])
+    within_a.merge(within_b)
+    np.testing.assert_allclose(within_a.cka(), cka.linear_cka_matrix(xs), rtol=1e-10)
+    with pytest.raises(ValueError, match="different shapes"):
+        first.merge(within_a)
+    assert cka.accumulator_bytes(3, 5, 4, 8) == 8 * (3 * 4 * 5 * 8 + 3 * 25 + 4 * 64 + 3 * 5 + 4 * 8)
+
+
+def test_weighted_form_equals_the_data_with_rows_repeated():
+    rng = np.random.default_rng(7)
+    xs, ys = random_layers(rng, 2, 20, 4), random_layers(rng, 3, 20, 6)
+    draws = bootstrap_indices(20, 3, rng)                          # (3, 20)
+    weights = bootstrap_counts(draws, 20)
+    got = cka.weighted_linear_cka_matrix(xs, ys, weights)
+    for b, idx in enumerate(draws):
+        expected = np.array([[naive_cka(x[idx], y[idx]) for y in ys] for x in xs])
+        np.testing.assert_allclose(got[b], expected, rtol=1e-9)
+    np.testing.assert_allclose(cka.weighted_linear_cka_matrix(xs, None, weights)[0],
+                               cka.linear_cka_matrix(xs[:, draws[0]]), rtol=1e-9)
+
+
+def test_block_row_counts_repeat_whole_windows():
+    block_of_row = np.repeat(np.arange(4), 3)                     # 4 windows of 3 tokens
+    draws = np.array([[0, 0, 3, 1], [2, 2, 2, 2]])
+    counts = cka.block_row_counts(block_of_row, draws)
+    np.testing.assert_array_equal(counts, [[2] * 3 + [1] * 3 + [0] * 3 + [1] * 3, [0] * 6 + [4] * 3 + [0] * 3])
+
+
+# ------------------------------------------------------------------------- resampling
+def test_bootstrap_replicates_equal_cka_of_the_drawn_rows():
+    rng = np.random.default_rng(8)
+    xs, ys = random_layers(rng, 3, 15, 4), random_layers(rng, 2, 15, 5)
+    draws = bootstrap_indices(15, 4, rng)
+    got = cka.bootstrap_cka(cka.gram(xs), cka.gram(ys), draws, "linear")
+    for b, idx in enumerate(draws):
+        np.testing.assert_allclose(got[b], np.array([[naive_cka(x[idx], y[idx]) for y in ys] for x in xs]),
+                                   rtol=1e-9)
+
+
+def test_debiased_bootstrap_treats_copies_as_the_diagonal():
+    rng = np.random.default_rng(9)
+    xs = random_layers(rng, 2, 12, 4)
+    idx = np.array([0, 0, 1, 2, 3, 4, 5, 5, 5, 6, 7, 8])
+    got = cka.bootstrap_cka(cka.gram(xs), None, idx[None], "debiased")[0]
+    # independent: the drawn rows' Grams with every pair of copies zeroed, then the formula
+    k = [x[idx] @ x[idx].T for x in xs]
+    same = idx[:, None] == idx[None, :]
+    k = [np.where(same, 0.0, g) for g in k]
+    expected = song_unbiased_hsic(k[0], k[1]) / np.sqrt(song_unbiased_hsic(k[0], k[0]) * song_unbiased_hsic(k[1], k[1]))
+    assert got[0, 1] == pytest.approx(expected, rel=1e-9)
+    assert got[0, 0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("estimator", cka.ESTIMATORS)
+def test_permutation_null_permutes_one_side(estimator):
+    rng = np.random.default_rng(10)
+    xs, ys = random_layers(rng, 2, 14, 4), random_layers(rng, 3, 14, 6)
+    perms = np.stack([rng.permutation(14) for _ in range(3)])
+    got = cka.permutation_cka(cka.gram(xs), cka.gram(ys), perms, estimator)
+    for b, perm in enumerate(perms):
+        if estimator == "linear":
+            expected = np.array([[naive_cka(x, y[perm]) for y in ys] for x in xs])
+        else:
+            expected = np.array([[song_debiased_cka(x, y[perm]) for y in ys] for x in xs])
+        np.testing.assert_allclose(got[b], expected, rtol=1e-9)
+
+
+def test_best_match_and_relative_depth():
+    matrix = np.array([[0.9, 0.2, 0.1], [0.3, 0.4, 0.8], [np.nan, np.nan, np.nan]])
+    np.testing.assert_array_equal(cka.best_match(matrix), [0, 2, -1])
+    np.testing.assert_allclose(cka.relative_depth([0, 2, 4], 5), [0.0, 0.5, 1.0])
+
+
+# ------------------------------------------------------------- a second implementation
+def test_against_torch_cka():
+    """torch_cka (PyPI torch-cka 0.21, Subramanian; github.com/AntixK/PyTorch-Model-Compare) computes
+    minibatch CKA from Nguyen et al.'s unbiased HSIC on each batch's Gram matrices. On one batch it
+    is the debiased CKA; its `compare` runs two models over a DataLoader, hooked on their layers."""
+    torch = pytest.importorskip("torch")
+    torch_cka = pytest.importorskip("torch_cka")
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Layers(nn.Module):
+        """The given activations as the outputs of `n` identity layers, looked up by the input row."""
+
+        def __init__(self, acts):
+            super().__init__()
+            self.acts = torch.as_tensor(acts, dtype=torch.float64)
+            self.layers = nn.ModuleList(nn.Identity() for _ in range(len(acts)))
+
+        def forward(self, index):
+            for layer, act in zip(self.layers, self.acts):
+                layer(act[index])
+            return index
+
+    rng = np.random.default_rng(11)
+    xs, ys = random_layers(rng, 3, 32, 5), random_layers(rng, 2, 32, 7)
+    loader = DataLoader(TensorDataset(torch.arange(32)), batch_size=32)
+    model_a, model_b = Layers(xs), Layers(ys)
+    names_a = [f"layers.{i}" for i in range(3)]
+    names_b = [f"layers.{i}" for i in range(2)]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = torch_cka.CKA(model_a, model_b, "A", "B", names_a, names_b)
+        other.hsic_matrix = None
+        torch.set_default_dtype(torch.float64)
+        try:
+            other.compare(loader, loader)
+        finally:
+            torch.set_default_dtype(torch.float32)
+    theirs = other.export()["CKA"].numpy()
+    # torch_cka keeps the HSIC matrix in float32: agreement to float32 precision
+    np.testing.assert_allclose(cka.gram_cka_matrix(cka.gram(xs), cka.gram(ys), "debiased"), theirs, rtol=2e-5,
+                               atol=2e-6)
+
+
+def test_streaming_keeps_precision_under_a_large_common_offset():
+    """Residual streams carry huge constant dimensions: the accumulator shifts rows by the first
+    chunk's mean, so X^T X - n m m^T does not cancel away the signal."""
+    rng = np.random.default_rng(12)
+    xs = random_layers(rng, 3, 200, 6) + 1e6 * np.array([1.0, 0, 0, 0, 0, 0])
+    expected = np.array([[naive_cka(x - x.mean(0), y - y.mean(0)) for y in xs] for x in xs])
+    acc, other = cka.CrossProducts(3, 6), cka.CrossProducts(3, 6)
+    acc.update(xs[:, :50])
+    other.update(xs[:, 50:] + 0.0)
+    acc.merge(other)
+    np.testing.assert_allclose(acc.cka(), expected, rtol=1e-8)
