@@ -74,7 +74,10 @@ class SiteCapture:
     """A context manager that hooks `sites` of `layers` (None: all) and keeps selected rows.
 
     Only the hooks the sites need are registered (GPT-2's q, k and v share one hook on
-    `attn.c_attn`), and all are removed on exit, also after an exception.
+    `attn.c_attn`), and all are removed on exit, also after an exception. `n_keys`: the keys
+    each `pattern` row is padded to (the longest input; required in practice with a sink or
+    several passes, which must all have one width); `pattern` needs a model loaded with eager
+    attention (ValueError at construction otherwise).
 
         >>> from transformers import GPT2Config, GPT2Model
         >>> from laminae.models.adapters import get_adapter
