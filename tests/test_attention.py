@@ -334,8 +334,9 @@ def test_figures_and_measures(tmp_path):
     assert measurements["first_token_norm_ratio"].interval == "range over windows"
     assert (measurements["first_token_norm_ratio"].values > 5).all()          # the planted outlier (x20)
     from laminae.experiments.attention import MEASURES
+    from laminae.experiments.attention import STATISTICS as DECLARED
 
-    assert set(measurements) == {m.name for m in MEASURES}
+    assert set(measurements) == {m.name for m in MEASURES} and DECLARED == STATISTICS
 
 
 def test_compare_overlays_runs(tmp_path):

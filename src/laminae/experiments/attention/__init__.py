@@ -15,8 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from laminae.experiment import Experiment, Figure, JobShape, Measure
-from laminae.metrics.attention import STATISTICS
 
+#: laminae.metrics.attention.STATISTICS, spelled out: the declaration is imported whenever the
+#: workflow builds its DAG, which must not import numpy (tests/test_attention.py checks they agree)
+STATISTICS = ("entropy", "entropy_normalised", "sink", "distance", "sink_uniform")
 N_STATISTICS = len(STATISTICS)
 BOOTSTRAP_S_PER_VALUE = 2e-9      # one replicate's weighted sum, per block x layer x head x statistic
 HEADS_GUESS = 64                  # heads are not in JobShape: a generous bound for the memory estimate
