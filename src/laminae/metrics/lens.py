@@ -94,7 +94,8 @@ def lens_stats(logits: torch.Tensor, targets: torch.Tensor, final: FinalReferenc
     z = logits.to(torch.float64)                                                 # (rows, vocab)
     lse = torch.logsumexp(z, dim=1)                                              # (rows,)
     # log p = z - lse, and sum_v p_f = 1, so sum_v p_f log p = p_f . z - lse: no (rows, vocab) log p
-    kl = final.neg_entropy - ((final.probs * z).sum(dim=1) - lse)
+    cross = torch.bmm(final.probs[:, None, :], z[:, :, None])[:, 0, 0]           # p_f . z, no (rows, vocab) temp
+    kl = final.neg_entropy - (cross - lse)
     top1 = logits.argmax(dim=-1)
     return LensStats(rank=rank.cpu().numpy().astype(np.int64),
                      logprob=(z.gather(1, targets)[:, 0] - lse).cpu().numpy(), kl=kl.cpu().numpy(),
