@@ -187,18 +187,18 @@ def test_bootstrap_replicates_equal_cka_of_the_drawn_rows():
                                    rtol=1e-9)
 
 
-def test_debiased_bootstrap_treats_copies_as_the_diagonal():
+def test_debiased_bootstrap_uses_the_distinct_drawn_rows():
     rng = np.random.default_rng(9)
     xs = random_layers(rng, 2, 12, 4)
     idx = np.array([0, 0, 1, 2, 3, 4, 5, 5, 5, 6, 7, 8])
     got = cka.bootstrap_cka(cka.gram(xs), None, idx[None], "debiased")[0]
-    # independent: the drawn rows' Grams with every pair of copies zeroed, then the formula
-    k = [x[idx] @ x[idx].T for x in xs]
-    same = idx[:, None] == idx[None, :]
-    k = [np.where(same, 0.0, g) for g in k]
-    expected = song_unbiased_hsic(k[0], k[1]) / np.sqrt(song_unbiased_hsic(k[0], k[0]) * song_unbiased_hsic(k[1], k[1]))
-    assert got[0, 1] == pytest.approx(expected, rel=1e-9)
+    distinct = np.arange(9)
+    assert got[0, 1] == pytest.approx(song_debiased_cka(xs[0][distinct], xs[1][distinct]), rel=1e-9)
     assert got[0, 0] == pytest.approx(1.0)
+    # invariant to a shift of the features, like the estimator itself
+    shifted = cka.bootstrap_cka(cka.gram(xs + 50.0), None, idx[None], "debiased")[0]
+    np.testing.assert_allclose(shifted, got, rtol=1e-6)
+    assert np.isnan(cka.bootstrap_cka(cka.gram(xs), None, np.array([[0, 0, 1, 1, 2, 2]]), "debiased")).all()
 
 
 @pytest.mark.parametrize("estimator", cka.ESTIMATORS)
@@ -277,3 +277,156 @@ def test_streaming_keeps_precision_under_a_large_common_offset():
     other.update(xs[:, 50:] + 0.0)
     acc.merge(other)
     np.testing.assert_allclose(acc.cka(), expected, rtol=1e-8)
+
+
+# ===================================================================== the `cka` experiment
+UPSTREAM = "c0ffee0c0f"
+CKA_SETTINGS = {"site": "resid_post", "estimator": "debiased", "n_bootstrap": 60, "n_permutations": 80,
+                "confidence": 0.9, "seed": 3}
+SITES = ("resid_post", "resid_pre", "attn_out", "mlp_out", "q", "k", "v")
+
+
+def stimuli_data(seed=0, n_layers=4, n_words=14, width=10, drift=1.0):
+    """Layers that drift away from the first one (adjacent layers alike, far ones less)."""
+    rng = np.random.default_rng(seed)
+    layers = [rng.normal(size=(n_words, width))]
+    for _ in range(n_layers - 1):
+        layers.append(layers[-1] + drift * rng.normal(size=(n_words, width)))
+    resid = np.stack(layers) + 3.0
+    return {site: (resid if site == "resid_post" else rng.normal(size=resid.shape)) for site in SITES}
+
+
+def write_stimuli_store(out, data, words):
+    from laminae.store import ActivationWriter
+
+    n_layers, n_rows = data["resid_post"].shape[:2]
+    with ActivationWriter(out, n_layers, n_rows, {"stage_hash": UPSTREAM, "model_id": "test"},
+                          config_text="stage: stimuli.extract\n") as writer:
+        writer.write(0, {site: values.astype(np.float32) for site, values in data.items()})
+        writer.set_rows([{"word": w, "category": "c"} for w in words], ["word", "category"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    from laminae.registry import discover
+
+    return discover([])["cka"]
+
+
+@pytest.fixture(scope="module")
+def within(tmp_path_factory, experiment):
+    from laminae.stages.analysis import run_analysis
+
+    root = tmp_path_factory.mktemp("cka")
+    data = stimuli_data()
+    words = [f"w{i}" for i in range(data["resid_post"].shape[1])]
+    store = write_stimuli_store(root / "activations", data, words)
+    config = {"cka": {**CKA_SETTINGS, "plot": {}}, "stage": "cka.analysis", "version": 1, "upstream": UPSTREAM}
+    run_analysis(experiment, {"stage": "cka.analysis", "hash": "a1b2c3d4e5", "config": config}, store,
+                 root / "metrics")
+    return root, data["resid_post"].astype(np.float32).astype(np.float64)
+
+
+def test_within_run_table_matches_an_independent_computation(within):
+    """Point values from the written-out formulas, p-values from the same shuffles counted in a
+    loop, the interval of one pair from naive replicates, BH with scipy."""
+    import scipy.stats
+
+    from laminae.experiments.cka.analysis import read_table
+
+    root, x = within
+    table = read_table(root / "metrics" / "cka_layers.tsv")
+    n_layers, n = x.shape[:2]
+    debiased = np.array([[song_debiased_cka(a, b) for b in x] for a in x])
+    np.testing.assert_allclose(table["cka"], debiased, rtol=1e-7)
+    np.testing.assert_allclose(table["cka_linear"], [[naive_cka(a, b) for b in x] for a in x], rtol=1e-7)
+    assert table["cka"][0, 1] > table["cka"][0, 3]          # the drift: far layers less alike
+    boot_seq, perm_seq = np.random.SeedSequence(CKA_SETTINGS["seed"]).spawn(2)
+    perms = np.random.default_rng(perm_seq).permuted(np.tile(np.arange(n), (CKA_SETTINGS["n_permutations"], 1)),
+                                                    axis=1)
+    p = np.full((n_layers, n_layers), np.nan)
+    for a in range(n_layers):
+        for b in range(n_layers):
+            if a != b:
+                null = np.array([song_debiased_cka(x[a], x[b][perm]) for perm in perms])
+                p[a, b] = (1 + np.sum(null >= debiased[a, b] * (1 - 1e-12))) / (1 + len(perms))
+    np.testing.assert_allclose(table["p_value"], p, rtol=1e-12)
+    upper = np.triu_indices(n_layers, 1)
+    np.testing.assert_allclose(table["q_value"][upper], scipy.stats.false_discovery_control(p[upper], method="bh"))
+    draws = np.random.default_rng(boot_seq).integers(0, n, size=(CKA_SETTINGS["n_bootstrap"], n))
+    replicates = [song_debiased_cka(x[0][np.unique(idx)], x[2][np.unique(idx)]) for idx in draws]
+    assert table["ci_low"][0, 2] == pytest.approx(np.percentile(replicates, 5), rel=1e-7)
+    assert table["ci_high"][0, 2] == pytest.approx(np.percentile(replicates, 95), rel=1e-7)
+
+
+def test_within_run_measures_figure_and_compare(within, experiment):
+    from laminae.experiment import CompareJob, MeasureJob
+    from laminae.experiments.cka.analysis import read_table
+    from laminae.stages.figures import run_figures
+
+    root, x = within
+    table = read_table(root / "metrics" / "cka_layers.tsv")
+    measured = experiment.hook("measure")(MeasureJob(root / "metrics", CKA_SETTINGS))
+    adjacent = measured["cka_adjacent"]
+    np.testing.assert_allclose(adjacent.values[:-1], [table["cka"][i, i + 1] for i in range(3)])
+    assert np.isnan(adjacent.values[-1]) and adjacent.has_interval
+    np.testing.assert_allclose(measured["cka_to_last"].values, table["cka"][:, -1])
+    context = {"model": "tiny", "random_weights": False, "template": "The {word}", "stimuli": "s",
+               "analysis": CKA_SETTINGS}
+    record = {"stage": "cka.plot", "hash": "0" * 10, "config": {"plot": {"dpi": 60}, "cka": {"plot": {}}}}
+    written = run_figures(experiment, record, context, root / "metrics", root / "figures")
+    assert (root / "figures" / "cka_layers.png").stat().st_size > 10_000 and written
+    fig = experiment.hook("compare")(CompareJob([root / "metrics"] * 2, ["a=1", "a=2"], [CKA_SETTINGS] * 2, {}))
+    assert len(fig.axes[0].lines) >= 2
+
+
+def test_across_runs_matches_pairwise_naive_cka(tmp_path, experiment):
+    """The across hook on two stores of different depth and width holding the same words in
+    different orders: the job matches rows by word; every pair of layers checked naively."""
+    from laminae.experiment import AcrossJob, FigureJob
+    from laminae.experiments.cka.across import read_across
+    from laminae.stages.across import match_rows
+    from laminae.store import ActivationStore
+
+    words = [f"w{i}" for i in range(12)]
+    first = stimuli_data(1, n_layers=3, n_words=12, width=6)
+    second = stimuli_data(2, n_layers=5, n_words=12, width=9)
+    second["resid_post"][:, :, :6] += 2 * first["resid_post"][1]          # B shares A's layer 1
+    order = np.random.default_rng(0).permutation(12)
+    shuffled = {site: values[:, order] for site, values in second.items()}
+    stores = [ActivationStore(write_stimuli_store(tmp_path / "a", first, words)),
+              ActivationStore(write_stimuli_store(tmp_path / "b", shuffled, [words[i] for i in order]))]
+    groups, items = match_rows(stores, "stimuli")
+    settings = {**CKA_SETTINGS, "n_bootstrap": 30}
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    job = AcrossJob(settings=settings, labels=["model=a", "model=b"], stores=stores, groups=groups,
+                    n_items=len(items), items=items, match_rule="stimuli: by word", out_dir=metrics, attrs={})
+    experiment.across.hook("analyse", experiment.module)(job)
+    runs, pairs = read_across(metrics)
+    assert [r["match_rule"] for r in runs] == ["stimuli: by word"] * 2 and [r["n_layers"] for r in runs] == ["3", "5"]
+    xa = first["resid_post"].astype(np.float32).astype(np.float64)
+    xb = second["resid_post"].astype(np.float32).astype(np.float64)
+    expected = np.array([[song_debiased_cka(a, b) for b in xb] for a in xa])
+    np.testing.assert_allclose(pairs[(0, 1)]["cka"], expected, rtol=1e-7)
+    assert np.all(pairs[(0, 1)]["ci_low"] <= pairs[(0, 1)]["cka"] + 1e-9)
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    context = {"labels": job.labels, "models": ["a", "b"], "match_rule": job.match_rule, "steps": None, "n_items": 12}
+    experiment.across.hook("plot", experiment.module)(FigureJob(settings=settings, plot={}, dpi=60,
+                                                                 metrics_dir=metrics, out_dir=figures, context=context))
+    for name in ("cka_across", "cka_best_match", "cka_reference"):
+        assert (figures / f"{name}.png").is_file() and (figures / f"{name}.pdf").is_file()
+
+
+def test_reference_profile_over_checkpoints():
+    """Same-layer CKA against the final checkpoint: the pair is read in either stored order."""
+    from laminae.experiments.cka.across import reference_run, same_layer_profile, shown_pairs
+
+    matrix = np.arange(9.0).reshape(3, 3) / 10
+    pairs = {(0, 1): {"cka": matrix}}
+    assert reference_run(2, [1000, 10]) == 0
+    np.testing.assert_allclose(same_layer_profile(pairs, 1, 0, [3, 3]), np.diag(matrix.T))
+    np.testing.assert_allclose(same_layer_profile(pairs, 0, 1, [3, 3]), np.diag(matrix))
+    assert shown_pairs(5, 4) == [(0, 4), (1, 4), (2, 4), (3, 4)] and len(shown_pairs(4, 3)) == 6

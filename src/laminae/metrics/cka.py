@@ -31,9 +31,11 @@ centring H K H instead (`double_centre`), and then <HKH, HLH> = ||Y_c^T X_c||_F^
 Resampling, in Gram form (`gram_cka_matrix`, `bootstrap_cka`, `permutation_cka`): a bootstrap
 replicate takes the Gram submatrix of the drawn rows (the linear Gram of duplicated rows is
 exactly that submatrix); the permutation null permutes the rows of one side (its Gram's rows and
-columns). For the debiased estimator a pair of copies of one item in a replicate is treated as
-the diagonal it duplicates (set to 0 before the U-centring): k(x, x) is exactly what the
-estimator leaves out, and `laminae.metrics.rsa` drops such pairs the same way. For corpora
+columns). The debiased estimator has no meaning for repeated rows (a pair of copies is a k(x, x)
+term, exactly what it leaves out, and zeroing such pairs breaks its invariance to a shift of the
+features), so its replicate is the estimator on the DISTINCT drawn rows (about 63% of them): an
+unbiased estimate on a subsample, whose percentile interval is conservative (wider than a
+with-replacement bootstrap's, by about sqrt(1/0.63) = 1.26). For corpora
 (many rows), `weighted_linear_cka_matrix` gives the feature-space form with per-row weights
 (bootstrap counts, e.g. of windows drawn as blocks: `block_row_counts`).
 """
@@ -325,23 +327,21 @@ def bootstrap_cka(grams_a: np.ndarray, grams_b: np.ndarray | None, indices: np.n
     """CKA matrices of bootstrap replicates: rows `indices[b]` drawn (with repeats).
 
     grams_a (La, n, n), grams_b (Lb, n, n) or None (= A), indices (B, m) -> (B, La, Lb). A
-    replicate's Gram is the submatrix K[idx][:, idx]; with "debiased", pairs of copies of one row
-    are zeroed like the diagonal (see the module docstring)."""
+    replicate's Gram is the submatrix K[idx][:, idx]; with "debiased", of the distinct drawn rows
+    only (see the module docstring; NaN with fewer than 4)."""
+    check_estimator(estimator)
     indices = np.asarray(indices)
     out = np.empty((indices.shape[0], grams_a.shape[0], (grams_a if grams_b is None else grams_b).shape[0]))
     for b, idx in enumerate(indices):
-        copies = (idx[:, None] == idx[None, :]) if estimator == "debiased" else None
-        ca = _replicate(grams_a, idx, copies, estimator)
-        cb = ca if grams_b is None else _replicate(grams_b, idx, copies, estimator)
+        if estimator == "debiased":
+            idx = np.unique(idx)
+            if idx.size < 4:
+                out[b] = np.nan
+                continue
+        ca = centred_grams(grams_a[:, idx][:, :, idx], estimator)
+        cb = ca if grams_b is None else centred_grams(grams_b[:, idx][:, :, idx], estimator)
         out[b] = _cka_from_centred(ca, cb)
     return out
-
-
-def _replicate(grams: np.ndarray, idx: np.ndarray, copies: np.ndarray | None, estimator: str) -> np.ndarray:
-    sub = grams[:, idx][:, :, idx]
-    if copies is not None:
-        sub = np.where(copies[None], 0.0, sub)
-    return centred_grams(sub, estimator)
 
 
 def permutation_cka(grams_a: np.ndarray, grams_b: np.ndarray | None, permutations: np.ndarray,
