@@ -45,6 +45,9 @@ the declared files were written.
 - `resources(stage, JobShape, cfg) -> {"mem_mb", "runtime"}`: how the analysis ("analysis") and
   figure ("plot") jobs scale, from the run's config (optional; the default: every stored value
   read once).
+- `across`: an `Across` declaration: an analysis over the activations of SEVERAL runs of a
+  sweep (models, checkpoints), rows matched across them (`AcrossJob`), with its own metrics and
+  figures; a sweep schedules it once per group of runs (`<results>/sweeps/<name>-across-<h>/`).
 - `measure(MeasureJob) -> {name: Series | Sample}`: the experiment's headline measurements read
   back from its metrics (optional): per-layer series with their uncertainty, and per-value
   samples of a distribution (`laminae.series`). Declare their names in `measures`. The claims
@@ -134,6 +137,29 @@ MEASURE_KINDS = ("layers", "sample")
 
 
 @dataclass(frozen=True)
+class Across:
+    """An analysis across the runs of a sweep that reads their activation stores, not only their
+    metrics (e.g. CKA between two models' layers):
+
+        Across(analyse=".across:analyse", plot=".across:plot", metrics=("cka_across.tsv",),
+               figures=(Figure("cka_across", "captions/across.rst", "between runs"),))
+
+    `analyse(AcrossJob)` writes `metrics` into `job.out_dir`; `plot(FigureJob)` draws `figures`
+    from them (`job.context`: `labels`, `models`, `match_rule`, `steps`). A sweep schedules one
+    stage per group of runs with the same analysis settings and different extractions, keyed by
+    their extraction hashes and the settings; runs whose rows cannot be matched (other stimuli,
+    another corpus) stop the sweep in one line before any job."""
+
+    analyse: Hook
+    plot: Hook
+    metrics: tuple[str, ...]
+    figures: tuple[Figure, ...]
+
+    def hook(self, name: str, package: str) -> Callable[..., Any]:
+        return resolve_hook(getattr(self, name), package)
+
+
+@dataclass(frozen=True)
 class Experiment:
     """The declaration of one experiment (see the module docstring)."""
 
@@ -151,6 +177,7 @@ class Experiment:
     validate: Hook | None = None
     resources: Hook | None = None
     variants: tuple[Variant, ...] = ()   # outputs written only under some settings
+    across: Across | None = None         # an analysis over several runs' stores (sweeps)
     measure: Hook | None = None        # metrics -> {name: Series | Sample} (laminae.series); claims use it
     measures: tuple[Measure, ...] = ()   # what `measure` returns, by name (claims are checked against it)
     needs: tuple[str, ...] = ()        # of NEEDS: runs on models without it are skipped (laminae.config.needs)
@@ -321,6 +348,49 @@ class FigureJob:
         from laminae.plots.style import save_figure
 
         return save_figure(fig, self.out_dir / f"{name}.png", dpi=self.dpi)
+
+
+@dataclass(frozen=True)
+class AcrossJob:
+    """What `Across.analyse` gets: several runs' stores, their rows matched.
+
+        >>> q0 = job.read(0, "resid_post")           # (n_layers of run 0, n_matched, width), float64
+        >>> q1 = job.read(1, "resid_post")           # the same matched items, in the same order
+        >>> job.labels, job.match_rule               # what tells the runs apart; how rows were matched
+
+    `groups[i]` gives, for every row of run i's store, the matched item it belongs to (-1: none);
+    `read` averages the rows of an item (one row per item for stimuli, matched by word; a corpus
+    item is a word made of one or more tokens)."""
+
+    settings: Mapping[str, Any]
+    labels: Sequence[str]
+    stores: Sequence["ActivationStore"]
+    groups: Sequence["np.ndarray"]           # per run: (n_rows,) item index or -1
+    n_items: int
+    items: Sequence[str]                     # what each matched item is (a word)
+    match_rule: str
+    out_dir: Path
+    attrs: Mapping[str, Any]
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.stores)
+
+    @property
+    def model_attrs(self) -> list[Mapping[str, Any]]:
+        return [store.model_attrs for store in self.stores]
+
+    def read(self, run: int, site: str, layers: Sequence[int] | None = None) -> "np.ndarray":
+        """(n_layers, n_items, width) float64: run `run`'s rows of `site`, averaged per item."""
+        import numpy as np
+
+        values = self.stores[run].read(site, layers)      # (n_layers, n_rows, width)
+        groups = np.asarray(self.groups[run])
+        kept = groups >= 0
+        sums = np.zeros((values.shape[0], self.n_items, values.shape[2]))
+        np.add.at(sums, (slice(None), groups[kept]), values[:, kept])
+        counts = np.bincount(groups[kept], minlength=self.n_items)
+        return sums / counts[None, :, None]
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from laminae.errors import ConfigError, ExperimentError, LaminaeError
-from laminae.experiment import INPUT_KINDS, MEASURE_KINDS, NEEDS, Experiment, Figure, Measure, Variant
+from laminae.experiment import INPUT_KINDS, MEASURE_KINDS, NEEDS, Across, Experiment, Figure, Measure, Variant
 from laminae.sites import SITES
 
 BUILTIN_PACKAGE = "laminae.experiments"
@@ -213,6 +213,7 @@ def check_declaration(experiment: Experiment, where: str, package_name: str | No
         if spec is None:
             fail(f"hook {hook} = {target!r}: no module {module_name!r}")
     _check_measures(experiment, fail)
+    _check_across(experiment, fail)
     if not isinstance(experiment.version, int) or experiment.version < 1:
         fail(f"version must be an integer >= 1; got {experiment.version!r}")
     load_schema(experiment, where)
@@ -239,6 +240,26 @@ def _check_measures(experiment: Experiment, fail) -> None:
     names = [measure.name for measure in measures]
     if len(set(names)) != len(names):
         fail("measure names must be distinct")
+
+
+def _check_across(experiment: Experiment, fail) -> None:
+    """`across`: None or an Across whose metrics are file names and whose figures have captions,
+    none clashing with the experiment's own; its hooks 'module:function' strings or callables."""
+    across = experiment.across
+    if across is None:
+        return
+    if not isinstance(across, Across):
+        fail(f"across must be Across(analyse, plot, metrics, figures); got {across!r}")
+    files = across.metrics
+    if isinstance(files, str) or not files or any(not isinstance(f, str) or not FILE_PATTERN.match(f) for f in files):
+        fail(f"across metrics must be a non-empty tuple of file names; got {files!r}")
+    if isinstance(across.figures, (str, bytes)) or not across.figures:
+        fail("across figures must be a non-empty tuple of Figure(name, caption, label)")
+    _check_figures(experiment, across.figures, fail)
+    for name in ("analyse", "plot"):
+        target = getattr(across, name)
+        if not callable(target) and (not isinstance(target, str) or target.count(":") != 1):
+            fail(f"across {name} must be a callable or a 'module:function' string; got {target!r}")
 
 
 def _check_figures(experiment: Experiment, figures, fail) -> None:

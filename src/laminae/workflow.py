@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from laminae.config import Run, Stage, analysis_settings, load_runs, stable_hash
+from laminae.config.across import CrossRun, plan_across
 from laminae.errors import ConfigError
 from laminae.experiment import Experiment
+from laminae.stages.records import PROJECT_ROOT_VARIABLE
 from laminae.stages.runner import WORKFLOW_CONFIG_KEY
 
 CONFIG_KEYS = ("overrides", "sweep")
@@ -36,9 +38,11 @@ FIGURE_FORMATS = ("png", "pdf")
 
 def export_source_path(root: Path) -> None:
     """Put `<root>/src` on PYTHONPATH for job processes, so rule scripts import this checkout's
-    laminae even in a conda env or on a cluster node where it is not installed."""
+    laminae even in a conda env or on a cluster node where it is not installed; and the root
+    itself in `LAMINAE_PROJECT_ROOT`, where jobs find models named relative to it."""
     paths = [str(root / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    os.environ[PROJECT_ROOT_VARIABLE] = str(root)
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class WorkflowPlan:
     run_of: dict[str, Run] = field(default_factory=dict)
     experiments: dict[str, Experiment] = field(default_factory=dict)   # enabled in some run, in order
     comparisons: dict[str, Comparison] = field(default_factory=dict)
+    cross_runs: dict[str, CrossRun] = field(default_factory=dict)      # Experiment.across stages of a sweep
     claims_matrix: ClaimsMatrix | None = None
     notes: list[str] = field(default_factory=list)   # said once before the jobs (the Snakefile's onstart)
     _input_sizes: dict[str, int] = field(default_factory=dict, repr=False)  # extraction hash -> bytes
@@ -123,6 +128,9 @@ class WorkflowPlan:
                 comparison = self._comparison(experiment)
                 if comparison is not None:
                     self.comparisons[comparison.hash] = comparison
+                if experiment.across is not None:
+                    for cross in plan_across(self.runs, experiment, self.results_dir, steps=training_steps):
+                        self.cross_runs[cross.hash] = cross
             self.claims_matrix = self._claims_matrix()
 
     def _claims_matrix(self) -> ClaimsMatrix | None:
@@ -299,6 +307,8 @@ class WorkflowPlan:
                     seen.update(dict.fromkeys(self.stage_files(stage)))
         for comparison in self.comparisons.values():
             seen.update(dict.fromkeys(comparison.files))
+        for cross in self.cross_runs.values():
+            seen.update(dict.fromkeys(cross.files))
         if self.claims_matrix is not None:
             seen.update(dict.fromkeys(self.claims_matrix.files))
         return list(seen)
@@ -418,6 +428,18 @@ class WorkflowPlan:
         # a claims job reads back what the figures read (the metrics), and does less with it
         kind = "plot" if stage.kind == "claims" else stage.kind
         return resources.stage_resources(kind, experiment, cfg, self.input_bytes(digest))
+
+    def across_resources(self, digest: str) -> dict[str, int]:
+        """mem_mb and runtime of an analysis across runs (`Experiment.across`): each run's
+        analysis job's, summed (every store is read, and the matched items of all runs held)."""
+        cross = self.cross_runs[digest]
+        each = [self.resources(self._analysis_of(cross.experiment, run["extraction"])) for run in cross.config["runs"]]
+        return {key: sum(job[key] for job in each) for key in ("mem_mb", "runtime")}
+
+    def _analysis_of(self, experiment: str, extraction: str) -> str:
+        """The hash of `experiment`'s analysis of the extraction `extraction` (in some run)."""
+        return next(stage.hash for stage in self.stages.values()
+                    if stage.name == f"{experiment}.analysis" and stage.upstream == extraction)
 
     def gather_resources(self, digest: str) -> dict[str, int]:
         """mem_mb and runtime of the gather of a sharded extraction: no model; the finish of the

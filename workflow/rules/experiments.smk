@@ -1,8 +1,10 @@
 # One analysis, figure and compare rule per enabled experiment, all from the experiment's
 # declaration (laminae.experiment.Experiment): its metrics files, its figures with their report
 # captions, its comparison of a sweep's runs; and, for an experiment whose config group holds
-# claims (<experiment>.claims), one more that judges them on its metrics. Rule names are
-# <experiment>_analysis, <experiment>_figures, <experiment>_claims, <experiment>_compare; a run
+# claims (<experiment>.claims), one more that judges them on its metrics; in a sweep, for an
+# experiment that declares an analysis across runs (Experiment.across), one that reads their stores.
+# Rule names are <experiment>_analysis, <experiment>_figures, <experiment>_claims,
+# <experiment>_compare, <experiment>_across; a run
 # whose settings enable a variant of the experiment (extra outputs, e.g. per-head tables) gets
 # <experiment>_analysis_<variant>, ...
 import os
@@ -160,3 +162,36 @@ for _experiment, _variants in PLAN.rule_variants():
                 "../../envs/laminae.yaml"
             script:
                 "../scripts/training.py"
+
+
+for _experiment in {cross.experiment: PLAN.experiments[cross.experiment] for cross in PLAN.cross_runs.values()}.values():
+    _name = _experiment.name
+    _across = f"{RESULTS}/sweeps/{_name}-across-{{ch}}"
+
+    rule:
+        """Several runs' activation stores, rows matched -> metrics and figures (laminae.stages.across)."""
+        name:
+            f"{_name}_across"
+        input:
+            stores=lambda w: PLAN.cross_runs[w.ch].stores,
+        output:
+            **{f"metrics{i}": f"{_across}/metrics/{file}" for i, file in enumerate(_experiment.across.metrics)},
+            config=f"{_across}/metrics/config.yaml",
+            **{f"{figure.name}_png": report(f"{_across}/figures/{figure.name}.png",
+                                            caption=_caption(_experiment, figure.caption),
+                                            category="Across runs", subcategory=_experiment.title,
+                                            labels={"experiment": _name, "figure": figure.label, "run": "{ch}"})
+               for figure in _experiment.across.figures},
+            **{f"{figure.name}_pdf": f"{_across}/figures/{figure.name}.pdf" for figure in _experiment.across.figures},
+        log:
+            f"{_across}/across.log",
+        params:
+            experiment=_name,
+            stage=lambda w: PLAN.cross_runs[w.ch].record(),
+        resources:
+            mem_mb=lambda w: PLAN.across_resources(w.ch)["mem_mb"],
+            runtime=lambda w: PLAN.across_resources(w.ch)["runtime"],
+        conda:
+            "../../envs/laminae.yaml"
+        script:
+            "../scripts/across.py"

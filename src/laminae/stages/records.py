@@ -19,6 +19,7 @@ stage reads into fields, so no stage reads its config by string keys:
     plot      FigureRecord       experiment, plot, dpi, references (the claims' reference marks)
     claims    ClaimsRecord       experiment, claims, dpi
     compare   CompareRecord      experiment, runs, plot, dpi, steps (checkpoints of one model)
+    across    AcrossRecord       experiment, settings, runs, inputs, match, plot, dpi, steps
     matrix    ClaimsMatrixRecord runs, dpi
     build     ModelBuildRecord   random_init
 
@@ -27,6 +28,7 @@ stage reads into fields, so no stage reads its config by string keys:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -35,6 +37,8 @@ from typing import Any, ClassVar, TypeVar
 from laminae.models.readout import ModelSource
 
 R = TypeVar("R", bound="StageRecord")
+#: Where a workflow's jobs find its project root (set by the Snakefile: laminae.workflow).
+PROJECT_ROOT_VARIABLE = "LAMINAE_PROJECT_ROOT"
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,8 @@ def model_source(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime 
                  project_root: str | Path | None = None, device: str = "cpu") -> ModelSource | None:
     """Where an extraction's model is (its model config, models_dir and the project root), for
     the readout of the jobs built on it; None when `record` is not an extraction's record (a
-    store without its config.yaml). `project_root` None: the working directory.
+    store without its config.yaml). `project_root` None: the workflow's (`LAMINAE_PROJECT_ROOT`,
+    which the Snakefile sets for its jobs), else the working directory.
 
         >>> model_source(read_stage_record(activations / "config.yaml"), None).config["name"]   # doctest: +SKIP
         'tiny-gpt2'
@@ -127,7 +132,8 @@ def model_source(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime 
         return None
     models_dir = Runtime.parse(runtime).models_dir
     return ModelSource(config=dict(record.model), models_dir=models_dir,
-                       project_root=Path.cwd() if project_root is None else Path(project_root), device=device)
+                       project_root=Path(project_root or os.environ.get(PROJECT_ROOT_VARIABLE) or Path.cwd()),
+                       device=device)
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,30 @@ class CompareRecord(StageRecord):
 
 
 @dataclass(frozen=True)
+class AcrossRecord(StageRecord):
+    """`<experiment>.across`: one experiment's analysis over several runs' stores (a sweep)."""
+
+    experiment: str
+    settings: Mapping[str, Any]
+    runs: tuple[Mapping[str, Any], ...]        # {label, model, extraction (hash)} per run, in order
+    inputs: str
+    match: str                                 # how rows are matched across the runs
+    plot: Mapping[str, Any]
+    dpi: int
+    steps: tuple[int, ...] | None
+
+    KIND: ClassVar[str] = "across"
+
+    @classmethod
+    def _fields(cls, name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        experiment = config["experiment"]
+        steps = config.get("steps")
+        return {"experiment": experiment, "settings": config["settings"], "runs": tuple(config["runs"]),
+                "inputs": config["inputs"], "match": config["match"], "plot": config["plot"][experiment],
+                "dpi": int(config["plot"]["dpi"]), "steps": None if steps is None else tuple(steps)}
+
+
+@dataclass(frozen=True)
 class ClaimsMatrixRecord(StageRecord):
     """`claims.matrix`: every run's verdicts of a sweep side by side."""
 
@@ -230,7 +260,7 @@ class ModelBuildRecord(StageRecord):
 
 
 RECORD_KINDS: dict[str, type[StageRecord]] = {
-    kind.KIND: kind for kind in (ExtractionRecord, AnalysisRecord, FigureRecord, ClaimsRecord, CompareRecord,
+    kind.KIND: kind for kind in (ExtractionRecord, AnalysisRecord, FigureRecord, ClaimsRecord, CompareRecord, AcrossRecord,
                                  ClaimsMatrixRecord, ModelBuildRecord)}
 
 

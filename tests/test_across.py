@@ -1,0 +1,111 @@
+"""Analyses across the runs of a sweep (`Experiment.across`): planned once per group of runs
+with different extractions, rows matched by what they are, refused in one line when they cannot
+be matched, and run end to end through Snakemake on two models with different tokenizers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from laminae.errors import ConfigError
+from laminae.store import ActivationStore, read_tsv
+from laminae.workflow import WorkflowPlan
+from test_plugins import write_experiment
+from workflow_helpers import PROJECT_ROOT, snakemake
+
+#: an experiment whose analysis across runs correlates, per pair of runs, the items' resid_post
+#: norms at each run's last layer
+ACROSS_CODE = '''
+import numpy as np
+import matplotlib.pyplot as plt
+
+class Reducer:
+    def __init__(self, job): self.out = job.out_dir
+    def update(self, start, chunk): pass
+    def finish(self): (self.out / "norms.tsv").write_text("layer\\tvalue\\n")
+
+def plot(job):
+    fig, ax = plt.subplots(); job.save(fig, "norms")
+
+def analyse(job):
+    norms = [np.linalg.norm(job.read(i, "resid_post")[-1], axis=-1) for i in range(job.n_runs)]
+    lines = ["first\\tsecond\\tpearson\\tn_items\\tmatch"]
+    for a in range(job.n_runs):
+        for b in range(a + 1, job.n_runs):
+            r = np.corrcoef(norms[a], norms[b])[0, 1]
+            lines.append(f"{job.labels[a]}\\t{job.labels[b]}\\t{r!r}\\t{job.n_items}\\t{job.match_rule}")
+    (job.out_dir / "pairs.tsv").write_text("\\n".join(lines) + "\\n")
+    (job.out_dir / "items.txt").write_text("\\n".join(job.items) + "\\n")
+
+def plot_across(job):
+    fig, ax = plt.subplots(); ax.set_title(", ".join(job.context["labels"])); job.save(fig, "pairs")
+'''
+DECLARATION = dict(
+    name='"norms"', inputs='"stimuli"', reducer='".work:Reducer"', plot='".work:plot"',
+    schema='{"type": "object", "properties": {"plot": {"type": "object", "properties": {"x": {"type": "integer"}}}}}',
+    across='Across(analyse=".work:analyse", plot=".work:plot_across", metrics=("pairs.tsv", "items.txt"), '
+           'figures=(Figure("pairs", caption="caption.rst", label="pairs"),))')
+
+
+@pytest.fixture()
+def lab(tmp_path: Path) -> str:
+    files = {"work.py": ACROSS_CODE, "__init__.py": None, "default.yaml": "plot: {x: 0}\n"}
+    folder = write_experiment(tmp_path / "lab" / "norms", files, **DECLARATION)
+    init = folder / "__init__.py"
+    fields = {"title": '"Norms"', "sites": '("resid_post",)', "metrics": '("norms.tsv",)',
+              "figures": '(Figure("norms", caption="caption.rst", label="profile"),)', **DECLARATION}
+    init.write_text("from laminae.experiment import Across, Experiment, Figure\n"
+                    f"EXPERIMENT = Experiment({', '.join(f'{k}={v}' for k, v in fields.items())})\n")
+    return f"experiment_packages=[{tmp_path / 'lab'}]"
+
+
+def plan(overrides, sweep) -> WorkflowPlan:
+    return WorkflowPlan.from_snakemake_config({"overrides": list(overrides), "sweep": list(sweep)}, PROJECT_ROOT)
+
+
+def test_one_stage_per_group_of_runs_with_different_extractions(lab):
+    swept = plan([lab, "experiments=[norms]"], ["model=tiny-gpt2,tiny-llama", "norms.plot.x=1,2"])
+    (cross,) = swept.cross_runs.values()   # the plot setting splits no extraction
+    assert [run["label"] for run in cross.config["runs"]] == ["model=tiny-gpt2", "model=tiny-llama"]
+    assert cross.config["match"].startswith("stimuli: one row per word")
+    assert [Path(store) for store in cross.stores] == [run.stages["stimuli.extract"].output_dir
+                                                        for run in swept.runs[::2]]
+    assert cross.dir == Path("results/sweeps") / f"norms-across-{cross.hash}"
+    assert set(cross.files) <= set(swept.targets())
+    templates = plan([lab, "experiments=[norms]", "model=tiny-gpt2"], ["template=next_word,mid_sentence"])
+    assert len(templates.cross_runs) == 1   # two extractions of one model: compared as well
+    assert plan([lab, "experiments=[norms]"], []).cross_runs == {}
+    again = plan([lab, "experiments=[norms]"], ["model=tiny-gpt2,tiny-llama", "norms.plot.x=1,2"])
+    assert list(again.cross_runs) == list(swept.cross_runs)   # deterministic hash
+
+
+def test_runs_that_cannot_be_matched_stop_in_one_line(lab):
+    with pytest.raises(ConfigError) as refused:
+        plan([lab, "experiments=[norms]"], ["model=tiny-gpt2,tiny-llama", "stimuli=space_furniture_fruit,"
+                                            "animals_tools_vehicles_colours"])
+    message = str(refused.value)
+    assert message.startswith("config key 'stimuli': expected the same stimuli in every run") and "\n" not in message
+
+
+@pytest.mark.slow
+def test_across_runs_end_to_end_matches_words_across_tokenizers(lab, tmp_path):
+    overrides, sweep = [lab, "experiments=[norms]"], ["model=tiny-gpt2,tiny-llama"]
+    snakemake(tmp_path / "w", overrides, "--cores", "2", sweep=sweep)
+    (cross,) = plan(overrides, sweep).cross_runs.values()
+    out = tmp_path / "w" / cross.dir
+    (row,) = read_tsv(out / "metrics" / "pairs.tsv")
+    stores = [ActivationStore(tmp_path / "w" / store) for store in cross.stores]
+    words = [list(store.rows.column("word")) for store in stores]
+    assert sorted(words[0]) == sorted(words[1])
+    items = (out / "metrics" / "items.txt").read_text().split()
+    assert items == words[0]
+    # independently: each store's last-layer norms, reordered by word
+    norms = [dict(zip(w, np.linalg.norm(s.read("resid_post", [s.n_layers - 1])[0], axis=-1))) for s, w in zip(stores, words)]
+    expected = np.corrcoef([norms[0][w] for w in items], [norms[1][w] for w in items])[0, 1]
+    assert float(row["pearson"]) == pytest.approx(expected, rel=1e-12) and int(row["n_items"]) == len(items)
+    assert row["match"] == cross.config["match"]
+    assert (out / "figures" / "pairs.png").stat().st_size > 0 and (out / "metrics" / "config.yaml").is_file()
+    again = snakemake(tmp_path / "w", overrides, "-n", sweep=sweep)
+    assert "Nothing to be done" in again.stdout + again.stderr
