@@ -49,7 +49,7 @@ def unused(keep: Sequence[Plan]) -> list[Unused]:
         folder = plan.path(plan.workflow.results_dir)
         results.setdefault(folder.resolve(), folder)
         for output in plan.outputs:
-            folder = output.path if output.kind in ("compare", "matrix") else output.path.parent
+            folder = output.path if output.kind in ("compare", "across", "matrix") else output.path.parent
             needed.add(folder.resolve())
     kept_or_above = needed | {parent for folder in needed for parent in folder.parents}
     found: list[Unused] = []

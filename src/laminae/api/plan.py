@@ -91,6 +91,10 @@ class Plan:
             path = self.path(comparison.dir)
             found.append(Output("sweep", comparison.config["stage"], "compare", comparison.hash, path,
                                 all(self.path(f).is_file() for f in comparison.files)))
+        for cross in self.workflow.cross_runs.values():
+            path = self.path(cross.dir)
+            found.append(Output("sweep", cross.config["stage"], "across", cross.hash, path,
+                                all(self.path(f).is_file() for f in cross.files)))
         matrix = self.workflow.claims_matrix
         if matrix is not None:
             found.append(Output("sweep", "claims.matrix", "matrix", matrix.hash, self.path(matrix.dir),

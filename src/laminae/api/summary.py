@@ -41,6 +41,8 @@ def end_of_run(plan: "WorkflowPlan", overrides: list[str] | None = None, sweep: 
         lines.extend(f"  ({note})" for note in run.notes)
     for comparison in plan.comparisons.values():
         lines.append(f"sweep comparison of {comparison.experiment}: {comparison.dir}")
+    for cross in plan.cross_runs.values():
+        lines.append(f"{cross.experiment} across runs: {cross.dir}")
     if plan.claims_matrix is not None:
         lines.append(f"claims of every run side by side: {plan.claims_matrix.dir}")
     lines.append(f"report: {report_command(overrides or [], sweep or [])}")
