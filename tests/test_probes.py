@@ -315,3 +315,82 @@ def test_a_sweep_on_a_tiny_model_runs_end_to_end_and_overlays(tmp_path):
         acc, _ = manual_scores(x, labels, folds, c=c)
         row = next(r for r in read_tsv(table) if r["layer"] == "1" and r["score"] == "accuracy")
         assert float(row["value"]) == pytest.approx(acc.mean(), abs=1e-9)
+
+
+# ------------------------------------------------------------------ pos_probes: the corpus counterpart
+def write_corpus_store(out, x, rows):
+    with ActivationWriter(out, x.shape[0], x.shape[1], {"stage_hash": UPSTREAM, "model_id": "test"},
+                          config_text="stage: corpus.extract\n") as writer:
+        writer.write(0, {"resid_post": x.astype(np.float32)})
+        writer.set_rows(rows, ["document", "window", "position", "token_id", "token"])
+    return out
+
+
+def test_pos_probes_analysis_matches_a_manual_loop(tmp_path, monkeypatch):
+    """A corpus store of 10 windows x 12 tokens; tags planted (decodable at layer 1 only), one
+    untagged row per window, a rare tag; the table against the manual loop on contiguous folds of
+    the kept rows, and pos_tags.tsv's counts."""
+    import dataclasses
+    from pathlib import Path
+
+    import laminae.experiments.pos_probes as package
+    import laminae.experiments.pos_probes.analysis as pos_analysis
+    from laminae.registry import check_declaration
+
+    experiment = dataclasses.replace(package.EXPERIMENT, module=package.__name__, folder=Path(package.__file__).parent)
+    check_declaration(experiment, "src/laminae/experiments/pos_probes")
+    rng = np.random.default_rng(5)
+    n_windows, length = 10, 12
+    window = np.repeat(np.arange(n_windows), length)
+    position = np.tile(np.arange(length), n_windows)
+    names = np.array(["NOUN", "VERB", "DET"])
+    codes = rng.integers(0, 3, size=window.size)
+    tags = names[codes].astype(object)
+    tags[position == 5] = ""                       # untagged (whitespace)
+    tags[[7, 30]] = "INTJ"                         # rare
+    x = rng.normal(size=(3, window.size, 6))
+    x[1, :, :3] += 4.0 * np.eye(3)[codes]
+    rows = [{"document": "doc", "window": int(w), "position": int(p), "token_id": 1, "token": "t"}
+            for w, p in zip(window, position)]
+    store = write_corpus_store(tmp_path / "activations", x, rows)
+    monkeypatch.setattr(pos_analysis, "row_tags", lambda job, n: list(tags[:n]))
+    settings = {"max_rows": None, "exclude_first_token": True, "min_count": 3, "n_folds": 4, "n_permutations": 4,
+                "c": 1.0, "max_iter": 1000, "confidence": 0.95, "seed": 0}
+    config = {"pos_probes": settings, "stage": "pos_probes.analysis", "version": 1, "upstream": UPSTREAM}
+    run_analysis(experiment, {"stage": "pos_probes.analysis", "hash": "a1b2c3d4e5", "config": config},
+                 store, tmp_path / "metrics")
+    keep = (tags != "") & (position != 0) & (tags != "INTJ")
+    kept = tags[keep]
+    labels = np.array([sorted(set(kept)).index(t) for t in kept])
+    folds = contiguous_folds(window[keep], 4)
+    table = {(r["score"], int(r["layer"])): r for r in read_tsv(tmp_path / "metrics" / "probes_laminar.tsv")}
+    stored = x.astype(np.float32).astype(np.float64)
+    for layer in range(3):
+        acc, bal = manual_scores(stored[layer][keep], labels, folds)
+        assert float(table[("accuracy", layer)]["value"]) == pytest.approx(acc.mean(), abs=1e-12)
+        assert float(table[("balanced_accuracy", layer)]["value"]) == pytest.approx(bal.mean(), abs=1e-12)
+    assert float(table[("accuracy", 1)]["value"]) > 0.9 > float(table[("accuracy", 0)]["value"])
+    counts = {r["tag"]: int(r["n_rows"]) for r in read_tsv(tmp_path / "metrics" / "pos_tags.tsv")}
+    assert counts["(dropped: untagged)"] == n_windows and counts["(dropped: first token of a window)"] == n_windows
+    assert sum(counts[t] for t in ("NOUN", "VERB", "DET")) == keep.sum()
+    assert any("INTJ" in t for t in counts)
+
+
+@pytest.mark.slow
+def test_pos_probes_end_to_end_on_a_tiny_model(tmp_path):
+    """Snakemake on tiny-gpt2 over a small corpus: spaCy tags the rows, the probe runs, the figure
+    is drawn; the tags' counts add up to the rows kept."""
+    pytest.importorskip("spacy")
+    from workflow_helpers import snakemake
+
+    overrides = ["model=tiny-gpt2", "experiments=[pos_probes]", "corpus.max_tokens=600", "corpus.window_tokens=64",
+                 "pos_probes.n_permutations=2", "pos_probes.max_rows=500"]
+    snakemake(tmp_path, overrides, "--cores", "2")
+    (table,) = (tmp_path / "results").glob("**/pos_probes/analysis-*/metrics/probes_laminar.tsv")
+    rows = read_tsv(table)
+    assert {r["score"] for r in rows} == {"accuracy", "balanced_accuracy"}
+    tags = {r["tag"]: int(r["n_rows"]) for r in read_tsv(table.parent / "pos_tags.tsv")}
+    assert {"NOUN", "DET"} <= set(tags)
+    per_fold = [r for r in read_tsv(table.parent / "probes_folds.tsv") if r["layer"] == "0" and r["score"] == "accuracy"]
+    assert sum(int(r["n_test"]) for r in per_fold) == sum(k for t, k in tags.items() if not t.startswith("("))
+    assert list((tmp_path / "results").glob("**/pos_probes/analysis-*/plot-*/figures/pos_probes_laminar.png"))

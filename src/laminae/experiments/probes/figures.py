@@ -27,12 +27,16 @@ SCORE_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy"}
 
 
 def plot(job: FigureJob) -> None:
+    draw(job, "the stimulus category", "probes_laminar")
+
+
+def draw(job: FigureJob, what: str, name: str) -> None:
+    """The profile of `job.metrics_dir`'s tables, saved as `name` (shared with `pos_probes`)."""
     table = LaminarTable.read(job.metrics_dir / TABLE_FILENAME)
     folds = read_tsv(job.metrics_dir / FOLDS_FILENAME)
-    what = job.context.get("probe_target", "category")
     fig = plot_profile(table, folds, float(job.plot["alpha"]),
-                       run_title(job.context, f"Linear decoding of the {what} per layer"), job.settings)
-    job.save(fig, "probes_laminar")
+                       run_title(job.context, f"Linear decoding of {what} per layer"), job.settings)
+    job.save(fig, name)
 
 
 def fold_scores(folds: Sequence[Mapping[str, str]], site: str, score: str, n_layers: int) -> np.ndarray:
