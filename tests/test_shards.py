@@ -153,6 +153,27 @@ def _compare_metrics(metrics: dict[str, Path], sharded_metrics: dict[str, Path])
     return compared
 
 
+def test_every_shard_pads_attention_patterns_to_the_whole_corpus_longest_window(tmp_path):
+    from laminae.capture.forward import plan_keys
+    from laminae.inputs import input_kind
+    from laminae.models.gpt2_tokenizer import gpt2_tokenizer
+
+    folder = tmp_path / "short"   # short documents of different lengths: shards' longest windows differ
+    folder.mkdir()
+    words = (ROOT / "data" / "corpora" / "nietzsche.txt").read_text(encoding="utf-8").split()
+    for index in range(12):
+        (folder / f"doc{index:02d}.txt").write_text(" ".join(words[: 2 + 3 * index]), encoding="utf-8")
+    config = {"corpus": {"path": str(folder), "window_tokens": 64, "windowing": True}}
+    tokenizer = gpt2_tokenizer()
+    whole = input_kind("corpus").plan(config, tokenizer, 1024, tmp_path)
+    longest = max(len(sequence) for sequence in whole.sequences)
+    shards = [input_kind("corpus").plan(config, tokenizer, 1024, tmp_path, shard=Shard(k, 3, batch_size=2))
+              for k in range(3)]
+    assert len({max(len(sequence) for sequence in part.sequences) for part in shards}) > 1   # the case at hand
+    assert [plan_keys(part) for part in (whole, *shards)] == [longest] * 4
+    assert plan_keys(whole, ("resid_post",)) is None
+
+
 def test_sharded_store_equals_unsharded(tmp_path, corpus, models_dir):
     full, metrics, joined, sharded_metrics, folders = pipelines(tmp_path, corpus, models_dir)
     assert (joined / "rows.tsv").read_bytes() == (full / "rows.tsv").read_bytes()

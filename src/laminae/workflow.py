@@ -28,6 +28,7 @@ from laminae.config import Run, Stage, analysis_settings, load_runs, stable_hash
 from laminae.config.across import CrossRun, plan_across
 from laminae.errors import ConfigError
 from laminae.experiment import Experiment
+from laminae.sites import QKV
 from laminae.stages.records import PROJECT_ROOT_VARIABLE
 from laminae.stages.runner import WORKFLOW_CONFIG_KEY
 
@@ -556,8 +557,9 @@ class WorkflowPlan:
                     experiment.hook("validate")(cfg)
 
     def _head_widths(self, cfg: dict[str, Any], d_model: int) -> dict[str, int]:
-        """Lower bounds of the q, k, v widths from the model's config read as a plain dict (no
-        transformers): q = heads x head width, k and v one head each; {} when it does not say."""
+        """Lower bounds of the q, k, v and pattern widths from the model's config read as a plain
+        dict (no transformers): q = heads x head width, k and v one head each, pattern one key per
+        head; {} when it does not say. (mlp_post counts d_model: no family's MLP is narrower.)"""
         import json
 
         model = cfg["model"]
@@ -576,7 +578,7 @@ class WorkflowPlan:
         if n_heads is None:
             return {}
         head_dim = config["head_dim"] if isinstance(config.get("head_dim"), int) else d_model // n_heads
-        return {"q": n_heads * head_dim, "k": head_dim, "v": head_dim}
+        return {"q": n_heads * head_dim, "k": head_dim, "v": head_dim, "pattern": n_heads}   # pattern: one key each
 
     def _check_disk_space(self) -> None:
         """The activation stores still to extract must fit on their disks, summed per
@@ -602,7 +604,7 @@ class WorkflowPlan:
                 continue
             rows, _, _ = input_kind(stage.group).estimate(cfg)
             heads = self._head_widths(cfg, d_model)
-            widths = [heads.get(site, 0) if site in ("q", "k", "v") else d_model for site in stage.config["sites"]]
+            widths = [heads.get(site, 0) if site in (*QKV, "pattern") else d_model for site in stage.config["sites"]]
             size = disk.store_bytes(n_layers, rows, widths, stage.config["extract"]["storage_dtype"])
             if size:
                 results = Path(run.config["results_dir"])

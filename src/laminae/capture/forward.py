@@ -126,14 +126,17 @@ def run_plan(loaded: LoadedModel, plan: ExtractionPlan, batch_size: int, *, writ
 
 
 def plan_keys(plan: ExtractionPlan, sites: Sequence[str] = ("pattern",)) -> int | None:
-    """The keys of a `pattern` row of `plan`: its longest sequence; None when `sites` has no
-    `pattern` (the plan is then not read: a corpus's windows come from disk).
+    """The keys of a `pattern` row of `plan`: its longest sequence (a corpus shard's: the whole
+    corpus's longest window, `plan.max_length`); None when `sites` has no `pattern` (the plan
+    is then not read: a corpus's windows come from disk).
 
         >>> plan_keys(ExtractionPlan([[5, 6, 7], [8]], [[2], [0]], False, [], ()))
         3
     """
     if "pattern" not in sites:
         return None
+    if plan.max_length is not None:
+        return plan.max_length
     return max((len(sequence) for sequence in plan.sequences), default=1)
 
 

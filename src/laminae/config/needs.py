@@ -59,7 +59,7 @@ def unmet_need(experiment: Experiment, family: str) -> str | None:
         return None
     if "readout" in experiment.needs and not adapter.next_token:
         return f"an encoder (family {family}) has no next-token readout"
-    if "pattern" in experiment.sites and not getattr(adapter, "returns_patterns", True):
+    if "pattern" in experiment.sites and not adapter.returns_pattern:
         return f"the attention of family {family} cannot return its probabilities (site pattern)"
     return None
 

@@ -38,7 +38,9 @@ class ExtractionPlan:
     mean over them (target_mean). `sequences` and `keep` are sequences that the extraction
     slices in order, batch by batch (a corpus reads them from disk); `rows` is a
     `laminae.store.RowTable` (a corpus computes its columns on demand). A shard of a corpus
-    plans its windows only; `first_row` is the number of its first row in the whole corpus."""
+    plans its windows only; `first_row` is the number of its first row in the whole corpus, and
+    `max_length` the longest window of the whole corpus (what every shard pads attention
+    patterns to, so that their stores line up), None: the longest of `sequences`."""
 
     sequences: Sequence[list[int]]
     keep: Sequence[list[int]]
@@ -46,6 +48,7 @@ class ExtractionPlan:
     rows: "RowTable"
     columns: tuple[str, ...]
     first_row: int = 0
+    max_length: int | None = None
 
     @property
     def n_rows(self) -> int:

@@ -103,6 +103,8 @@ def plan(config: dict[str, Any], tokenizer, max_positions: int | None, project_r
          shard: Shard | None = None) -> ExtractionPlan:
     """The windows and rows of an extraction stage's `config` (every token kept), or of one
     shard of them. The windows are tokenised to a temporary folder, read back batch by batch."""
+    import numpy as np
+
     from laminae.inputs.windows import TokenWindows   # numpy: not when the workflow's DAG is built
     from laminae.shards import shard_windows
 
@@ -119,7 +121,8 @@ def plan(config: dict[str, Any], tokenizer, max_positions: int | None, project_r
                                            f"{batches} batches of batch_size={shard.batch_size}", shard.count)
     part = windows.part(first, stop)
     return ExtractionPlan(sequences=part.sequences, keep=part.keep, average=False, rows=part.rows,
-                          columns=ROW_COLUMNS, first_row=part.first_row)
+                          columns=ROW_COLUMNS, first_row=part.first_row,
+                          max_length=int(np.diff(windows.offsets).max()))
 
 
 def validate(cfg: dict[str, Any], project_root: str | Path) -> None:
