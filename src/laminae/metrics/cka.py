@@ -137,20 +137,21 @@ class CrossProducts:
     def update(self, a: np.ndarray, b: np.ndarray | None = None, weights: np.ndarray | None = None) -> None:
         """Add rows: a (La, rows, p), b (Lb, rows, q) (between groups; omitted within one),
         optional weights (rows,) (each row counted that many times)."""
-        a = np.asarray(a, dtype=np.float64)
-        if a.shape[0] != self.la or a.shape[2] != self.p:
+        a = np.asarray(a)
+        if a.ndim != 3 or a.shape[0] != self.la or a.shape[2] != self.p:
             raise ValueError(f"chunk of group A must be ({self.la}, rows, {self.p}), got {a.shape}")
         rows = a.shape[1]
         if rows == 0:
             return
         if self.shift_a is None:
-            self.shift_a = a.mean(axis=1)
+            self.shift_a = a.mean(axis=1, dtype=np.float64)
             if not self.within and b is not None:
                 self.shift_b = np.asarray(b, dtype=np.float64).mean(axis=1)
-        a = a - self.shift_a[:, None, :]
+        za = np.empty((rows, self.la * self.p))                         # (rows, La p): shifted rows, float64
+        for i in range(self.la):
+            np.subtract(a[i], self.shift_a[i], out=za[:, i * self.p:(i + 1) * self.p])
         w = np.ones(rows) if weights is None else np.asarray(weights, dtype=np.float64)
-        za = a.transpose(1, 0, 2).reshape(rows, self.la * self.p)     # (rows, La p)
-        wza = za * w[:, None]
+        wza = za if weights is None else za * w[:, None]
         self.n += float(w.sum())
         self.sum_a += wza.sum(axis=0).reshape(self.la, self.p)
         if self.within:
@@ -167,7 +168,8 @@ class CrossProducts:
         self.sum_b += (zb * w[:, None]).sum(axis=0).reshape(self.lb, self.q)
         self.cross += wza.T @ zb
         for i in range(self.la):
-            self.self_a[i] += (a[i] * w[:, None]).T @ a[i]
+            block = za[:, i * self.p:(i + 1) * self.p]
+            self.self_a[i] += wza[:, i * self.p:(i + 1) * self.p].T @ block
         for j in range(self.lb):
             self.self_b[j] += (b[j] * w[:, None]).T @ b[j]
 

@@ -25,7 +25,7 @@ from laminae.experiments.cka.across import (
     same_layer_profile,
     shown_pairs,
 )
-from laminae.experiments.cka.figures import HEATMAP_CMAP, heatmap
+from laminae.experiments.cka.figures import HEATMAP_CMAP, colour_floor, heatmap
 from laminae.metrics.cka import best_match, relative_depth
 from laminae.plots.overlay import run_style
 from laminae.plots.style import NEUTRAL, plt
@@ -40,7 +40,7 @@ def plot_heatmaps(pairs, shown, labels, depths, what: str, rule: str) -> plt.Fig
     columns = min(len(shown), 3)
     rows = int(np.ceil(len(shown) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3.9 * columns + 1.0, 3.7 * rows + 0.9), squeeze=False)
-    low = min(0.0, min(float(np.nanmin(pair_matrix(pairs, a, b))) for a, b in shown))
+    low = colour_floor(*(pair_matrix(pairs, a, b) for a, b in shown))
     image = None
     for ax, (a, b) in zip(axes.flat, shown):
         image = heatmap(ax, pair_matrix(pairs, a, b), xlabel=f"layer of B: {short(labels[b])}",
@@ -85,7 +85,7 @@ def plot_reference(pairs, reference, labels, depths, steps, what: str, rule: str
     fig, (heat, curves) = plt.subplots(1, 2, figsize=(11, 3.2 + 0.18 * len(others)),
                                        gridspec_kw={"width_ratios": [1.15, 1]})
     layer_edges = np.arange(width + 1) - 0.5
-    low = min(0.0, float(np.nanmin(values)))
+    low = colour_floor(values)
     if steps:
         positions = step_positions([steps[r] for r in others])
         mesh = heat.pcolormesh(layer_edges, row_edges(positions), np.ma.masked_invalid(values), cmap=HEATMAP_CMAP,
@@ -113,7 +113,7 @@ def plot_reference(pairs, reference, labels, depths, steps, what: str, rule: str
     curves.axhline(0.0, color=NEUTRAL, linewidth=0.8)
     curves.set_xlabel("layer")
     curves.set_ylabel(f"CKA with the same layer of\n{short(reference_name, 44)}")
-    curves.set_ylim(min(-0.05, low - 0.05), 1.05)
+    curves.set_ylim(min(-0.05, float(np.nanmin(values)) - 0.05), 1.05)
     curves.set_title("one line per run" + (" (later = lighter)" if steps else ""))
     if len(others) <= 8:
         curves.legend(fontsize=7, loc="lower left")

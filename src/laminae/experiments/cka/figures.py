@@ -38,6 +38,13 @@ def heatmap(ax: plt.Axes, matrix: np.ndarray, *, xlabel: str, ylabel: str, vmin:
     return image
 
 
+def colour_floor(*matrices: np.ndarray) -> float:
+    """The colour scale's lower end: the data's minimum rounded down to a tenth (so the structure of
+    matrices that are all high stays visible), negative values included; the top is always 1."""
+    low = min(float(np.nanmin(m)) for m in matrices)
+    return float(np.floor(min(low, 0.9) * 10) / 10)
+
+
 def plot(job: FigureJob) -> None:
     from laminae.experiments.cka.analysis import TABLE_FILENAME, adjacent, read_table, settings_line
 
@@ -47,8 +54,7 @@ def plot(job: FigureJob) -> None:
     site = job.settings["site"]
     confidence = f"{100 * float(job.settings['confidence']):g}%"
     fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.6), gridspec_kw={"width_ratios": [1.05, 1]})
-    low = min(0.0, float(np.nanmin(matrix)))
-    image = heatmap(left, matrix, xlabel=f"layer ({site})", ylabel=f"layer ({site})", vmin=low)
+    image = heatmap(left, matrix, xlabel=f"layer ({site})", ylabel=f"layer ({site})", vmin=colour_floor(matrix))
     fig.colorbar(image, ax=left, label=f"{job.settings['estimator']} CKA", pad=0.02, shrink=0.9)
     left.set_title("every layer against every layer")
 
@@ -72,6 +78,6 @@ def plot(job: FigureJob) -> None:
     right.set_ylabel(f"{job.settings['estimator']} CKA")
     right.set_title("neighbouring layers and the last layer")
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
-    right.legend(loc="lower left", fontsize=7.5)
+    right.legend(loc="center left", fontsize=7.5)
     fig.suptitle(run_title(job.context, f"Layer x layer {settings_line(job.settings)} (rows: the stimuli's words)"))
     job.save(fig, "cka_layers")
