@@ -437,3 +437,55 @@ def test_sweep_end_to_end_on_tiny_models_during_extraction_equals_two_stage(tmp_
     parts = stored["dla_embed"] + stored["dla_attn"].sum(axis=0) + stored["dla_mlp"].sum(axis=0)
     np.testing.assert_allclose(parts, stored["final_logit"], atol=1e-3 * np.abs(stored["final_logit"]).max())
     assert np.allclose(stored["kl"][-1], 0, atol=1e-9)
+
+
+@pytest.mark.parametrize("max_tokens", [None, 8])
+def test_shards_absorbed_equal_one_run(tmp_path, data, model, max_tokens):
+    """Two shards (at a window boundary) through partial(), absorbed by the whole run's reducer,
+    give the unsharded run's per-token values and tables."""
+    from laminae.experiment import ReducerJob
+    from laminae.experiments.logit_lens.analysis import LogitLensReducer
+    from laminae.store import RowTable
+
+    rows = corpus_rows()
+    widths = {site: D_MODEL for site in data}
+
+    def reducer(out: Path, records: list[dict], start: int) -> LogitLensReducer:
+        out.mkdir(parents=True)
+        job = ReducerJob(settings=settings(max_tokens=max_tokens), rows=RowTable(records), n_layers=N_LAYERS,
+                         widths=widths, model_attrs={}, out_dir=out, attrs={})
+        return LogitLensReducer(job, readout=PlainReadout(model))
+
+    def feed(r: LogitLensReducer, lo: int, hi: int) -> None:
+        for s in range(lo, hi, 4):
+            e = min(hi, s + 4)
+            r.update(s - lo, {site: values[:, s:e] for site, values in data.items()})
+
+    whole = reducer(tmp_path / "whole", rows, 0)
+    feed(whole, 0, len(rows))
+    whole.finish()
+    cut = WINDOWS[0]                                         # shard 1: window 0; shard 2: the rest
+    gather = reducer(tmp_path / "gather", rows, 0)
+    for index, (lo, hi) in enumerate(((0, cut), (cut, len(rows)))):
+        shard = reducer(tmp_path / f"shard{index}", rows[lo:hi], lo)
+        feed(shard, lo, hi)
+        shard.partial()
+        gather.absorb(lo, tmp_path / f"shard{index}")
+    gather.finish()
+    a, b = tokens_of(tmp_path / "whole"), tokens_of(tmp_path / "gather")
+    assert a["row"].size == (19 if max_tokens is None else 8)
+    for name in ("rank", "top1", "agree", "row", "target"):
+        np.testing.assert_array_equal(b[name], a[name])
+    # float32 matrix products over other blocks of rows round differently (1e-9 here)
+    for name in ("logprob", "kl", "dla_attn", "dla_mlp", "dla_embed", "dla_rest", "final_logit", "path_length"):
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-6, atol=1e-7)
+    for table in ("logit_lens.tsv", "logit_lens_pathlength.tsv", "logit_lens_grid.tsv"):
+        x, y = read_tsv(tmp_path / "gather" / table), read_tsv(tmp_path / "whole" / table)
+        assert len(x) == len(y) and [list(r) for r in x] == [list(r) for r in y]
+        for row_x, row_y in zip(x, y):
+            for key in row_x:
+                try:
+                    assert float(row_x[key] or "nan") == pytest.approx(float(row_y[key] or "nan"), rel=1e-5, abs=1e-6,
+                                                                       nan_ok=True), (table, key)
+                except ValueError:
+                    assert row_x[key] == row_y[key]

@@ -133,11 +133,7 @@ class LogitLensReducer:
         self.slot = np.cumsum(selected) - 1                  # row -> its index among analysed tokens
         self.n_tokens = int(selected.sum())
         self.targets = targets
-        grid = self.settings["grid"]
-        windows = np.unique(window)
-        if grid["window"] not in set(windows.tolist()):
-            raise ConfigError("logit_lens.grid.window", f"a window of the corpus (0..{int(windows.max(initial=-1))})",
-                              grid["window"])
+        self.windows = np.unique(window)       # a shard's own; the grid's window is checked in finish
         self.readout = readout if readout is not None else open_readout(job)
         self.block = block_rows(self.readout.vocab_size)
         log.info("logit lens over %d layers: %d of %d rows have a next token%s", self.n_layers, int((targets >= 0).sum()),
@@ -145,7 +141,7 @@ class LogitLensReducer:
         self.handle = h5py.File(self.out_dir / TOKENS_FILENAME, "w", track_order=True)
         self.handle.attrs.update({**job.attrs, **{k: v for k, v in self.settings.items() if k != "grid"},
                                   "max_tokens": -1 if self.settings["max_tokens"] is None else self.settings["max_tokens"],
-                                  "vocab_size": int(self.readout.vocab_size)})
+                                  "vocab_size": int(self.readout.vocab_size), "n_rows": self.n_rows})
         chunks = (1, min(self.n_tokens, 32768)) if self.n_tokens else None
         dtypes = {"rank": np.int64, "top1": np.int64, "agree": np.int8}
         self.out = {name: self.handle.create_dataset(name, shape=(self.n_layers, self.n_tokens),
@@ -209,11 +205,44 @@ class LogitLensReducer:
         self.out["final_logit"][slot:stop] = final_logit.numpy()
         self.out["dla_rest"][slot:stop] = (final_logit - dla_sum).numpy()
 
+    def partial(self) -> None:
+        """A shard's state, for `absorb` (laminae.shards): the per-token values already in the .h5."""
+        if self.rows_seen != self.n_rows:
+            raise RuntimeError(f"logit_lens: {self.rows_seen} rows streamed, {self.n_rows} expected")
+        self.handle.attrs["readout_seconds"] = self.seconds
+        self.handle.close()
+
+    def absorb(self, start: int, part: Path) -> None:
+        """Rows `start:` from a shard's partial (its folder `part`), instead of their chunks. A
+        shard analysed its own first `max_tokens` tokens, which include every token of the
+        shard among the whole run's first `max_tokens`; only those are taken."""
+        if start != self.rows_seen:
+            raise RuntimeError(f"logit_lens: shard starts at row {start}, expected {self.rows_seen}")
+        with h5py.File(Path(part) / TOKENS_FILENAME, "r") as handle:
+            rows = start + handle["row"][()]                              # the shard's tokens, as whole-run rows
+            keep = self.selected[rows]
+            slots = self.slot[rows[keep]]
+            if not np.array_equal(handle["target"][()][keep], self.targets[rows[keep]]):
+                raise RuntimeError(f"logit_lens: shard {part} holds other next tokens than the run's rows")
+            if slots.size:
+                first, last = int(slots[0]), int(slots[-1]) + 1                # contiguous: rows in order
+                for name in PER_LAYER:
+                    self.out[name][:, first:last] = handle[name][()][:, keep]
+                for name in ("dla_embed", "dla_rest", "final_logit", "path_length"):
+                    self.out[name][first:last] = handle[name][()][keep]
+            self.seconds += float(handle.attrs.get("readout_seconds", 0.0))
+            self.rows_seen += int(handle.attrs["n_rows"])
+
     def finish(self) -> None:
         if self.rows_seen != self.n_rows:
             raise RuntimeError(f"logit_lens: {self.rows_seen} rows streamed, {self.n_rows} expected")
         log.info("logit lens: readout and statistics of %d tokens x %d layers took %.1f s", self.n_tokens,
                  self.n_layers, self.seconds)
+        grid_window = self.settings["grid"]["window"]
+        if grid_window not in set(self.windows.tolist()):
+            self.handle.close()
+            raise ConfigError("logit_lens.grid.window",
+                              f"a window of the corpus (0..{int(self.windows.max(initial=-1))})", grid_window)
         began = time.perf_counter()
         rows = self._summary_rows()
         write_rows(self.out_dir / TABLE_FILENAME, rows, TABLE_COLUMNS)
