@@ -489,3 +489,15 @@ def test_shards_absorbed_equal_one_run(tmp_path, data, model, max_tokens):
                                                                        nan_ok=True), (table, key)
                 except ValueError:
                     assert row_x[key] == row_y[key]
+
+
+def test_resources_grow_with_tokens_and_are_capped_by_max_tokens():
+    from laminae.experiment import JobShape
+
+    hook = EXPERIMENT.hook("resources")
+    shape = lambda rows: JobShape(n_layers=30, d_model=576, n_rows=rows, bytes_per_value=4, n_sites=4)  # noqa: E731
+    cfg = lambda cap: {"logit_lens": settings(max_tokens=cap)}                                         # noqa: E731
+    small, large = hook("analysis", shape(1000), cfg(None)), hook("analysis", shape(100_000), cfg(None))
+    assert large["runtime"] > 10 * small["runtime"] and large["mem_mb"] >= small["mem_mb"]
+    assert hook("analysis", shape(100_000), cfg(1000))["runtime"] < large["runtime"] / 10
+    assert hook("plot", shape(100_000), cfg(None)) == {"mem_mb": 1024, "runtime": 5}

@@ -28,6 +28,8 @@ Per-token values go into `logit_lens_tokens.h5` while streaming (memory: one blo
 vocab, `laminae.metrics.lens.block_rows`); `finish` reads them back one layer at a time for the
 bootstrap (`bootstrap_location`: median for rank, log-prob, KL and DLA, mean for agreement and
 DLA means; resamples of `np.random.default_rng([seed, k])`, k the summary's index in `SUMMARIES`).
+During a sharded extraction each shard's reducer writes its per-token values (`partial`) and the
+whole run's reducer copies them into place (`absorb`) before `finish`.
 """
 
 from __future__ import annotations
