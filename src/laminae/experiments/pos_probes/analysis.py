@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from laminae.errors import InputFileError
+from laminae.errors import ConfigError, InputFileError
 from laminae.experiment import AnalysisJob, FigureJob
 from laminae.metrics.decoding import contiguous_folds, decode_layers
 from laminae.experiments.probes.analysis import write_tables
@@ -42,6 +42,10 @@ def analyse(job: AnalysisJob) -> None:
     keep, counts, dropped = select_rows(tags, position, settings["exclude_first_token"], settings["min_count"])
     names = sorted(counts)
     labels = np.array([names.index(t) for t in tags[keep]])
+    n_windows = np.unique(window[keep]).size
+    if n_windows < settings["n_folds"]:
+        raise ConfigError("pos_probes.n_folds", f"at most the {n_windows} windows of the corpus's probed tokens (folds are "
+                          "whole windows; shorter windows: corpus.window_tokens)", settings["n_folds"])
     folds = contiguous_folds(window[keep], settings["n_folds"])
     log.info("pos_probes: %d of %d rows kept, %d tags, %d folds, %d permutations", keep.sum(), n, len(names),
              len(folds), settings["n_permutations"])

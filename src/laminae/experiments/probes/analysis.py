@@ -67,7 +67,7 @@ def decoding_rows(site: str, result: DecodingResult, confidence: float,
     table, per_fold = [], []
     for score in SCORES:
         mean = result.mean(score)
-        low, high = result.interval(score, confidence)
+        low, high = (np.clip(bound, 0.0, 1.0) for bound in result.interval(score, confidence))  # scores lie in [0, 1]
         if result.n_permutations:
             null_low, null_high = result.null_band(score, confidence)
             null_mean = result.null[score].mean(axis=1)

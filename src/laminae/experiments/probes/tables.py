@@ -5,7 +5,7 @@
     layer  site  score  value  ci_low  ci_high  chance  null_mean  null_low  null_high  p_value  q_value
 
 value: the mean over folds of the score (`accuracy` or `balanced_accuracy`); ci_low/ci_high:
-the t interval over folds; chance: the majority-class baseline on the same folds; null_*: the
+the t interval over folds (clipped to [0, 1]); chance: the majority-class baseline on the same folds; null_*: the
 mean and central band of the permutation null (mean score over folds under permuted labels);
 p_value: one-sided permutation p; q_value: Benjamini-Hochberg over the layers (one family per
 site and score). `probes_folds.tsv`, one row per (site, score, layer, fold): the fold's score.
