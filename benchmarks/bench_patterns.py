@@ -12,7 +12,8 @@ every round). Timed: `write_extraction` (forward, hooks, writes; model loading n
 The corpus is the seeds' Nietzsche text cut into windows of `--window-tokens` (default 128: three
 windows, batched with padding). `eager / sdpa` is the attention kernel's share, `pattern / sdpa`
 the whole cost of asking for patterns (kernel, the (batch, heads, query, key) probabilities
-padded and kept, n_heads * n_keys values per row and layer written).
+padded and kept, n_heads * n_keys values per row and layer written); medians of the per-round
+ratios of wall time, and of this process's CPU seconds (`cpu`: steadier on a shared machine).
 """
 
 from __future__ import annotations
@@ -82,16 +83,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                     repeats, label=shape, cleanup=scratch.clear)
             eager_ratio = paired_ratios(samples, "eager", "sdpa")
             pattern_ratio = paired_ratios(samples, "eager + pattern", "sdpa")
+            # CPU seconds of this process: less sensitive than wall time to other processes' load
+            eager_cpu = paired_ratios(samples, "eager", "sdpa", field="cpu")
+            pattern_cpu = paired_ratios(samples, "eager + pattern", "sdpa", field="cpu")
             rows.append({"model": shape, "tokens": tokens,
                          "sdpa s": median(s.wall for s in samples["sdpa"]),
                          "eager s": median(s.wall for s in samples["eager"]),
                          "eager + pattern s": median(s.wall for s in samples["eager + pattern"]),
                          "eager / sdpa": median(eager_ratio), "range e": spread(eager_ratio),
-                         "pattern / sdpa": median(pattern_ratio), "range p": spread(pattern_ratio)})
+                         "pattern / sdpa": median(pattern_ratio), "range p": spread(pattern_ratio),
+                         "eager / sdpa cpu": median(eager_cpu), "pattern / sdpa cpu": median(pattern_cpu),
+                         "range p cpu": spread(pattern_cpu)})
     finally:
         scratch.cleanup()
     print_table(rows, ["model", "tokens", "sdpa s", "eager s", "eager + pattern s", "eager / sdpa", "range e",
-                       "pattern / sdpa", "range p"])
+                       "pattern / sdpa", "range p", "eager / sdpa cpu", "pattern / sdpa cpu", "range p cpu"])
     return rows
 
 
