@@ -430,3 +430,36 @@ def test_reference_profile_over_checkpoints():
     np.testing.assert_allclose(same_layer_profile(pairs, 1, 0, [3, 3]), np.diag(matrix.T))
     np.testing.assert_allclose(same_layer_profile(pairs, 0, 1, [3, 3]), np.diag(matrix))
     assert shown_pairs(5, 4) == [(0, 4), (1, 4), (2, 4), (3, 4)] and len(shown_pairs(4, 3)) == 6
+
+
+def test_across_checkpoints_draws_the_reference_heatmap_on_steps(tmp_path, experiment):
+    """Three 'checkpoints' of one architecture: the final step is the reference whatever the
+    sweep's order; every across figure is written."""
+    from laminae.experiment import AcrossJob, FigureJob
+    from laminae.experiments.cka.across import read_across, same_layer_profile
+    from laminae.stages.across import match_rows
+    from laminae.store import ActivationStore
+
+    words = [f"w{i}" for i in range(10)]
+    final = stimuli_data(5, n_layers=4, n_words=10, width=6)
+    runs = []
+    for index, noise in enumerate((0.0, 3.0, 0.3)):              # final, early, middle
+        data = {site: v + noise * np.random.default_rng(index).normal(size=v.shape) for site, v in final.items()}
+        runs.append(ActivationStore(write_stimuli_store(tmp_path / f"s{index}", data, words)))
+    groups, items = match_rows(runs, "stimuli")
+    metrics, figures = tmp_path / "metrics", tmp_path / "figures"
+    metrics.mkdir()
+    figures.mkdir()
+    labels = ["model.revision=step143000", "model.revision=step0", "model.revision=step1000"]
+    settings = {**CKA_SETTINGS, "n_bootstrap": 10}
+    experiment.across.hook("analyse", experiment.module)(AcrossJob(
+        settings=settings, labels=labels, stores=runs, groups=groups, n_items=10, items=items, match_rule="by word",
+        out_dir=metrics, attrs={}))
+    _, pairs = read_across(metrics)
+    early, middle = (same_layer_profile(pairs, run, 0, [4, 4, 4]) for run in (1, 2))
+    assert np.all(middle > early)                                  # less noise: closer to the final checkpoint
+    context = {"labels": labels, "steps": [143000, 0, 1000], "match_rule": "by word"}
+    experiment.across.hook("plot", experiment.module)(FigureJob(settings=settings, plot={}, dpi=60,
+                                                                 metrics_dir=metrics, out_dir=figures, context=context))
+    assert {p.name for p in figures.iterdir()} == {f"{n}.{e}" for n in ("cka_across", "cka_best_match", "cka_reference")
+                                                   for e in ("png", "pdf")}

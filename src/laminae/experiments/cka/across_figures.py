@@ -36,10 +36,14 @@ def short(label: str, width: int = 34) -> str:
     return textwrap.shorten(label, width=width, placeholder="...")
 
 
+def wrap(title: str, width: int = 70) -> str:
+    return "\n".join(textwrap.wrap(title, width))
+
+
 def plot_heatmaps(pairs, shown, labels, depths, what: str, rule: str) -> plt.Figure:
     columns = min(len(shown), 3)
     rows = int(np.ceil(len(shown) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.9 * columns + 1.0, 3.7 * rows + 0.9), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(max(3.9 * columns + 1.0, 6.4), 3.7 * rows + 1.1), squeeze=False)
     low = colour_floor(*(pair_matrix(pairs, a, b) for a, b in shown))
     image = None
     for ax, (a, b) in zip(axes.flat, shown):
@@ -50,7 +54,7 @@ def plot_heatmaps(pairs, shown, labels, depths, what: str, rule: str) -> plt.Fig
     for ax in axes.flat[len(shown):]:
         ax.set_visible(False)
     fig.colorbar(image, ax=axes, label=what, shrink=0.85, pad=0.02)
-    fig.suptitle(f"Between runs: {what}, layers of A x layers of B\n{short(rule, 110)}")
+    fig.suptitle(wrap(f"Between runs: {what}, layers of A x layers of B. Rows matched by {rule}"))
     return fig
 
 
@@ -62,15 +66,17 @@ def plot_best_match(pairs, shown, labels, depths, what: str, rule: str) -> plt.F
         match = best_match(matrix)
         keep = match >= 0
         x = relative_depth(np.arange(depths[a]), depths[a])
+        best = float(np.nanmax(matrix)) if np.isfinite(matrix).any() else float("nan")
         ax.plot(x[keep], relative_depth(match[keep], depths[b]), marker="o", markersize=3, linewidth=1.3,
-                label=f"A {short(labels[a], 28)}  vs  B {short(labels[b], 28)}", **run_style(index))
+                label=f"A {short(labels[a], 28)}  vs  B {short(labels[b], 28)}  (highest CKA {best:.2f})",
+                **run_style(index))
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     ax.set_aspect("equal")
     ax.set_xlabel("layer of A, relative depth  layer / (n_layers - 1)")
     ax.set_ylabel("best-matching layer of B (highest CKA),\nrelative depth")
     fig.legend(loc="outside lower center", ncol=1, fontsize=7.5)
-    fig.suptitle(f"Between runs: where each layer of A is best matched in B ({what})")
+    fig.suptitle(wrap(f"Between runs: where each layer of A is best matched in B ({what})", 60))
     return fig
 
 
@@ -116,8 +122,8 @@ def plot_reference(pairs, reference, labels, depths, steps, what: str, rule: str
     curves.set_ylim(min(-0.05, float(np.nanmin(values)) - 0.05), 1.05)
     curves.set_title("one line per run" + (" (later = lighter)" if steps else ""))
     if len(others) <= 8:
-        curves.legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"Each layer against the same layer of {reference_name} ({what})")
+        curves.legend(fontsize=7, loc="best")
+    fig.suptitle(wrap(f"Each layer against the same layer of {reference_name} ({what})", 110))
     return fig
 
 
