@@ -352,6 +352,10 @@ def test_an_experiment_needing_a_readout_is_skipped_for_an_encoder_in_a_sweep_an
         load_runs(["model=minilm-l6", lab, "experiments=[norms]"], project_root=PROJECT_ROOT)
     assert str(refused.value).count("\n") == 0 and "config key 'experiments'" in str(refused.value)
     assert "norms: an encoder (family bert) has no next-token readout" in str(refused.value)
+    llama = WorkflowPlan.from_snakemake_config({"overrides": [lab, "experiments=[norms]"],
+                                                "sweep": ["model=tiny-gpt2,tiny-llama"]}, PROJECT_ROOT)
+    assert llama.notes == ["norms skipped for tiny-llama: a random base model saved without an unembedding has no "
+                           "next-token readout (set model.random_init.config.tie_word_embeddings=true)"]
     # a random encoder's family is read from its config, without loading anything
     from laminae.config.needs import model_family
 

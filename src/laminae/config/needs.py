@@ -50,8 +50,14 @@ def model_family(model: Mapping[str, Any], project_root: str | Path = ".") -> st
     return MODEL_TYPE_FAMILY.get(model_type) if isinstance(model_type, str) else None
 
 
-def unmet_need(experiment: Experiment, family: str) -> str | None:
-    """Why a model of `family` cannot run `experiment` (one phrase), or None when it can."""
+#: random base models (laminae.models.random_models) that tie their unembedding to the input
+#: embedding by default, so that their saved weights hold a readout
+TIED_BY_DEFAULT = {"gpt2": True, "llama": False}
+
+
+def unmet_need(experiment: Experiment, family: str, model: Mapping[str, Any] | None = None) -> str | None:
+    """Why a model of `family` (config `model`, when known) cannot run `experiment` (one
+    phrase), or None when it can."""
     from laminae.models.adapters import ADAPTERS
 
     adapter = ADAPTERS.get(family)
@@ -59,6 +65,13 @@ def unmet_need(experiment: Experiment, family: str) -> str | None:
         return None
     if "readout" in experiment.needs and not adapter.next_token:
         return f"an encoder (family {family}) has no next-token readout"
+    random_init = (model or {}).get("random_init")
+    if "readout" in experiment.needs and random_init:
+        tied = (random_init.get("config") or {}).get("tie_word_embeddings",
+                                                       TIED_BY_DEFAULT.get(random_init.get("architecture"), True))
+        if not tied:
+            return ("a random base model saved without an unembedding has no next-token readout "
+                    "(set model.random_init.config.tie_word_embeddings=true)")
     if "pattern" in experiment.sites and not adapter.returns_pattern:
         return f"the attention of family {family} cannot return its probabilities (site pattern)"
     return None
@@ -74,7 +87,7 @@ def drop_inapplicable(cfg: dict[str, Any], registry: Mapping[str, Experiment], p
         return []
     notes, kept = [], []
     for name in cfg["experiments"]:
-        reason = unmet_need(registry[name], family)
+        reason = unmet_need(registry[name], family, cfg["model"])
         if reason is None:
             kept.append(name)
             continue
