@@ -93,20 +93,22 @@ def plot_contrasts(contrasts: Sequence[Mapping[str, Any]], context: Mapping[str,
                 ratio[i, r["layer"]] = np.log2(r["ratio"]) if r["ratio"] > 0 else np.nan
                 significant[i, r["layer"]] = r["q_value"] < alpha
         grids[metric] = ratio, significant
-    limit = max((np.nanmax(np.abs(g[0])) for g in grids.values() if np.isfinite(g[0]).any()), default=1.0)
+    # the colour scale: the 98th percentile of |log2 ratio| (a few outlier cells saturate, marked by the bar's ends)
+    magnitudes = np.concatenate([np.abs(g[0][np.isfinite(g[0])]) for g in grids.values()])
+    limit = float(np.percentile(magnitudes, 98)) if magnitudes.size and np.percentile(magnitudes, 98) > 0 else 1.0
     image = None
     for ax, metric in zip(axes, METRICS):
         ratio, significant = grids[metric]
         image = ax.imshow(ratio, aspect="auto", cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
         rows, cols = np.nonzero(significant)
-        ax.scatter(cols, rows, s=6, color="black", marker="o", linewidths=0)
+        ax.scatter(cols, rows, s=9, color="black", marker="o", edgecolors="white", linewidths=0.4)
         ax.set_title(METRIC_LABELS[metric], fontsize=9)
         ax.set_xlabel("layer l")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(False)
     axes[0].set_yticks(range(len(pairs)), [f"{a} vs {b}" for a, b in pairs], fontsize=7.5)
     if image is not None:
-        bar = fig.colorbar(image, ax=axes, shrink=0.9, pad=0.01)
+        bar = fig.colorbar(image, ax=axes, shrink=0.9, pad=0.01, extend="both")
         bar.set_label("log2(mean of first tag / mean of second)")
     n_tests = sum(1 for r in contrasts if r["metric"] == "step")
     fig.suptitle(run_title(context, f"Pairwise contrasts of parts of speech; dots: BH q < {alpha:g} over the "
