@@ -463,3 +463,43 @@ def test_across_checkpoints_draws_the_reference_heatmap_on_steps(tmp_path, exper
                                                                  metrics_dir=metrics, out_dir=figures, context=context))
     assert {p.name for p in figures.iterdir()} == {f"{n}.{e}" for n in ("cka_across", "cka_best_match", "cka_reference")
                                                    for e in ("png", "pdf")}
+
+
+# ------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_sweep_end_to_end_on_tiny_models_within_and_across(tmp_path):
+    """Snakemake on two tiny random models (a sweep over `model`): each run's layer x layer
+    table equals the debiased CKA of its stored activations, the sweep draws the adjacent-layer
+    overlay, and the across stage's A x B table equals the formula on the two stores' rows
+    matched by word."""
+    import yaml
+
+    from workflow_helpers import snakemake
+
+    from laminae.experiments.cka.across import read_across
+    from laminae.experiments.cka.analysis import read_table
+    from laminae.store import ActivationStore
+
+    overrides = ["experiments=[cka]", "cka.n_bootstrap=40", "cka.n_permutations=40", "device=cpu"]
+    snakemake(tmp_path, overrides, "--cores", "2", sweep=["model=tiny-gpt2,tiny-llama"])
+    sweeps = tmp_path / "results" / "sweeps"
+    (compare,) = [f for f in sweeps.glob("cka-*") if "across" not in f.name]
+    assert (compare / "compare_cka.png").stat().st_size > 0
+    runs = yaml.safe_load((compare / "sweep.yaml").read_text())["runs"]
+    acts = {}
+    for run in runs:
+        metrics = tmp_path / run["metrics"]
+        store = ActivationStore(metrics.parents[2] / "activations")
+        x = store.read("resid_post")
+        acts[run["label"].split("=")[1]] = (list(store.column("word")), x)
+        expected = np.array([[song_debiased_cka(a, b) for b in x] for a in x])
+        np.testing.assert_allclose(read_table(metrics / "cka_layers.tsv")["cka"], expected, rtol=1e-6, atol=1e-9)
+    (across,) = sweeps.glob("cka-across-*")
+    runs_table, pairs = read_across(across / "metrics")
+    assert [r["label"] for r in runs_table] == ["model=tiny-gpt2", "model=tiny-llama"]
+    (words_a, xa), (words_b, xb) = acts["tiny-gpt2"], acts["tiny-llama"]
+    order = [words_b.index(w) for w in words_a]
+    expected = np.array([[song_debiased_cka(a, b[order]) for b in xb] for a in xa])
+    np.testing.assert_allclose(pairs[(0, 1)]["cka"], expected, rtol=1e-6, atol=1e-9)
+    for name in ("cka_across", "cka_best_match", "cka_reference"):
+        assert (across / "figures" / f"{name}.png").stat().st_size > 0
