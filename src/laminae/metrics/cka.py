@@ -166,7 +166,8 @@ class CrossProducts:
         b = b - self.shift_b[:, None, :]
         zb = b.transpose(1, 0, 2).reshape(rows, self.lb * self.q)     # (rows, Lb q)
         self.sum_b += (zb * w[:, None]).sum(axis=0).reshape(self.lb, self.q)
-        self.cross += wza.T @ zb
+        for i in range(self.la):   # per layer of A: a (p, Lb q) temporary, not a second (La p, Lb q)
+            self.cross[i * self.p:(i + 1) * self.p] += wza[:, i * self.p:(i + 1) * self.p].T @ zb
         for i in range(self.la):
             block = za[:, i * self.p:(i + 1) * self.p]
             self.self_a[i] += wza[:, i * self.p:(i + 1) * self.p].T @ block
