@@ -62,7 +62,7 @@ def plot_profile(table: LaminarTable, folds: Sequence[Mapping[str, str]], alpha:
             ax.plot(layers, table.get(first, score, "null_mean"), color=NEUTRAL, linestyle="--", linewidth=0.9,
                     label="permutation null, mean")
         ax.axhline(table.get(first, score, "chance")[0], color="black", linestyle=":", linewidth=1.0,
-                   label="chance (majority class)")
+                   label="chance: always the majority class")
         for index, site in enumerate(table.sites):
             colour = COMPONENT_COLOURS.get(site, f"C{index}")
             value = table.get(site, score)
@@ -82,7 +82,7 @@ def plot_profile(table: LaminarTable, folds: Sequence[Mapping[str, str]], alpha:
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(0, 1.03)
     axes[0].set_ylabel(f"held-out score ({settings.get('n_folds', '?')}-fold cross-validation)")
     handles, names = axes[0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], marker="o", color="black", linestyle="", markersize=4))
