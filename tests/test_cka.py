@@ -503,3 +503,15 @@ def test_sweep_end_to_end_on_tiny_models_within_and_across(tmp_path):
     np.testing.assert_allclose(pairs[(0, 1)]["cka"], expected, rtol=1e-6, atol=1e-9)
     for name in ("cka_across", "cka_best_match", "cka_reference"):
         assert (across / "figures" / f"{name}.png").stat().st_size > 0
+
+
+def test_accumulator_refuses_mismatched_chunks():
+    acc = cka.CrossProducts(2, 3, 2, 4)
+    with pytest.raises(ValueError, match="group B too"):
+        acc.update(np.zeros((2, 5, 3)))
+    with pytest.raises(ValueError, match=r"group B must be \(2, 5, 4\)"):
+        acc.update(np.zeros((2, 5, 3)), np.zeros((2, 5, 5)))
+    with pytest.raises(ValueError, match=r"group A must be \(2, rows, 3\)"):
+        cka.CrossProducts(2, 3).update(np.zeros((3, 5, 3)))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        cka.CrossProducts(2, 3).cka()

@@ -141,12 +141,19 @@ class CrossProducts:
         if a.ndim != 3 or a.shape[0] != self.la or a.shape[2] != self.p:
             raise ValueError(f"chunk of group A must be ({self.la}, rows, {self.p}), got {a.shape}")
         rows = a.shape[1]
+        if self.within and b is not None:
+            raise ValueError("a within-group accumulator takes one group per update")
+        if not self.within:
+            if b is None:
+                raise ValueError("a between-groups accumulator needs the chunk of group B too: update(a, b)")
+            if np.shape(b) != (self.lb, rows, self.q):
+                raise ValueError(f"chunk of group B must be ({self.lb}, {rows}, {self.q}), got {np.shape(b)}")
         if rows == 0:
             return
         if self.shift_a is None:
             self.shift_a = a.mean(axis=1, dtype=np.float64)
-            if not self.within and b is not None:
-                self.shift_b = np.asarray(b, dtype=np.float64).mean(axis=1)
+            if not self.within:
+                self.shift_b = np.asarray(b).mean(axis=1, dtype=np.float64)
         za = np.empty((rows, self.la * self.p))                         # (rows, La p): shifted rows, float64
         for i in range(self.la):
             np.subtract(a[i], self.shift_a[i], out=za[:, i * self.p:(i + 1) * self.p])
@@ -155,15 +162,10 @@ class CrossProducts:
         self.n += float(w.sum())
         self.sum_a += wza.sum(axis=0).reshape(self.la, self.p)
         if self.within:
-            if b is not None:
-                raise ValueError("a within-group accumulator takes one group per update")
             for i, block in enumerate(self.blocks):
                 block += wza[:, i * self.p:(i + 1) * self.p].T @ za[:, i * self.p:]
             return
-        b = np.asarray(b, dtype=np.float64)
-        if b.shape != (self.lb, rows, self.q):
-            raise ValueError(f"chunk of group B must be ({self.lb}, {rows}, {self.q}), got {b.shape}")
-        b = b - self.shift_b[:, None, :]
+        b = np.asarray(b, dtype=np.float64) - self.shift_b[:, None, :]
         zb = b.transpose(1, 0, 2).reshape(rows, self.lb * self.q)     # (rows, Lb q)
         self.sum_b += (zb * w[:, None]).sum(axis=0).reshape(self.lb, self.q)
         for i in range(self.la):   # per layer of A: a (p, Lb q) temporary, not a second (La p, Lb q)
