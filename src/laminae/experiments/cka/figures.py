@@ -78,6 +78,6 @@ def plot(job: FigureJob) -> None:
     right.set_ylabel(f"{job.settings['estimator']} CKA")
     right.set_title("neighbouring layers and the last layer")
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
-    right.legend(loc="center left", fontsize=7.5)
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=7.5)
     fig.suptitle(run_title(job.context, f"Layer x layer {settings_line(job.settings)} (rows: the stimuli's words)"))
     job.save(fig, "cka_layers")
