@@ -326,10 +326,11 @@ def write_corpus_store(out, x, rows):
     return out
 
 
-def test_pos_probes_analysis_matches_a_manual_loop(tmp_path, monkeypatch):
+@pytest.mark.parametrize("max_rows", [None, 90])
+def test_pos_probes_analysis_matches_a_manual_loop(tmp_path, monkeypatch, max_rows):
     """A corpus store of 10 windows x 12 tokens; tags planted (decodable at layer 1 only), one
     untagged row per window, a rare tag; the table against the manual loop on contiguous folds of
-    the kept rows, and pos_tags.tsv's counts."""
+    the kept rows (all, or the first max_rows), and pos_tags.tsv's counts."""
     import dataclasses
     from pathlib import Path
 
@@ -354,12 +355,14 @@ def test_pos_probes_analysis_matches_a_manual_loop(tmp_path, monkeypatch):
             for w, p in zip(window, position)]
     store = write_corpus_store(tmp_path / "activations", x, rows)
     monkeypatch.setattr(pos_analysis, "row_tags", lambda job, n: list(tags[:n]))
-    settings = {"max_rows": None, "exclude_first_token": True, "min_count": 3, "n_folds": 4, "n_permutations": 4,
+    settings = {"max_rows": max_rows, "exclude_first_token": True, "min_count": 3, "n_folds": 4, "n_permutations": 4,
                 "c": 1.0, "max_iter": 1000, "confidence": 0.95, "seed": 0}
     config = {"pos_probes": settings, "stage": "pos_probes.analysis", "version": 1, "upstream": UPSTREAM}
     run_analysis(experiment, {"stage": "pos_probes.analysis", "hash": "a1b2c3d4e5", "config": config},
                  store, tmp_path / "metrics")
     keep = (tags != "") & (position != 0) & (tags != "INTJ")
+    if max_rows:
+        keep[max_rows:] = False
     kept = tags[keep]
     labels = np.array([sorted(set(kept)).index(t) for t in kept])
     folds = contiguous_folds(window[keep], 4)
@@ -371,7 +374,9 @@ def test_pos_probes_analysis_matches_a_manual_loop(tmp_path, monkeypatch):
         assert float(table[("balanced_accuracy", layer)]["value"]) == pytest.approx(bal.mean(), abs=1e-12)
     assert float(table[("accuracy", 1)]["value"]) > 0.9 > float(table[("accuracy", 0)]["value"])
     counts = {r["tag"]: int(r["n_rows"]) for r in read_tsv(tmp_path / "metrics" / "pos_tags.tsv")}
-    assert counts["(dropped: untagged)"] == n_windows and counts["(dropped: first token of a window)"] == n_windows
+    first = np.arange(window.size) < (max_rows or window.size)
+    assert counts["(dropped: untagged)"] == np.sum(first & (tags == ""))
+    assert counts["(dropped: first token of a window)"] == np.sum(first & (position == 0) & (tags != ""))
     assert sum(counts[t] for t in ("NOUN", "VERB", "DET")) == keep.sum()
     assert any("INTJ" in t for t in counts)
 

@@ -49,13 +49,24 @@ def analyse(job: AnalysisJob) -> None:
     folds = contiguous_folds(window[keep], settings["n_folds"])
     log.info("pos_probes: %d of %d rows kept, %d tags, %d folds, %d permutations", keep.sum(), n, len(names),
              len(folds), settings["n_permutations"])
-    x = store.read("resid_post")[:, :n][:, keep]                         # (n_layers, kept, d_model)
+    x = first_rows(store, "resid_post", n)[:, keep]                       # (n_layers, kept, d_model)
     result = decode_layers(x, labels, folds, groups=window[keep], n_permutations=settings["n_permutations"],
                            unit="within", seed=settings["seed"], c=settings["c"], max_iter=settings["max_iter"])
     write_tables({"resid_post": result}, job.out_dir, settings["confidence"], [test.size for _, test in folds])
     rows = [{"tag": t, "n_rows": counts[t]} for t in names] + [{"tag": f"(dropped: {why})", "n_rows": k}
                                                                 for why, k in dropped.items()]
     write_tsv(Path(job.out_dir) / TAGS_FILENAME, rows, ["tag", "n_rows"])
+
+
+def first_rows(store, site: str, n: int) -> np.ndarray:
+    """(n_layers, n, width) float64: the store's first `n` rows of `site`, streamed, so a long
+    corpus is never read whole."""
+    parts = []
+    for start, chunk in store.iter_chunks([site], store.chunk_rows([site]), dtype=store.read_dtype()):
+        if start >= n:
+            break
+        parts.append(chunk[site][:, : n - start])
+    return np.concatenate(parts, axis=1).astype(np.float64)
 
 
 def row_tags(job: AnalysisJob, n: int) -> list[str]:
