@@ -173,7 +173,9 @@ def test_stage_against_naive_computation(tmp_path, data, monkeypatch, chunk_rows
     pca_steps, pca_turns = naive_geometry(projected)
     got = table(metrics)
     for metric, values, first in (("step_full", full_steps, 0), ("turn_full", full_turns, 1),
-                                  ("step_pca", pca_steps, 0), ("turn_pca", pca_turns, 1)):
+                                  ("step_pca", pca_steps, 0), ("turn_pca", pca_turns, 1),
+                                  ("length_full", np.cumsum(full_steps, axis=0), 0),
+                                  ("length_pca", np.cumsum(pca_steps, axis=0), 0)):
         for index, per_token in enumerate(values):
             sample = np.array(per_token)[kept]
             row = got[metric, index + first]

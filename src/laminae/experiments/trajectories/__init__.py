@@ -19,7 +19,7 @@ from laminae.experiment import Experiment, Figure, JobShape, Measure
 
 #: seconds per stored value read, per pass (two passes), on a busy core: generous
 READ_S_PER_MB = 1 / 100
-PER_TOKEN_BYTES = 4 * 8         # one layer of the four per-token arrays at the table's quantiles
+PER_TOKEN_BYTES = 6 * 8         # one layer of the four per-token arrays at the table's quantiles
 
 
 def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, float]:
@@ -42,6 +42,9 @@ MEASURES = (
     Measure("turn_full", "mean turning angle (degrees) between the steps of blocks l-1 and l, mean +- 1.96 SEM",
             headline="trajectory turning angle"),
     Measure("turn_pca", "the same angle in the PCA space, mean +- 1.96 SEM"),
+    Measure("length_full", "mean path length up to block l (sum of its steps; last layer: the whole trajectory), "
+                           "mean +- 1.96 SEM", headline="trajectory length"),
+    Measure("length_pca", "the same path length in the PCA space, mean +- 1.96 SEM"),
 )
 
 EXPERIMENT = Experiment(

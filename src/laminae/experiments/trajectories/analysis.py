@@ -20,6 +20,8 @@ the included tokens (the first token of every window left out with `exclude_firs
 activations are orders of magnitude larger in many models and would dominate the PCA).
 
 Indexing: `step` at layer l is block l's step, ||x_{l+1} - x_l|| (x_0 the embedding), l = 0..L-1;
+`length` at layer l is the path length up to block l, the sum of steps 0..l (at l = L - 1 the
+whole trajectory's length);
 `turn` at layer l is the angle between block l-1's step and block l's, l = 1..L-1 (the
 curvature where the stream enters block l).
 """
@@ -50,11 +52,13 @@ QUANTILE_COLUMNS = tuple(f"q{round(100 * q):02d}" for q in QUANTILES)
 TABLE_COLUMNS = ("layer", "metric", "value", "sem", "n", *QUANTILE_COLUMNS)
 #: per-token arrays: name -> (space, kind)
 TOKEN_ARRAYS = {"step_full": ("full", "step"), "step_pca": ("pca", "step"),
-                "turn_full": ("full", "turn"), "turn_pca": ("pca", "turn")}
+                "turn_full": ("full", "turn"), "turn_pca": ("pca", "turn"),
+                "length_full": ("full", "step"), "length_pca": ("pca", "step")}
 DEFINITIONS = {
     "points": "x_0 = resid_pre[0], x_{l+1} = resid_post[l]",
     "step": "step[l, t] = ||x_{l+1} - x_l|| (block l's step)",
     "turn": "turn[l, t] = angle(x_l - x_{l-1}, x_{l+1} - x_l) in degrees, l = 1..L-1",
+    "length": "length[l, t] = sum over k <= l of step[k, t] (the path length up to block l; l = L-1: the whole)",
     "pca": "PCA of every included token's L + 1 points; *_pca: the same in the first n_components",
 }
 INDEX_COLUMNS = ("window", "position", "token_id")
@@ -129,6 +133,7 @@ def analyse(job: AnalysisJob) -> None:
         pca.update(points[:, keep].reshape(-1, width))
         geometry = trajectory_steps(points)
         out["step_full"][:, start:stop] = geometry.step
+        out["length_full"][:, start:stop] = np.cumsum(geometry.step, axis=0)
         if n_layers > 1:
             out["turn_full"][:, start:stop] = geometry.turn
     fit = pca.fit(k)
@@ -142,6 +147,7 @@ def analyse(job: AnalysisJob) -> None:
         stop = start + projected.shape[1]
         geometry = trajectory_steps(projected)
         out["step_pca"][:, start:stop] = geometry.step
+        out["length_pca"][:, start:stop] = np.cumsum(geometry.step, axis=0)
         if n_layers > 1:
             out["turn_pca"][:, start:stop] = geometry.turn
         inside = (chosen >= start) & (chosen < stop)

@@ -8,7 +8,8 @@
   square at the embedding and the token's text at its last point.
 - `plot_steps`: per layer, the distribution over tokens of (a) block l's step length in the full
   space, (b) the same step in the PCA plane, (c) the turning angle between consecutive steps
-  (full space solid, PCA dashed): the median with bands of the 25-75 % and 5-95 % quantiles.
+  (full space solid, PCA dashed), (d) the path length up to block l: the median with bands of
+  the 25-75 % and 5-95 % quantiles.
 """
 
 from __future__ import annotations
@@ -88,14 +89,15 @@ def _bands(ax: plt.Axes, x: np.ndarray, columns: Mapping[str, np.ndarray], colou
 
 def plot_steps(table: Mapping[str, Mapping[str, np.ndarray]], context: Mapping[str, Any],
                plot_settings: Mapping[str, Any], n_tokens: int) -> plt.Figure:
-    fig, axes = plt.subplots(1, 3, figsize=(12.5, 4.0))
+    fig, grid = plt.subplots(2, 2, figsize=(11, 7.6), sharex=True)
+    axes = grid.ravel()
     for ax, space, letter in ((axes[0], "full", "a"), (axes[1], "pca", "b")):
         columns = table[f"step_{space}"]
         _bands(ax, columns["layer"], columns, SPACE_COLOURS[space], "median")
         ax.plot(columns["layer"], columns["value"], color="black", linestyle=":", linewidth=1.0, label="mean")
         if use_log(plot_settings["log_steps"], np.concatenate([columns["q05"], columns["q95"]])):
             ax.set_yscale("log")
-            ax.set_ylabel(f"step length ||x_(l+1) \u2212 x_l|| (log)")
+            ax.set_ylabel("step length ||x_(l+1) \u2212 x_l|| (log)")
         else:
             ax.set_ylabel("step length ||x_(l+1) \u2212 x_l||")
         ax.set_title(f"({letter}) block l's step, {SPACE_LABELS[space]}", fontsize=9)
@@ -109,12 +111,21 @@ def plot_steps(table: Mapping[str, Mapping[str, np.ndarray]], context: Mapping[s
     ax.set_yticks([0, 45, 90, 135, 180])
     ax.set_ylabel("angle between steps of blocks l\u22121 and l (\u00b0)")
     ax.set_title("(c) turning angle (curvature)", fontsize=9)
-    for ax in axes:
+    ax = axes[3]
+    for space, style in (("full", "-"), ("pca", "--")):
+        if f"length_{space}" in table:
+            columns = table[f"length_{space}"]
+            _bands(ax, columns["layer"], columns, SPACE_COLOURS[space], f"median, {SPACE_LABELS[space]}", style)
+    ax.set_ylabel("path length up to block l (sum of steps)")
+    ax.set_title("(d) path length so far (last layer: the whole trajectory)", fontsize=9)
+    for ax in grid[1]:
         ax.set_xlabel("layer l")
+    for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=7.5, loc="best")
     axes[2].legend(fontsize=7.5, loc="best")
-    fig.suptitle(run_title(context, f"Step lengths and turning angles by depth ({n_tokens} tokens; bands: 25-75 % "
+    axes[3].legend(fontsize=7.5, loc="upper left")
+    fig.suptitle(run_title(context, f"Step lengths, turning angles and path lengths by depth ({n_tokens} tokens; bands: 25-75 % "
                                     "and 5-95 % of tokens)"))
     return fig
 

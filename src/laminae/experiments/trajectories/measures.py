@@ -2,7 +2,8 @@
 the mean over tokens with mean +- 1.96 SEM, of
 
 - `step_full`, `step_pca`: block l's step length in the full space / the PCA space (layers 0..L-1);
-- `turn_full`, `turn_pca`: the turning angle in degrees at layer l (layer 0: NaN, no previous step).
+- `turn_full`, `turn_pca`: the turning angle in degrees at layer l (layer 0: NaN, no previous step);
+- `length_full`, `length_pca`: the path length up to block l (at the last layer: the whole trajectory).
 
     >>> measure(job)["step_full"].values      # (n_layers,)
 """
