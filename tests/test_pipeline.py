@@ -149,19 +149,21 @@ def test_two_runs_give_identical_datasets(workdir, run, tmp_path):
 #: Run inside the report page once it has loaded: decode every result's image, list the
 #: categories the report's navigation shows, and leave both as JSON in <pre id="probe">.
 BROWSER_PROBE = """<script>
-window.addEventListener("load", async () => {
+window.addEventListener("load", () => {
   const decoded = {};
-  for (const [path, result] of Object.entries(results)) {
+  const images = Object.entries(results).map(([path, result]) => new Promise(resolve => {
     const image = new Image();
+    image.onload = () => { decoded[path] = [image.naturalWidth, image.naturalHeight]; resolve(); };
+    image.onerror = () => { decoded[path] = "not an image"; resolve(); };
     image.src = result.data_uri;
-    try { await image.decode(); decoded[path] = [image.naturalWidth, image.naturalHeight]; }
-    catch (error) { decoded[path] = String(error); }
-  }
-  const shown = Object.keys(categories).filter(name => document.body.innerText.includes(name));
-  const probe = document.createElement("pre");
-  probe.id = "probe";
-  probe.textContent = JSON.stringify({decoded, shown});
-  document.body.appendChild(probe);
+  }));
+  Promise.all(images).then(() => {
+    const shown = Object.keys(categories).filter(name => document.body.innerText.includes(name));
+    const probe = document.createElement("pre");
+    probe.id = "probe";
+    probe.textContent = JSON.stringify({decoded, shown});
+    document.body.appendChild(probe);
+  });
 });
 </script>"""
 
@@ -189,7 +191,8 @@ def test_the_report_holds_every_figure_and_claims_table_and_renders_in_a_browser
     if browser is None:
         pytest.skip("no Chromium here to render the report (Debian: apt install chromium)")
     probed = tmp_path / "report.html"
-    probed.write_text(page.replace("</body>", BROWSER_PROBE + "</body>"), encoding="utf-8")
+    head, body_end, tail = page.rpartition("</body>")   # the last one: the page's own (a script holds another)
+    probed.write_text(head + BROWSER_PROBE + body_end + tail, encoding="utf-8")
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
                           "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120).stdout
     found = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
