@@ -379,6 +379,13 @@ def test_pos_probes_analysis_matches_a_manual_loop(tmp_path, monkeypatch, max_ro
     assert counts["(dropped: first token of a window)"] == np.sum(first & (position == 0) & (tags != ""))
     assert sum(counts[t] for t in ("NOUN", "VERB", "DET")) == keep.sum()
     assert any("INTJ" in t for t in counts)
+    from laminae.experiment import CompareJob, MeasureJob
+
+    measured = experiment.hook("measure")(MeasureJob(metrics_dir=tmp_path / "metrics", settings=settings))
+    assert set(measured) == {m.name for m in experiment.measures}
+    fig = experiment.hook("compare")(CompareJob(metrics_dirs=[tmp_path / "metrics"] * 2, labels=["a", "b"],
+                                                settings=[settings] * 2, plot={"alpha": 0.05}))
+    assert len(fig.axes) == 2 and "part of speech" in fig._suptitle.get_text()
 
 
 @pytest.mark.slow

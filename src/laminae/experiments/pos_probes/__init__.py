@@ -61,7 +61,7 @@ EXPERIMENT = Experiment(
     figures=(Figure("pos_probes_laminar", caption="captions/laminar.rst", label="laminar POS decoding profile"),),
     analyse=".analysis:analyse",
     plot=".analysis:plot",
-    compare="laminae.experiments.probes.compare:compare",
+    compare="laminae.experiments.probes.compare:compare_pos",
     compare_caption="captions/compare.rst",
     validate=validate,
     resources=resources,

@@ -20,7 +20,13 @@ from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 def compare(job: CompareJob) -> plt.Figure:
     tables = [LaminarTable.read(folder / TABLE_FILENAME) for folder in job.metrics_dirs]
-    return plot_probes_comparison(tables, job.labels, f"Sweep: linear decoding in {len(tables)} runs")
+    return plot_probes_comparison(tables, job.labels, f"Sweep: linear decoding of the stimulus category in {len(tables)} runs")
+
+
+def compare_pos(job: CompareJob) -> plt.Figure:
+    """`pos_probes`' hook: the same overlay of its tables."""
+    tables = [LaminarTable.read(folder / TABLE_FILENAME) for folder in job.metrics_dirs]
+    return plot_probes_comparison(tables, job.labels, f"Sweep: linear decoding of the part of speech in {len(tables)} runs")
 
 
 def plot_probes_comparison(tables: Sequence[LaminarTable], labels: Sequence[str], title: str,
