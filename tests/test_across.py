@@ -17,7 +17,8 @@ from workflow_helpers import PROJECT_ROOT, snakemake
 
 #: an experiment whose analysis across runs correlates, per pair of runs, the items' resid_post
 #: norms at each run's last layer
-ACROSS_CODE = '''
+#: the experiment's own (trivial) analysis and figure, which every run makes
+RUN_CODE = '''
 import numpy as np
 import matplotlib.pyplot as plt
 
@@ -28,7 +29,8 @@ class Reducer:
 
 def plot(job):
     fig, ax = plt.subplots(); job.save(fig, "norms")
-
+'''
+ACROSS_CODE = RUN_CODE + '''
 def analyse(job):
     norms = [np.linalg.norm(job.read(i, "resid_post")[-1], axis=-1) for i in range(job.n_runs)]
     lines = ["first\\tsecond\\tpearson\\tn_items\\tmatch"]
@@ -43,7 +45,8 @@ def plot_across(job):
     fig, ax = plt.subplots(); ax.set_title(", ".join(job.context["labels"])); job.save(fig, "pairs")
 '''
 DECLARATION = dict(
-    name='"norms"', inputs='"stimuli"', reducer='".work:Reducer"', plot='".work:plot"',
+    name='"norms"', title='"Norms"', inputs='"stimuli"', sites='("resid_post",)', metrics='("norms.tsv",)',
+    figures='(Figure("norms", caption="caption.rst", label="profile"),)', reducer='".work:Reducer"', plot='".work:plot"',
     schema='{"type": "object", "properties": {"plot": {"type": "object", "properties": {"x": {"type": "integer"}}}}}',
     across='Across(analyse=".work:analyse", plot=".work:plot_across", metrics=("pairs.tsv", "items.txt"), '
            'figures=(Figure("pairs", caption="caption.rst", label="pairs"),))')
@@ -51,13 +54,8 @@ DECLARATION = dict(
 
 @pytest.fixture()
 def lab(tmp_path: Path) -> str:
-    files = {"work.py": ACROSS_CODE, "__init__.py": None, "default.yaml": "plot: {x: 0}\n"}
-    folder = write_experiment(tmp_path / "lab" / "norms", files, **DECLARATION)
-    init = folder / "__init__.py"
-    fields = {"title": '"Norms"', "sites": '("resid_post",)', "metrics": '("norms.tsv",)',
-              "figures": '(Figure("norms", caption="caption.rst", label="profile"),)', **DECLARATION}
-    init.write_text("from laminae.experiment import Across, Experiment, Figure\n"
-                    f"EXPERIMENT = Experiment({', '.join(f'{k}={v}' for k, v in fields.items())})\n")
+    write_experiment(tmp_path / "lab" / "norms", {"work.py": ACROSS_CODE, "default.yaml": "plot: {x: 0}\n"},
+                     **DECLARATION)
     return f"experiment_packages=[{tmp_path / 'lab'}]"
 
 
@@ -111,18 +109,7 @@ def test_across_runs_end_to_end_matches_words_across_tokenizers(lab, tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-CORPUS_CODE = '''
-import numpy as np
-import matplotlib.pyplot as plt
-
-class Reducer:
-    def __init__(self, job): self.out = job.out_dir
-    def update(self, start, chunk): pass
-    def finish(self): (self.out / "norms.tsv").write_text("layer\\tvalue\\n")
-
-def plot(job):
-    fig, ax = plt.subplots(); job.save(fig, "norms")
-
+CORPUS_CODE = RUN_CODE + '''
 def analyse(job):
     np.save(job.out_dir / "items.npy", np.array(job.items))
     for i in range(job.n_runs):
@@ -163,12 +150,8 @@ def test_corpus_rows_of_two_tokenizers_are_matched_by_the_words_they_cover(tmp_p
     declaration = {**DECLARATION, "name": '"words"', "inputs": '"corpus"',
                    "across": 'Across(analyse=".work:analyse", plot=".work:plot_across", metrics=("items.npy", '
                              '"last0.npy", "last1.npy"), figures=(Figure("words", caption="caption.rst", label="words"),))'}
-    folder = write_experiment(tmp_path / "lab" / "words", {"work.py": CORPUS_CODE, "default.yaml": "plot: {x: 0}\n"},
-                              **declaration)
-    fields = {"title": '"Words"', "sites": '("resid_post",)', "metrics": '("norms.tsv",)',
-              "figures": '(Figure("norms", caption="caption.rst", label="profile"),)', **declaration}
-    (folder / "__init__.py").write_text("from laminae.experiment import Across, Experiment, Figure\n"
-                                        f"EXPERIMENT = Experiment({', '.join(f'{k}={v}' for k, v in fields.items())})\n")
+    write_experiment(tmp_path / "lab" / "words", {"work.py": CORPUS_CODE, "default.yaml": "plot: {x: 0}\n"},
+                     **declaration)
     text = " ".join((PROJECT_ROOT / "data" / "corpora" / "nietzsche.txt").read_text(encoding="utf-8").split()[:90])
     (tmp_path / "doc.txt").write_text(text, encoding="utf-8")
     overrides = [f"experiment_packages=[{tmp_path / 'lab'}]", "experiments=[words]",

@@ -32,7 +32,7 @@ def write_experiment(folder: Path, files: dict[str, str] | None = None, **change
     """An experiment package `folder` with DECLARATION (fields changed or dropped by `changes`)."""
     fields = {**DECLARATION, **changes}
     arguments = ", ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
-    files = {"__init__.py": f"from laminae.experiment import Experiment, Figure, Measure\n"
+    files = {"__init__.py": f"from laminae.experiment import Across, Experiment, Figure, Measure\n"
                             f"EXPERIMENT = Experiment({arguments})\n",
              "work.py": "class Reducer: ...\ndef plot(job): ...\n", "caption.rst": "Norms.\n",
              "default.yaml": "plot: {}\n", **(files or {})}
