@@ -15,8 +15,6 @@ from laminae.workflow import WorkflowPlan
 from test_plugins import write_experiment
 from workflow_helpers import PROJECT_ROOT, snakemake
 
-#: an experiment whose analysis across runs correlates, per pair of runs, the items' resid_post
-#: norms at each run's last layer
 #: the experiment's own (trivial) analysis and figure, which every run makes
 RUN_CODE = '''
 import numpy as np
@@ -30,6 +28,8 @@ class Reducer:
 def plot(job):
     fig, ax = plt.subplots(); job.save(fig, "norms")
 '''
+#: its analysis across runs: per pair of runs, the correlation of the items' resid_post norms at
+#: each run's last layer
 ACROSS_CODE = RUN_CODE + '''
 def analyse(job):
     norms = [np.linalg.norm(job.read(i, "resid_post")[-1], axis=-1) for i in range(job.n_runs)]
