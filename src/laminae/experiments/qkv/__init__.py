@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from laminae.experiment import Experiment, Figure, JobShape, Measure, Variant
+from laminae.experiment import Across, Experiment, Figure, JobShape, Measure, Variant
 
 CPU_FLOP_PER_S = 1e9   # pessimistic NumPy throughput on one busy core
 RANK_S = 5e-8          # Spearman bootstrap, per matrix x replicate x word pair (17 ns measured, x3)
@@ -117,6 +117,8 @@ EXPERIMENT = Experiment(
     measures=MEASURES,
     variants=(Variant("heads", when=heads_enabled, metrics=("qkv_heads.tsv",),
                       figures=(Figure("qkv_heads", caption="captions/heads.rst", label="per head"),)),),
+    across=Across(analyse=".across:analyse", plot=".across:plot", metrics=("rsa_across.tsv",),
+                  figures=(Figure("qkv_rsa_across", caption="captions/across.rst", label="RSA across runs"),)),
     schema="schema.yaml",
     version=2,   # 2: q_value column (Benjamini-Hochberg) in qkv_laminar.tsv
 )
