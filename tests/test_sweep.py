@@ -73,7 +73,7 @@ def test_sweep_runs_every_combination_once_and_overlays_them(tmp_path):
     overrides = [*FAST, "experiments=[qkv]", "qkv.claims=[]"]   # claims and their sweep matrix: test_claims.py
     dry = snakemake(tmp_path, overrides, "-n", sweep=SWEEP)
     assert scheduled_rules(dry) == {"random_model": 1, "extract": 4, "qkv_analysis": 4, "qkv_figures": 4,
-                                    "qkv_compare": 1, "all": 1}
+                                    "qkv_compare": 1, "qkv_across": 1, "all": 1}
     snakemake(tmp_path, overrides, "--cores", "2", sweep=SWEEP)
     (folder,) = (tmp_path / "results" / "sweeps").glob("qkv-*")
     assert (folder / "compare_qkv.png").stat().st_size > 0 and (folder / "compare_qkv.pdf").stat().st_size > 0
@@ -81,9 +81,9 @@ def test_sweep_runs_every_combination_once_and_overlays_them(tmp_path):
     assert [run["label"] for run in record["runs"]][0] == "model=tiny-gpt2 template=next_word" and len(record["runs"]) == 4
     assert all((tmp_path / run["metrics"] / "qkv_laminar.tsv").is_file() for run in record["runs"])
     assert scheduled_rules(snakemake(tmp_path, overrides, "-n", sweep=SWEEP)) == {}
-    # a plot setting reruns only figures (and the comparison, drawn at the same dpi)
+    # a plot setting reruns only figures (and the comparison and the analysis across runs, drawn at that dpi)
     dry = snakemake(tmp_path, [*overrides, "plot.dpi=100"], "-n", sweep=SWEEP)
-    assert scheduled_rules(dry) == {"qkv_figures": 4, "qkv_compare": 1, "all": 1}
+    assert scheduled_rules(dry) == {"qkv_figures": 4, "qkv_compare": 1, "qkv_across": 1, "all": 1}
 
 
 def test_training_steps_come_from_revision_overrides_only():
