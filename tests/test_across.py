@@ -36,7 +36,7 @@ def analyse(job):
     lines = ["first\\tsecond\\tpearson\\tn_items\\tmatch"]
     for a in range(job.n_runs):
         for b in range(a + 1, job.n_runs):
-            r = np.corrcoef(norms[a], norms[b])[0, 1]
+            r = float(np.corrcoef(norms[a], norms[b])[0, 1])
             lines.append(f"{job.labels[a]}\\t{job.labels[b]}\\t{r!r}\\t{job.n_items}\\t{job.match_rule}")
     (job.out_dir / "pairs.tsv").write_text("\\n".join(lines) + "\\n")
     (job.out_dir / "items.txt").write_text("\\n".join(job.items) + "\\n")

@@ -445,15 +445,17 @@ def test_plan_preflight_and_titles_import_no_torch(tmp_path: Path) -> None:
         "plan.preflight()\n"
         "ctx = [plan.context(h) for h, s in plan.stages.items() if s.kind == 'plot']\n"
         "labels = [run['label'] for c in plan.comparisons.values() for run in c.config['runs']]\n"
-        "print(sorted({c['model'] for c in ctx}), sorted(set(labels)))\n"
+        "named = {c.config['model'] for c in plan.comparisons.values()}\n"
+        "print(sorted({c['model'] for c in ctx}), sorted(set(labels)), sorted(named))\n"
         "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     titles, imported = result.stdout.strip().splitlines()
+    # a template sweep of one model: the runs' labels are their templates, the model named once
     assert titles == ("['tiny-gguf (5-bit quantized weights (Q5_0), dequantized)'] "
-                      "['template=mid_sentence (5-bit quantized weights (Q5_0), dequantized)', "
-                      "'template=next_word (5-bit quantized weights (Q5_0), dequantized)']")
+                      "['template=mid_sentence', 'template=next_word'] "
+                      "['tiny-gguf (5-bit quantized weights (Q5_0), dequantized)']")
     assert imported == "[]"
 
 
