@@ -1,6 +1,7 @@
 """Analyses across the runs of a sweep (`Experiment.across`): planned once per group of runs
 with different extractions, rows matched by what they are, refused in one line when they cannot
-be matched, and run end to end through Snakemake on two models with different tokenizers."""
+be matched, and run end to end through Snakemake: stimuli of two templates matched by word, and a
+corpus read by two models with different tokenizers matched by the words their tokens cover."""
 
 from __future__ import annotations
 
@@ -88,8 +89,8 @@ def test_runs_that_cannot_be_matched_stop_in_one_line(lab):
 
 
 @pytest.mark.slow
-def test_across_runs_end_to_end_matches_words_across_tokenizers(lab, tmp_path):
-    overrides, sweep = [lab, "experiments=[norms]"], ["model=tiny-gpt2,tiny-llama"]
+def test_across_runs_end_to_end_matches_the_words_of_two_extractions(lab, tmp_path):
+    overrides, sweep = [lab, "experiments=[norms]", "model=tiny-gpt2"], ["template=next_word,mid_sentence"]
     snakemake(tmp_path / "w", overrides, "--cores", "2", sweep=sweep)
     (cross,) = plan(overrides, sweep).cross_runs.values()
     out = tmp_path / "w" / cross.dir
