@@ -183,7 +183,7 @@ class WorkflowPlan:
         config = {"stage": f"{experiment.name}.compare", "experiment": experiment.name, "runs": runs,
                   "plot": {"dpi": first["plot"]["dpi"], experiment.name: first[experiment.name].get("plot", {})}}
         models = {_model_key(self.run_of[run["analysis"]].config["model"]) for run in runs}
-        if len(models) == 1:   # one model for every run: named once, under the figure
+        if len(models) == 1:   # one model for every run: named once, in the overlay's title
             weights = weights_note(first["model"], self.root)
             config["model"] = first["model"]["name"] + (f" ({weights})" if weights else "")
         steps = training_steps(distinguishing)
