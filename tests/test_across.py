@@ -173,3 +173,16 @@ def test_corpus_rows_of_two_tokenizers_are_matched_by_the_words_they_cover(tmp_p
     assert list(items) == [words[w] for w in shared] and len(shared) >= 0.95 * len(words)
     for run in range(2):
         assert np.allclose(np.stack([expected[run][w] for w in shared]), last[run], rtol=1e-5, atol=1e-6)
+
+
+def test_a_large_sweep_compares_each_run_with_the_reference_only(tmp_path):
+    from laminae.experiment import AcrossJob
+
+    def job(n_runs, steps=None):
+        return AcrossJob(settings={}, labels=[str(i) for i in range(n_runs)], stores=[None] * n_runs,
+                         groups=[], n_items=0, items=[], match_rule="", out_dir=tmp_path, attrs={}, steps=steps)
+
+    assert job(4).pairs() == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]   # 6 pairs: every one
+    assert job(5).pairs() == [(0, 4), (1, 4), (2, 4), (3, 4)]                     # 10 pairs: the last run's
+    checkpoints = job(5, steps=[1000, 143000, 0, 8000, 64])                       # the final checkpoint's
+    assert checkpoints.reference == 1 and checkpoints.pairs() == [(0, 1), (1, 2), (1, 3), (1, 4)]

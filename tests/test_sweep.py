@@ -75,7 +75,7 @@ def test_sweep_runs_every_combination_once_and_overlays_them(tmp_path):
     assert scheduled_rules(dry) == {"random_model": 1, "extract": 4, "qkv_analysis": 4, "qkv_figures": 4,
                                     "qkv_compare": 1, "qkv_across": 1, "all": 1}
     snakemake(tmp_path, overrides, "--cores", "2", sweep=SWEEP)
-    (folder,) = (tmp_path / "results" / "sweeps").glob("qkv-*")
+    (folder,) = [f for f in (tmp_path / "results" / "sweeps").glob("qkv-*") if "across" not in f.name]
     assert (folder / "compare_qkv.png").stat().st_size > 0 and (folder / "compare_qkv.pdf").stat().st_size > 0
     record = yaml.safe_load((folder / "sweep.yaml").read_text())
     assert [run["label"] for run in record["runs"]][0] == "model=tiny-gpt2 template=next_word" and len(record["runs"]) == 4

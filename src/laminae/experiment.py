@@ -61,7 +61,7 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Union
 
 if TYPE_CHECKING:  # only for annotations: the declaration stays importable without numpy/h5py
     import numpy as np
@@ -371,10 +371,29 @@ class AcrossJob:
     match_rule: str
     out_dir: Path
     attrs: Mapping[str, Any]
+    steps: Sequence[int] | None = None      # the runs' training steps, when they are checkpoints of one model
+
+    #: up to this many pairs, `pairs()` is every pair; beyond, each run against the reference
+    ALL_PAIRS_UP_TO: ClassVar[int] = 6
 
     @property
     def n_runs(self) -> int:
         return len(self.stores)
+
+    @property
+    def reference(self) -> int:
+        """The run every other is compared with in a large sweep: the last checkpoint by step,
+        else the last run."""
+        return max(range(self.n_runs), key=lambda run: self.steps[run]) if self.steps else self.n_runs - 1
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """The pairs of runs (a < b) to compare: every pair when there are at most
+        `ALL_PAIRS_UP_TO`, else each run with the reference, so that a sweep of many checkpoints
+        costs linearly, not quadratically, in its runs."""
+        every = [(a, b) for a in range(self.n_runs) for b in range(a + 1, self.n_runs)]
+        if len(every) <= self.ALL_PAIRS_UP_TO:
+            return every
+        return [tuple(sorted((run, self.reference))) for run in range(self.n_runs) if run != self.reference]
 
     @property
     def model_attrs(self) -> list[Mapping[str, Any]]:

@@ -50,7 +50,7 @@ def run_across(experiment: Experiment, record: AcrossRecord | Mapping[str, Any],
     with atomic_dir(out_dir / "metrics") as tmp:
         across.hook("analyse", experiment.module)(AcrossJob(
             settings=stage.settings, labels=labels, stores=stores, groups=groups, n_items=len(items), items=items,
-            match_rule=stage.match, out_dir=tmp, attrs=attrs))
+            match_rule=stage.match, out_dir=tmp, attrs=attrs, steps=stage.steps))
         _require(experiment, tmp, across.metrics, "analyse")
         (tmp / CONFIG_FILE).write_text(stage_config_record(stage), encoding="utf-8")
     context = {"labels": labels, "models": [run["model"] for run in stage.runs], "match_rule": stage.match,

@@ -41,16 +41,15 @@ def analyse(job: Any) -> None:
     boot_rng, _ = np.random.SeedSequence(settings["seed"]).spawn(2)
     draws = bootstrap_indices(job.n_items, settings["n_bootstrap"], np.random.default_rng(boot_rng))
     rows = []
-    for a in range(job.n_runs):
-        for b in range(a + 1, job.n_runs):
-            value = cka.gram_cka_matrix(grams[a], grams[b], estimator)
-            replicates = cka.bootstrap_cka(grams[a], grams[b], draws, estimator)      # (B, La, Lb)
-            low, high = percentile_interval(np.moveaxis(replicates, 0, -1), settings["confidence"], ignore_nan=True)
-            log.info("cka %s vs %s: %d x %d layers", job.labels[a], job.labels[b], *value.shape)
-            for i in range(value.shape[0]):
-                for j in range(value.shape[1]):
-                    rows.append({"run_a": a, "run_b": b, "layer_a": i, "layer_b": j, "cka": _number(value[i, j]),
-                                 "ci_low": _number(low[i, j]), "ci_high": _number(high[i, j])})
+    for a, b in job.pairs():   # the pairs the figures show (shown_pairs): linear in a large sweep
+        value = cka.gram_cka_matrix(grams[a], grams[b], estimator)
+        replicates = cka.bootstrap_cka(grams[a], grams[b], draws, estimator)      # (B, La, Lb)
+        low, high = percentile_interval(np.moveaxis(replicates, 0, -1), settings["confidence"], ignore_nan=True)
+        log.info("cka %s vs %s: %d x %d layers", job.labels[a], job.labels[b], *value.shape)
+        for i in range(value.shape[0]):
+            for j in range(value.shape[1]):
+                rows.append({"run_a": a, "run_b": b, "layer_a": i, "layer_b": j, "cka": _number(value[i, j]),
+                             "ci_low": _number(low[i, j]), "ci_high": _number(high[i, j])})
     write_tsv(job.out_dir / ACROSS_FILENAME, rows, ACROSS_COLUMNS)
     runs = [{"run": r, "label": job.labels[r], "model": job.model_attrs[r].get("name", job.model_attrs[r].get("model", "")),
              "n_layers": acts[r].shape[0], "width": acts[r].shape[2], "n_items": job.n_items, "site": site,

@@ -14,7 +14,6 @@ run (`qkv.zscore` respected); the settings are the runs' shared analysis setting
 from __future__ import annotations
 
 import math
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,14 @@ COLUMNS = ("run_a", "run_b", "component", "layer_a", "layer_b", "depth_a", "dept
 
 
 def analyse(job: AcrossJob) -> None:
-    """Every pair of runs, every component: the (layers A x layers B) RSA with bootstrap CIs."""
+    """Every pair of runs (`job.pairs()`: each run against the reference in a large sweep), every
+    component: the (layers A x layers B) RSA with bootstrap CIs."""
     settings = job.settings
     method, zscore = settings["rsa_method"], bool(settings["zscore"])
     similarities = {(run, c): cosine_similarity(job.read(run, c), zscore=zscore)   # (L_run, n, n)
                     for run in range(job.n_runs) for c in settings["components"]}
     rows = []
-    for a, b in combinations(range(job.n_runs), 2):
+    for a, b in job.pairs():
         for component in settings["components"]:
             sa, sb = similarities[(a, component)], similarities[(b, component)]
             observed, low, high = layer_by_layer(sa, sb, method, settings)
