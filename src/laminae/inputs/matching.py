@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from laminae.errors import InputFileError
-from laminae.inputs.alignment import document_texts, row_words, token_spans
+from laminae.inputs.alignment import document_texts, row_words, token_spans, word_spans
 from laminae.provenance import read_stage_record
 from laminae.stages.records import ExtractionRecord, model_source
 from laminae.store import CONFIG_FILE
@@ -44,7 +44,8 @@ def match_corpus_rows(stores: Sequence["ActivationStore"]) -> tuple[list[np.ndar
         raise InputFileError(stores[0].dir / "rows.tsv", "no word of the corpus is covered by every run's tokens: "
                                                          "the rows cannot be matched")
     groups = [np.array([index.get(key, -1) for key in keys], dtype=np.int64) for keys in keys_per_store]
-    words = [word_text(texts[document], word) for document, word in order]
+    spans = {document: word_spans(texts[document]) for document in dict.fromkeys(d for d, _ in order)}
+    words = [texts[document][slice(*spans[document][word])] for document, word in order]
     return groups, words
 
 
@@ -65,10 +66,3 @@ def store_words(store: "ActivationStore") -> tuple[list[tuple[str, int] | None],
     keys = [None if word < 0 else (document, word) for document, word in row_words(rows, documents, spans)]
     return keys, documents
 
-
-def word_text(text: str, word: int) -> str:
-    """The text of word `word` of a document (laminae.inputs.alignment.word_spans' numbering)."""
-    from laminae.inputs.alignment import word_spans
-
-    start, stop = word_spans(text)[word]
-    return text[start:stop]
