@@ -369,7 +369,7 @@ def models_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("models")
 
 
-def attention_pipeline(out, models_dir, *overrides):
+def attention_pipeline(out, models_dir, *overrides, kind="corpus"):
     """Extraction then analysis, as the Snakefile runs them; returns (run, activations, metrics)."""
     from laminae.config import load_runs
     from laminae.registry import discover
@@ -382,7 +382,7 @@ def attention_pipeline(out, models_dir, *overrides):
     def record(stage):
         return {"stage": stage.name, "hash": stage.hash, "config": stage.config}
 
-    extract(record(run.stages["corpus.extract"]), run.runtime, activations, ROOT, discover())
+    extract(record(run.stages[f"{kind}.extract"]), run.runtime, activations, ROOT, discover())
     run_analysis(discover()["attention"], record(run.stages["attention.analysis"]), activations, metrics, run.runtime)
     return run, activations, metrics
 
@@ -445,6 +445,71 @@ def test_end_to_end_matches_a_plain_hf_forward(tmp_path, models_dir):
         np.testing.assert_allclose(float(row["value"]), np.median(ratio), rtol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("position", ["target_last", "last"])
+def test_on_stimuli_matches_a_plain_hf_forward(tmp_path, models_dir, position):
+    """attention.inputs=stimuli: one query per word (the kept token's pattern), each prompt
+    forwarded alone with output_attentions=True, statistics by the naive loop; the per-head
+    means over words and the words' count agree."""
+    import torch
+    from transformers import AutoModel
+
+    from laminae.store import RowTable
+
+    run, stored, metrics = attention_pipeline(tmp_path, models_dir, "attention.inputs=stimuli",
+                                              "attention.during_extraction=false", f"extract.position={position}",
+                                              kind="stimuli")
+    assert run.experiments["attention"].inputs == "stimuli" and "corpus.extract" not in run.stages
+    rows = RowTable.from_tsv(stored / "rows.tsv")
+    folder = next(p for p in models_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
+    model = AutoModel.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    stats = []
+    for prompt, kept in zip(rows.column("prompt"), rows.integers("position")):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            attentions = model(ids, output_attentions=True).attentions
+        query = np.array([kept])
+        stats.append(np.stack([naive_statistics(a[0, :, kept][None].double().numpy(), query, query + 1, True)[0]
+                               for a in attentions]))                           # (n_layers, n_heads, S)
+    stats = np.stack(stats, axis=1)                                             # (n_layers, words, n_heads, S)
+    include = rows.integers("position") > 0
+    assert include.sum() >= 10
+    want = np.nanmean(stats[:, include], axis=1)
+    heads = read_tsv(metrics / "attention_heads.tsv")
+    for s, metric in enumerate(STATISTICS):
+        got = np.array([[float(table_value(heads, layer=layer, head=head, metric=metric)["value"])
+                         for head in range(4)] for layer in range(4)])
+        np.testing.assert_allclose(got, want[..., s], rtol=2e-5, atol=1e-6, err_msg=metric)
+        assert {int(table_value(heads, layer=0, head=h, metric=metric)["n"]) for h in range(4)} == {int(include.sum())}
+
+
+@pytest.mark.slow
+def test_a_sweep_over_inputs_has_a_rule_per_kind(tmp_path):
+    """`attention.inputs=corpus,stimuli`: two extractions, and the stimuli analysis under its own
+    rules (`attention_analysis_stimuli`, ...) beside the corpus's."""
+    from workflow_helpers import scheduled_rules, snakemake
+
+    jobs = scheduled_rules(snakemake(tmp_path, ["model=tiny-gpt2", "experiments=[attention]"], "-n",
+                                     sweep=["attention.inputs=corpus,stimuli"]))
+    for rule in ("attention_analysis", "attention_figures", "attention_analysis_stimuli", "attention_figures_stimuli"):
+        assert jobs.get(rule) == 1, jobs
+    assert jobs["extract"] == 2, jobs
+
+
+def test_stimuli_refuse_averaged_positions():
+    from laminae.config import load_runs
+    from laminae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'extract\.position': expected target_last or last while attention"):
+        load_runs(["model=tiny-gpt2", "experiments=[attention]", "attention.inputs=stimuli",
+                   "extract.position=target_mean"], project_root=ROOT)
+    with pytest.raises(ConfigError, match=r"attention\.inputs"):
+        load_runs(["model=tiny-gpt2", "experiments=[attention]", "attention.inputs=images"], project_root=ROOT)
+
+
 # ------------------------------------------------------------------------------ claims, captions
 def write_sink_table(folder, sink, uniform, half_width=0.02):
     from laminae.experiments.attention.table import TABLE_COLUMNS, TABLE_FILENAME
@@ -487,9 +552,10 @@ def test_captions_render_to_valid_restructuredtext():
     from laminae.registry import discover
 
     EXPERIMENT = discover()["attention"]
-    for sort_heads in (False, True):
-        context = {"model": "tiny-test", "corpus": "nietzsche", "random_weights": sort_heads,
-                   "analysis": SETTINGS}
+    inputs = ({"corpus": "nietzsche"}, {"stimuli": "experiment1", "template": "The next word is {word}",
+                                        "position": "target_last"})
+    for sort_heads, described in zip((False, True), inputs):
+        context = {"model": "tiny-test", **described, "random_weights": sort_heads, "analysis": SETTINGS}
         stage = {"config": {"attention": {"plot": {"sort_heads": sort_heads}},
                             "runs": [{"label": "model=a", "analysis": "0123456789"}]}}
         snakemake = SimpleNamespace(params=SimpleNamespace(context=context, stage=stage),
@@ -497,6 +563,7 @@ def test_captions_render_to_valid_restructuredtext():
         for caption in [f.caption for f in EXPERIMENT.figures] + [EXPERIMENT.compare_caption]:
             text = jinja2.Template(EXPERIMENT.path(caption).read_text()).render(snakemake=snakemake)
             assert "tiny-test" in text or caption.endswith("compare.rst")
+            assert caption.endswith("compare.rst") or next(iter(described.values())) in text
             docutils.core.publish_doctree(text, settings_overrides={
                 "halt_level": docutils.utils.Reporter.WARNING_LEVEL, "report_level": 5})
 

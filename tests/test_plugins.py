@@ -51,7 +51,10 @@ CONTRACT = {
     "name_differs_from_folder": ({"name": '"other"'}, "name must equal its package's folder name 'norms'"),
     "reserved_name": ({"folder": "model", "name": '"model"'}, "is a core config key"),
     "bad_name": ({"folder": "Norms", "name": '"Norms"'}, "lower case letters"),
-    "unknown_inputs": ({"inputs": '"images"'}, "inputs must be one of stimuli, corpus; got 'images'"),
+    "unknown_inputs": ({"inputs": '"images"'}, "inputs must be one of stimuli, corpus, or a tuple of distinct ones; "
+                                               "got 'images'"),
+    "repeated_inputs": ({"inputs": '("corpus", "corpus")'}, "got ('corpus', 'corpus')"),
+    "unknown_of_several_inputs": ({"inputs": '("corpus", "images")'}, "got ('corpus', 'images')"),
     "unknown_site": ({"sites": '("resid_mid",)'}, "sites must be a non-empty tuple of distinct sites"),
     "neither_analysis": ({"reducer": None}, "declare exactly one of analyse"),
     "both_analyses": ({"analyse": '".work:plot"'}, "declare exactly one of analyse"),

@@ -57,6 +57,7 @@ the declared files were written.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,7 +166,7 @@ class Experiment:
 
     name: str                          # config group, results folder, rule names: [a-z][a-z0-9_]*
     title: str                         # report category, e.g. "Experiment 2: attention vs MLP adjustments"
-    inputs: str                        # one of INPUT_KINDS
+    inputs: str | tuple[str, ...]      # one of INPUT_KINDS, or several: `<name>.inputs` chooses (first: default)
     sites: tuple[str, ...]             # the stored sites the analysis reads (laminae.models.adapters.SITES)
     metrics: tuple[str, ...]           # files the analysis writes into metrics/; the first is its table
     figures: tuple[Figure, ...]
@@ -186,6 +187,52 @@ class Experiment:
     version: int = 1                   # bump when its code changes: cached analyses and figures are redone
     module: str = ""                   # set by the registry: the package the declaration lives in
     folder: Path = field(default=Path("."))  # set by the registry: the package's folder
+    site_key: str | None = None        # a key of its group naming the site(s) of `sites` a run reads
+    input_kinds: tuple[str, ...] = ()  # every kind it can read: set from `inputs` (`reading` keeps it)
+    declared_sites: tuple[str, ...] = ()   # `sites` as declared (a run's copy may read fewer: `site_key`)
+    _readings: dict[Any, "Experiment"] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.inputs, str):    # several kinds: the first is the default
+            kinds = tuple(self.inputs)
+            object.__setattr__(self, "input_kinds", kinds)
+            object.__setattr__(self, "inputs", kinds[0] if kinds else "")
+        elif not self.input_kinds:
+            object.__setattr__(self, "input_kinds", (self.inputs,))
+        if not self.declared_sites:
+            object.__setattr__(self, "declared_sites", tuple(self.sites))
+
+    def reading(self, kind: str, sites: tuple[str, ...] | None = None) -> "Experiment":
+        """This experiment on inputs `kind` (one of `input_kinds`) reading `sites` (default: all
+        declared): the same object for the same choice, so that what is checked once per
+        experiment (its claims) stays checked once."""
+        sites = self.declared_sites if sites is None else tuple(sites)
+        if kind == self.inputs and sites == self.sites:
+            return self
+        if (kind, sites) not in self._readings:
+            self._readings[kind, sites] = dataclasses.replace(self, inputs=kind, sites=sites)
+        return self._readings[kind, sites]
+
+    def for_config(self, cfg: Mapping[str, Any]) -> "Experiment":
+        """The experiment as a config runs it: on the inputs it chooses (`<name>.inputs`, for an
+        experiment that reads several kinds, e.g. `attention.inputs=stimuli`), reading the sites
+        it names (`<name>.<site_key>`, e.g. `cka.site=q`: only that site is stored for it).
+        `cfg` is a whole config, or a stage's (`{<name>: settings}`)."""
+        if len(self.input_kinds) < 2 and self.site_key is None:
+            return self
+        group = cfg.get(self.name, {})
+        kind = group.get("inputs", self.inputs) if len(self.input_kinds) > 1 else self.inputs
+        sites = None
+        if self.site_key is not None and self.site_key in group:
+            from laminae.errors import ConfigError
+
+            chosen = group[self.site_key]
+            chosen = (chosen,) if isinstance(chosen, str) else tuple(chosen)
+            if not chosen or any(site not in self.declared_sites for site in chosen):
+                raise ConfigError(f"{self.name}.{self.site_key}", f"sites among {', '.join(self.declared_sites)}",
+                                  group[self.site_key])
+            sites = tuple(site for site in self.declared_sites if site in chosen)
+        return self.reading(kind, sites)
 
     @property
     def streams(self) -> bool:
@@ -219,8 +266,10 @@ class Experiment:
         return "+".join((self.name, *variants))
 
     def rule_suffix(self, variants: tuple[str, ...] = ()) -> str:
-        """`""`, or `"_heads"`: appended to the names of the rules of a run with `variants`."""
-        return "".join(f"_{variant}" for variant in variants)
+        """`""`, or `"_heads"`: appended to the names of the rules of a run with `variants`; on
+        inputs other than its default kind, the kind first (`"_stimuli"`, `"_stimuli_heads"`)."""
+        kind = () if self.inputs == self.input_kinds[0] else (self.inputs,)
+        return "".join(f"_{part}" for part in (*kind, *variants))
 
     def hook(self, name: str) -> Callable[..., Any]:
         """The callable behind hook `name` ("analyse", "plot", ...), importing it if needed."""

@@ -164,11 +164,16 @@ def check_declaration(experiment: Experiment, where: str, package_name: str | No
         fail(f"name must equal its package's folder name {package_name!r}, so a reader finds it")
     if not isinstance(experiment.title, str) or not experiment.title.strip():
         fail("title must be a non-empty string (the report's category)")
-    if experiment.inputs not in INPUT_KINDS:
-        fail(f"inputs must be one of {', '.join(INPUT_KINDS)}; got {experiment.inputs!r}")
+    kinds = experiment.input_kinds
+    if not kinds or any(kind not in INPUT_KINDS for kind in kinds) or len(set(kinds)) != len(kinds):
+        shown = kinds[0] if len(kinds) == 1 else kinds
+        fail(f"inputs must be one of {', '.join(INPUT_KINDS)}, or a tuple of distinct ones; got {shown!r}")
     sites = experiment.sites
     if isinstance(sites, str) or not sites or any(site not in SITES for site in sites) or len(set(sites)) != len(sites):
         fail(f"sites must be a non-empty tuple of distinct sites from {', '.join(SITES)}; got {sites!r}")
+    if experiment.site_key is not None and (not isinstance(experiment.site_key, str)
+                                            or not NAME_PATTERN.match(experiment.site_key)):
+        fail(f"site_key must be the name of a key of its config group; got {experiment.site_key!r}")
     needs = experiment.needs
     if isinstance(needs, str) or any(need not in NEEDS for need in needs):
         fail(f"needs must be a tuple of names from {', '.join(NEEDS)}; got {needs!r}")

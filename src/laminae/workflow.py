@@ -217,15 +217,20 @@ class WorkflowPlan:
         return list(dict.fromkeys(p for run in self.runs for p in run.config["experiment_packages"]))
 
     def rule_variants(self) -> list[tuple[Experiment, tuple[str, ...]]]:
-        """(experiment, variants) for every analysis in the plan, once each: the rules to make
-        (one analysis and figure rule per pair; `()` is the experiment's plain outputs)."""
-        pairs = {(stage.group, stage.variants): None for stage in self.stages.values() if stage.kind == "analysis"}
-        return [(self.experiments[name], variants) for name, variants in pairs]
+        """(experiment, variants) for every analysis in the plan, once each per inputs kind: the
+        rules to make (one analysis and figure rule per pair; `()` is the experiment's plain outputs)."""
+        pairs = {(stage.group, self.experiment_of(stage.hash).inputs, stage.variants): stage.hash
+                 for stage in self.stages.values() if stage.kind == "analysis"}
+        return [(self.experiment_of(digest), variants) for (_, _, variants), digest in pairs.items()]
+
+    def experiment_of(self, digest: str) -> Experiment:
+        """The experiment of an analysis, figure or claims stage, on the inputs its run reads."""
+        return self.run_of[digest].experiments[self.stages[digest].group]
 
     def judges_claims(self, experiment: Experiment, variants: tuple[str, ...] = ()) -> bool:
         """Whether some run judges the experiment's claims (with these variants): its claims rule."""
         return any(stage.kind == "claims" and stage.group == experiment.name and stage.variants == variants
-                   for stage in self.stages.values())
+                   and self.experiment_of(stage.hash).inputs == experiment.inputs for stage in self.stages.values())
 
     def inject_into(self, config: dict[str, Any]) -> None:
         """Put the project root, each extraction's runtime settings and where the experiments
@@ -284,7 +289,7 @@ class WorkflowPlan:
         """The files a stage writes (its output folder for an extraction)."""
         if stage.kind == "extract":
             return [str(stage.output_dir)]
-        experiment = self.experiments[stage.group]
+        experiment = self.experiment_of(stage.hash)
         if stage.kind == "analysis":
             names = list(experiment.metrics_for(stage.variants))
         elif stage.kind == "claims":
@@ -332,7 +337,7 @@ class WorkflowPlan:
 
         stage = self.stages[digest]
         cfg = self.run_of[digest].config
-        experiment = self.experiments[stage.group]
+        experiment = self.experiment_of(digest)
         weights = weights_note(cfg["model"], self.root)
         return {"model": cfg["model"]["name"] + (f" ({weights})" if weights else ""), "weights": weights,
                 "random_weights": cfg["model"]["random_init"] is not None,
@@ -425,7 +430,7 @@ class WorkflowPlan:
         cfg = self._with_checkpoint_shape(self.run_of[digest].config)
         if stage.kind == "extract":
             return self.shard_resources(digest, 1)
-        experiment = self.experiments[stage.group]
+        experiment = self.experiment_of(digest)
         # a claims job reads back what the figures read (the metrics), and does less with it
         kind = "plot" if stage.kind == "claims" else stage.kind
         return resources.stage_resources(kind, experiment, cfg, self.input_bytes(digest))
@@ -451,7 +456,8 @@ class WorkflowPlan:
         cfg = self._with_checkpoint_shape(self.run_of[digest].config)
         request = {"mem_mb": resources.ANALYSIS_FLOOR["mem_mb"], "runtime": 10}
         for name in stage.config["reductions"]:
-            analysis = resources.stage_resources("analysis", self.experiments[name], cfg, self.input_bytes(digest))
+            analysis = resources.stage_resources("analysis", self.run_of[digest].experiments[name], cfg,
+                                                 self.input_bytes(digest))
             request = {"mem_mb": max(request["mem_mb"], analysis["mem_mb"]),
                        "runtime": request["runtime"] + analysis["runtime"]}
         return request
@@ -470,7 +476,7 @@ class WorkflowPlan:
         part = -(-self.input_bytes(digest) // count)
         request = resources.extraction_resources(cfg, stage.group, n_sites, part)
         for name in stage.config["reductions"]:  # these analyses run inside the extraction job
-            analysis = resources.stage_resources("analysis", self.experiments[name], cfg, part)
+            analysis = resources.stage_resources("analysis", self.run_of[digest].experiments[name], cfg, part)
             request["runtime"] += analysis["runtime"]
         return request
 

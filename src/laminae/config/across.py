@@ -67,12 +67,14 @@ def plan_across(runs: Sequence[Run], experiment: Experiment, results_dir: str | 
     function of the runs' distinguishing overrides giving their training steps or None
     (`laminae.workflow.training_steps`), marks a sweep over checkpoints."""
     assert experiment.across is not None
-    groups: dict[str, list[Run]] = {}
+    groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         if experiment.name in run.experiments:
-            groups.setdefault(stable_hash(analysis_settings(run.config, experiment)), []).append(run)
+            kind = run.experiments[experiment.name].inputs
+            groups.setdefault((kind, stable_hash(analysis_settings(run.config, experiment))), []).append(run)
     planned = []
     for members in groups.values():
+        experiment = members[0].experiments[experiment.name]     # on the inputs these runs read
         distinct: dict[str, Run] = {}
         for run in members:
             distinct.setdefault(run.extraction(experiment.name).hash, run)

@@ -46,9 +46,10 @@ STAGE_VERSIONS = {"extract": 1, "analysis": 1, "plot": 1, "claims": 1}
 RUNTIME_KEYS = ("device", "batch_size", "models_dir", "extract.compression", "extract.chunk_rows",
                 "extract.overlap", "model.device_map", "model.gpus", "corpus.shards")
 OUTPUT_FOLDERS = {"extract": "activations", "analysis": "metrics", "plot": "figures", "claims": "claims"}
-#: Keys of an experiment's config group that its analysis does not read: figure settings, and
-#: the claims judged on its results (each has a stage of its own).
-NOT_ANALYSED = ("plot", "claims")
+#: Keys of an experiment's config group that its analysis does not hash: figure settings, the
+#: claims judged on its results (each has a stage of its own), and which inputs it reads (its
+#: extraction's, upstream of it already).
+NOT_ANALYSED = ("plot", "claims", "inputs")
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
     from laminae.inputs import input_kind
 
     results = Path(cfg["results_dir"]) / cfg["model"]["name"]
-    enabled = {name: registry[name] for name in cfg["experiments"]}
+    enabled = {name: registry[name].for_config(cfg) for name in cfg["experiments"]}
     stages: dict[str, Stage] = {}
     for kind in dict.fromkeys(e.inputs for e in enabled.values()):
         readers = [e for e in enabled.values() if e.inputs == kind]

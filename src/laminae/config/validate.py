@@ -57,6 +57,9 @@ def config_schema(registry: Mapping[str, Experiment]) -> dict[str, Any]:
         if experiment.streams:
             properties["during_extraction"] = {**DURING_EXTRACTION_SCHEMA,
                                                **_description(properties.get("during_extraction"))}
+        if len(experiment.input_kinds) > 1:
+            properties["inputs"] = {"enum": list(experiment.input_kinds), "default": experiment.input_kinds[0],
+                                    **({"description": INPUTS_DESCRIPTION} | _description(properties.get("inputs")))}
         properties["claims"] = {**CLAIMS_SCHEMA, **_description(properties.get("claims"))}
         schema["properties"][name] = group
         schema["required"].append(name)
@@ -70,6 +73,10 @@ DURING_EXTRACTION_SCHEMA = {
                    "not the activations (unless another enabled experiment on the same inputs reads them); the "
                    "extraction stage then hashes this group's analysis keys too",
 }
+
+#: What laminae says of `<name>.inputs`, added to the group of an experiment that reads several kinds.
+INPUTS_DESCRIPTION = ("which inputs the experiment reads (its extraction; each kind has its own analysis folder and "
+                      "rules, `<name>_analysis_<kind>` for a kind other than the first)")
 
 
 def _description(schema: Any) -> dict[str, Any]:
@@ -90,7 +97,7 @@ def validate_config(cfg: dict[str, Any], project_root: str | Path, registry: Map
     checked = _checked_schema(registry)
     _check_declared(cfg, checked.schema, registry, Path(project_root), {} if group_files is None else group_files)
     checked.check(cfg)
-    enabled = [registry[name] for name in cfg["experiments"]]
+    enabled = [registry[name].for_config(cfg) for name in cfg["experiments"]]
     for experiment in enabled:
         key = (id(experiment), _canonical(cfg.get(experiment.name, {}).get("claims")))
         if _CLAIMS_PASSED.get(key) is not experiment:   # the same claims of the same experiment: checked once

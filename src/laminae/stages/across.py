@@ -39,6 +39,7 @@ def run_across(experiment: Experiment, record: AcrossRecord | Mapping[str, Any],
         raise ExperimentError(experiment.name, "its declaration", "declares no `across` analysis")
     stores = [ActivationStore(Path(folder), expected_hash=run["extraction"])
               for folder, run in zip(activation_dirs, stage.runs)]
+    experiment = experiment.for_config({experiment.name: stage.settings})
     for store in stores:
         store.require(experiment.sites, f"experiment {experiment.name!r} across runs")
     groups, items = match_rows(stores, stage.inputs)

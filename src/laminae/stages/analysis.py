@@ -45,6 +45,7 @@ def run_analysis(experiment: Experiment, record: AnalysisRecord | Mapping[str, A
     stage = AnalysisRecord.parse(record)
     runtime = None if runtime is None else Runtime.parse(runtime)
     settings = stage.settings
+    experiment = experiment.for_config({experiment.name: settings})   # the sites its settings name
     activations_dir, metrics_dir = Path(activations_dir), Path(metrics_dir)
     if experiment.streams and settings.get("during_extraction"):
         return publish_reduction(experiment, stage, activations_dir, metrics_dir, runtime)

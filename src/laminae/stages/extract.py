@@ -76,7 +76,7 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: Extracti
     instead of their results, and shard.yaml (laminae.shards)."""
     record, runtime = ExtractionRecord.parse(record), Runtime.parse(runtime)
     stored = record.sites
-    reducing = {name: registry[name] for name in record.reductions}
+    reducing = reductions(record, registry)
     spread = placement_summary(loaded.model)
     log.info("model %s (%s, %d layers, d_model %d) on %s; %d inputs -> %d rows; stored sites %s%s",
              loaded.info.model_id, loaded.info.family, loaded.info.n_layers, loaded.info.d_model,
@@ -121,9 +121,14 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: Extracti
                 encoding="utf-8")
 
 
+def reductions(record: ExtractionRecord, registry: Mapping[str, Experiment]) -> dict[str, Experiment]:
+    """The experiments computed during the extraction, as their settings run them."""
+    return {name: registry[name].for_config({name: reduction.settings}) for name, reduction in record.reductions.items()}
+
+
 def captured_sites(record: ExtractionRecord, registry: Mapping[str, Experiment]) -> set[str]:
     """The sites an extraction captures: those it stores and those its reducers read."""
-    return {*record.sites, *(site for name in record.reductions for site in registry[name].sites)}
+    return {*record.sites, *(site for experiment in reductions(record, registry).values() for site in experiment.sites)}
 
 
 def _folder(path: Path) -> Path:

@@ -59,7 +59,8 @@ def gather(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime | Mapp
             job = ReducerJob(settings=reduction.settings, rows=rows, n_layers=int(first["n_layers"]),
                              widths=dict(first["widths"]), model_attrs=dict(first["model_attrs"]),
                              out_dir=tmp / REDUCTIONS / name, attrs=attrs, model=model)
-            _merge_reduction(registry[name], job, shard_dirs, [shard["first_row"] for shard in records])
+            _merge_reduction(registry[name].for_config({name: reduction.settings}), job, shard_dirs,
+                             [shard["first_row"] for shard in records])
         log.info("gathered %d shards: %d rows, %d layer files of virtual datasets%s", len(shard_dirs), n_rows,
                  len(layers), f"; reductions merged: {', '.join(record.reductions)}" if record.reductions else "")
 

@@ -1,4 +1,4 @@
-"""Where each head looks (the `attention` experiment, on the corpus).
+"""Where each head looks (the `attention` experiment, on the corpus or on the stimuli).
 
 Per layer and head, over the corpus's queries: the entropy of the attention pattern (nats, and
 divided by ln of the number of keys the query can see), the attention mass on the window's first
@@ -7,13 +7,16 @@ the first token's resid_post norm against the median token's, the outlier that `
 and `pathlength` leave out (definitions: docs/EXPERIMENTS.md, laminae.metrics.attention). It
 reads the `pattern` site; the analysis streams (`analysis.AttentionReducer`), and by default
 runs during extraction (`attention.during_extraction=true`), so the n x n patterns of the corpus
-are never written to disk.
+are never written to disk. With `attention.inputs=stimuli` it reads experiment 1's prompts
+instead: one query per word (the token `extract.position` keeps), each word its own resampling
+unit; the first-token norm needs the first token's row, which stimuli do not keep.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from laminae.errors import ConfigError
 from laminae.experiment import Experiment, Figure, JobShape, Measure
 
 #: laminae.metrics.attention.STATISTICS, spelled out: the declaration is imported whenever the
@@ -31,12 +34,21 @@ def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, flo
     if stage == "plot":
         return {"mem_mb": 1024, "runtime": 5}
     settings = cfg["attention"]
-    n_blocks = shape.n_rows / max(int(settings["block_tokens"]), 1) + 1
+    per_block = 1 if settings.get("inputs") == "stimuli" else max(int(settings["block_tokens"]), 1)
+    n_blocks = shape.n_rows / per_block + 1
     block_mb = 2 * n_blocks * shape.n_layers * HEADS_GUESS * N_STATISTICS * 8 / 2**20
     norms_mb = shape.n_layers * shape.n_rows * 8 / 2**20
     bootstrap_s = settings["n_bootstrap"] * n_blocks * shape.n_layers * HEADS_GUESS * N_STATISTICS * BOOTSTRAP_S_PER_VALUE
     return {"mem_mb": 1024 + 2 * 256 + block_mb + norms_mb,
             "runtime": 5 + shape.stored_mb / 100 / 60 + bootstrap_s / 60}
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """On stimuli a row is one query's pattern: the word's tokens cannot be averaged into one."""
+    if cfg["attention"].get("inputs") == "stimuli" and cfg["extract"]["position"] == "target_mean":
+        raise ConfigError("extract.position", "target_last or last while attention.inputs=stimuli (a pattern is "
+                                              "one query's attention; target_mean would average several queries)",
+                          "target_mean")
 
 
 #: What `measures.measure` returns (claims name these; docs/EXPERIMENTS.md, "Claims").
@@ -53,7 +65,7 @@ MEASURES = (
 EXPERIMENT = Experiment(
     name="attention",
     title="Attention: where each head looks",
-    inputs="corpus",
+    inputs=("corpus", "stimuli"),
     sites=("pattern", "resid_post"),
     metrics=("attention.tsv", "attention_heads.tsv", "attention_blocks.h5"),
     figures=(Figure("attention_laminar", caption="captions/laminar.rst", label="laminar profiles"),
@@ -64,6 +76,7 @@ EXPERIMENT = Experiment(
     compare=".compare:compare",
     compare_caption="captions/compare.rst",
     resources=resources,
+    validate=validate,
     measure=".measures:measure",
     measures=MEASURES,
     schema="schema.yaml",

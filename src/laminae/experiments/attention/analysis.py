@@ -82,6 +82,14 @@ def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
             "exclude_first_token": settings["exclude_first_token"]}
 
 
+def row_index(rows: Any) -> dict[str, np.ndarray]:
+    """INDEX_COLUMNS of the store's rows (n_rows,) each. On stimuli (no `window` column) every
+    row is its own prompt, so its own window and resampling block; `position` is the kept token's."""
+    index = {column: rows.integers(column) for column in INDEX_COLUMNS if column in rows.columns}
+    index.setdefault("window", np.arange(len(rows)))
+    return {column: index[column] for column in INDEX_COLUMNS}
+
+
 def is_causal(setting: Any, model_attrs: Mapping[str, Any]) -> bool:
     """`attention.causal`, with auto resolved from the model's family (BERT: bidirectional)."""
     if setting == "auto":
@@ -105,7 +113,7 @@ class AttentionReducer:
         self.causal = is_causal(self.settings["causal"], job.model_attrs)
         self.n_rows = len(job.rows)
         self.rows_seen = 0
-        self.index = {column: job.rows.integers(column) for column in INDEX_COLUMNS}
+        self.index = row_index(job.rows)
         position, window = self.index["position"], self.index["window"]
         if self.n_rows and position.max() >= self.n_keys:
             raise ValueError(f"attention: a query at position {position.max()} but only {self.n_keys} keys per pattern")

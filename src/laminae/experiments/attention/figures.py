@@ -141,8 +141,10 @@ def plot_sink_norm(table: AttentionTable, context: Mapping[str, Any]) -> plt.Fig
             ax.set_yscale("log")
         ax.legend(fontsize=6.5, loc="best")
     else:
-        ax.text(0.5, 0.5, "no first-token norms (one token per window?)", ha="center", va="center",
-                transform=ax.transAxes, color=NEUTRAL)
+        why = "stimuli keep one query per word,\nnot the first token" if "stimuli" in context \
+            else "one token per window?"
+        ax.text(0.5, 0.5, f"no first-token norms\n({why})", ha="center", va="center", transform=ax.transAxes,
+                color=NEUTRAL)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="layer", ylabel="|resid_post| of the first token\n/ median |resid_post| of the others",
            title="first-token outlier (residual stream)")

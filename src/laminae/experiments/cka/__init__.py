@@ -13,7 +13,7 @@ from typing import Any
 
 from laminae.experiment import Across, Experiment, Figure, JobShape, Measure
 
-#: The stored sites `cka.site` may name (every one is stored for the stimuli: a few rows each).
+#: The stored sites `cka.site` may name (only the one named is stored for it).
 SITES = ("resid_post", "resid_pre", "attn_out", "mlp_out", "q", "k", "v")
 CPU_FLOP_PER_S = 1e9   # pessimistic NumPy throughput on one busy core
 MEASURES = (
@@ -43,6 +43,7 @@ EXPERIMENT = Experiment(
     title="CKA between layers",
     inputs="stimuli",
     sites=SITES,
+    site_key="site",
     metrics=("cka_layers.tsv",),
     figures=(Figure("cka_layers", caption="captions/layers.rst", label="layer x layer"),),
     analyse=".analysis:analyse",

@@ -73,6 +73,7 @@ EXPERIMENT = Experiment(
     title="Category-selective neurons",
     inputs="stimuli",
     sites=SITES,
+    site_key="sites",
     metrics=("neurons_laminar.tsv", "neurons_top.tsv", "neurons_top_words.tsv"),
     figures=(Figure("neurons_laminar", caption="captions/laminar.rst", label="laminar profile"),
              Figure("neurons_top", caption="captions/top.rst", label="top neurons")),

@@ -66,6 +66,7 @@ EXPERIMENT = Experiment(
     title="Linear probes",
     inputs="stimuli",
     sites=SITES,
+    site_key="sites",
     metrics=("probes_laminar.tsv", "probes_folds.tsv"),
     figures=(Figure("probes_laminar", caption="captions/laminar.rst", label="laminar decoding profile"),),
     analyse=".analysis:analyse",
