@@ -335,7 +335,6 @@ class WorkflowPlan:
         from laminae.inputs import input_kind
         from laminae.models.locate import weights_note
 
-        stage = self.stages[digest]
         cfg = self.run_of[digest].config
         experiment = self.experiment_of(digest)
         weights = weights_note(cfg["model"], self.root)
