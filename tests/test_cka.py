@@ -136,6 +136,49 @@ def test_streaming_within_equals_one_shot(chunks):
         np.testing.assert_allclose(acc.hsic(), hsic, rtol=1e-10)
 
 
+@pytest.mark.parametrize("chunks", [[50], [7, 13, 1, 29]])
+def test_streamed_debiased_equals_the_formula_written_out(chunks):
+    """The feature-space debiased CKA (never an n x n matrix) against Song et al.'s formula on
+    the Gram matrices, under a large common offset (what the shift is for)."""
+    rng = np.random.default_rng(8)
+    xs = random_layers(rng, 4, sum(chunks), 7) + 40.0
+    acc = cka.CrossProducts(4, 7, debiased=True)
+    start = 0
+    for rows in chunks:
+        acc.update(xs[:, start:start + rows])
+        start += rows
+    expected = np.array([[song_debiased_cka(x, y) for y in xs] for x in xs])
+    np.testing.assert_allclose(acc.debiased_cka(), expected, rtol=1e-7, atol=1e-10)
+    with pytest.raises(ValueError, match="no row weights"):
+        acc.update(xs[:, :3], weights=np.ones(3))
+
+
+def test_within_run_on_many_rows_streams_every_row_and_resamples_a_subsample(tmp_path, experiment):
+    """Above gram_rows (a corpus): the CKA values are every row's (the formulas written out),
+    the p-values those of the naive shuffle loop on the rows drawn, as the table says."""
+    from laminae.experiments.cka.analysis import read_table, subsample_stream
+    from laminae.stages.analysis import run_analysis
+
+    data = stimuli_data(seed=4, n_words=45)
+    store = write_stimuli_store(tmp_path / "activations", data, [f"w{i}" for i in range(45)])
+    settings = {**CKA_SETTINGS, "gram_rows": 16, "n_permutations": 30, "n_bootstrap": 20}
+    config = {"cka": {**settings, "plot": {}}, "stage": "cka.analysis", "version": 1, "upstream": UPSTREAM}
+    run_analysis(experiment, {"stage": "cka.analysis", "hash": "a1b2c3d4e5", "config": config}, store,
+                 tmp_path / "metrics", chunk_rows=7)
+    table = read_table(tmp_path / "metrics" / "cka_layers.tsv")
+    x = data["resid_post"].astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(table["cka"], [[song_debiased_cka(a, b) for b in x] for a in x], rtol=1e-7)
+    np.testing.assert_allclose(table["cka_linear"], [[naive_cka(a, b) for b in x] for a in x], rtol=1e-7)
+    assert np.all(table["n_rows"] == 45) and np.all(table["n_resampled"] == 16)
+    kept = np.sort(np.random.default_rng(subsample_stream(3)).choice(45, 16, replace=False))
+    sub = x[:, kept]
+    _, perm_seq = np.random.SeedSequence(3).spawn(2)
+    perms = np.random.default_rng(perm_seq).permuted(np.tile(np.arange(16), (30, 1)), axis=1)
+    value = song_debiased_cka(sub[0], sub[2])
+    null = np.array([song_debiased_cka(sub[0], sub[2][perm]) for perm in perms])
+    assert table["p_value"][0, 2] == pytest.approx((1 + np.sum(null >= value * (1 - 1e-12))) / 31, rel=1e-12)
+
+
 def test_streaming_between_and_merge_equal_one_shot():
     rng = np.random.default_rng(6)
     xs, ys = random_layers(rng, 3, 60, 5), random_layers(rng, 4, 60, 8)
@@ -282,7 +325,7 @@ def test_streaming_keeps_precision_under_a_large_common_offset():
 # ===================================================================== the `cka` experiment
 UPSTREAM = "c0ffee0c0f"
 CKA_SETTINGS = {"site": "resid_post", "estimator": "debiased", "n_bootstrap": 60, "n_permutations": 80,
-                "confidence": 0.9, "seed": 3}
+                "confidence": 0.9, "seed": 3, "gram_rows": 2000}
 SITES = ("resid_post", "resid_pre", "attn_out", "mlp_out", "q", "k", "v")
 
 
@@ -515,3 +558,29 @@ def test_accumulator_refuses_mismatched_chunks():
         cka.CrossProducts(2, 3).update(np.zeros((3, 5, 3)))
     with pytest.raises(ValueError, match="at least 2 rows"):
         cka.CrossProducts(2, 3).cka()
+
+
+@pytest.mark.parametrize("overrides, kind, sites", [
+    (["experiments=[cka]", "cka.inputs=corpus", "cka.site=mlp_out"], "corpus", ["mlp_out"]),
+    (["experiments=[cka]"], "stimuli", ["resid_post"]),
+    (["experiments=[qkv,cka]", "cka.site=k"], "stimuli", ["q", "k", "v"]),
+])
+def test_only_the_site_named_is_stored(overrides, kind, sites):
+    from pathlib import Path
+    """`cka.site` (its site_key) decides what the extraction stores for it, on either inputs."""
+    from laminae.config import load_runs
+
+    (run,) = load_runs(["model=tiny-gpt2", *overrides], project_root=Path(__file__).resolve().parents[1])
+    assert run.experiments["cka"].inputs == kind and run.experiments["cka"].sites == (sites[1] if len(sites) > 1
+                                                                                     else sites[0],)
+    assert run.stages[f"{kind}.extract"].config["sites"] == sites
+    assert run.stages["cka.analysis"].dir.parent.parent.parent.name == kind
+
+
+def test_a_site_not_declared_is_refused_in_one_line():
+    from laminae.config import load_runs
+    from laminae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cka.site"):
+        load_runs(["model=tiny-gpt2", "experiments=[cka]", "cka.site=pattern"],
+                  project_root=__import__("pathlib").Path(__file__).resolve().parents[1])

@@ -115,8 +115,11 @@ class CrossProducts:
     X_c^T Y_c = X^T Y - n mean_x mean_y^T.
     """
 
-    def __init__(self, n_layers_a: int, width_a: int, n_layers_b: int | None = None, width_b: int | None = None):
+    def __init__(self, n_layers_a: int, width_a: int, n_layers_b: int | None = None, width_b: int | None = None,
+                 debiased: bool = False):
         self.within = n_layers_b is None
+        if debiased and not self.within:
+            raise ValueError("the streamed debiased estimator is computed within one group only")
         self.la, self.p = int(n_layers_a), int(width_a)
         self.lb, self.q = (self.la, self.p) if self.within else (int(n_layers_b), int(width_b))
         self.n = 0.0   # float: weighted rows
@@ -129,6 +132,12 @@ class CrossProducts:
         if self.within:
             # block i holds X_i^T [X_i .. X_{L-1}]: (p, (L - i) p)
             self.blocks = [np.zeros((self.p, (self.la - i) * self.p)) for i in range(self.la)]
+            # the debiased estimator's diagonal terms (`debiased_cka`): sum_r |z_ir|^2 |z_jr|^2 (L, L),
+            # sum_r |z_ir|^2 (L,), sum_r z_ir |z_jr|^2 (L, L, p)
+            self.debiased = debiased
+            self.norm_products = np.zeros((self.la, self.la)) if debiased else None
+            self.norm_sums = np.zeros(self.la) if debiased else None
+            self.weighted_rows = np.zeros((self.la, self.la, self.p)) if debiased else None
         else:
             self.cross = np.zeros((self.la * self.p, self.lb * self.q))   # [X_i^T Y_j] blocks
             self.self_a = np.zeros((self.la, self.p, self.p))
@@ -164,6 +173,14 @@ class CrossProducts:
         if self.within:
             for i, block in enumerate(self.blocks):
                 block += wza[:, i * self.p:(i + 1) * self.p].T @ za[:, i * self.p:]
+            if self.debiased:
+                if weights is not None:
+                    raise ValueError("the debiased estimator takes no row weights (a repeated row is what it leaves out)")
+                rows_by_layer = za.reshape(rows, self.la, self.p)
+                norms = np.einsum("rip,rip->ri", rows_by_layer, rows_by_layer)        # (rows, L)
+                self.norm_products += norms.T @ norms
+                self.norm_sums += norms.sum(axis=0)
+                self.weighted_rows += np.einsum("rip,rj->ijp", rows_by_layer, norms)
             return
         b = np.asarray(b, dtype=np.float64) - self.shift_b[:, None, :]
         zb = b.transpose(1, 0, 2).reshape(rows, self.lb * self.q)     # (rows, Lb q)
@@ -178,6 +195,8 @@ class CrossProducts:
 
     def merge(self, other: "CrossProducts") -> None:
         """Add another accumulator's rows (same shapes): the sums add exactly."""
+        if getattr(self, "debiased", False) or getattr(other, "debiased", False):
+            raise ValueError("accumulators of the debiased estimator are not merged (their terms depend on the shift)")
         if (other.within, other.la, other.p, other.lb, other.q) != (self.within, self.la, self.p, self.lb, self.q):
             raise ValueError("cannot merge accumulators of different shapes")
         if other.shift_a is None:
@@ -254,6 +273,32 @@ class CrossProducts:
                 if self.within:
                     out[j, i] = out[i, j]
         return out / (self.n - 1) ** 2
+
+    def debiased_cka(self) -> np.ndarray:
+        """(L, L) debiased CKA (the unbiased HSIC_1 of the module docstring) in feature space, from
+        the cross products and the diagonal terms of an accumulator made with `debiased=True`.
+        With K = Z_i Z_i^T, L = Z_j Z_j^T of the (shifted) rows, S the column sums, N_r = |z_r|^2:
+        tr(K~ L~) = ||Z_i^T Z_j||^2 - sum_r N_ir N_jr; 1^T K~ 1 = |S_i|^2 - sum_r N_ir;
+        1^T K~ L~ 1 = S_i^T Z_i^T Z_j S_j - S_i . sum_r z_ir N_jr - S_j . sum_r z_jr N_ir + sum_r N_ir N_jr.
+        The estimator is unchanged by the shift, which keeps the sums small."""
+        if not (self.within and getattr(self, "debiased", False)):
+            raise ValueError("debiased_cka needs a within-group accumulator made with debiased=True")
+        n = self.n
+        if n < 4:
+            raise ValueError(f"the debiased estimator needs at least 4 rows, got {n:g}")
+        sums, products = self.sum_a, self.norm_products
+        ones = np.einsum("ip,ip->i", sums, sums) - self.norm_sums                # 1^T K~_i 1: (L,)
+        hsic = np.empty((self.la, self.la))
+        for i in range(self.la):
+            for j in range(i, self.la):
+                block = self.blocks[i][:, (j - i) * self.p:(j - i + 1) * self.p]   # Z_i^T Z_j, uncentred
+                trace = np.sum(block**2) - products[i, j]
+                sandwich = (sums[i] @ block @ sums[j] - sums[i] @ self.weighted_rows[i, j]
+                            - sums[j] @ self.weighted_rows[j, i] + products[i, j])
+                hsic[i, j] = hsic[j, i] = (trace + ones[i] * ones[j] / ((n - 1) * (n - 2))
+                                           - 2 / (n - 2) * sandwich) / (n * (n - 3))
+        diagonal = np.sqrt(np.clip(np.diag(hsic), 0, None))
+        return _ratio(hsic, diagonal[:, None], diagonal[None, :])
 
     def cka(self) -> np.ndarray:
         """(La, Lb) linear CKA; NaN where a layer is constant over the rows."""

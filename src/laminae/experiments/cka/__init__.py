@@ -16,6 +16,7 @@ from laminae.experiment import Across, Experiment, Figure, JobShape, Measure
 #: The stored sites `cka.site` may name (only the one named is stored for it).
 SITES = ("resid_post", "resid_pre", "attn_out", "mlp_out", "q", "k", "v")
 CPU_FLOP_PER_S = 1e9   # pessimistic NumPy throughput on one busy core
+CHUNK_ROWS = 4096      # a generous streamed chunk, for the memory estimate
 MEASURES = (
     Measure("cka_adjacent", "CKA between layer l and l + 1 (NaN at the last layer), bootstrap CI, permutation p/q",
             headline="CKA(l, l+1)"),
@@ -25,28 +26,34 @@ MEASURES = (
 
 
 def resources(stage: str, shape: JobShape, cfg: dict[str, Any]) -> dict[str, float]:
-    """Memory: the site in float64, its Gram matrices (layers x words^2) and their centred copies
-    in each bootstrap/permutation replicate (3 more), the replicates (layers^2 x draws). Runtime:
-    per replicate the Gram submatrices and the layers^2 x words^2 inner products."""
+    """Memory: the rows resampled in float64, their Gram matrices (layers x rows^2) and centred
+    copies in each bootstrap/permutation replicate (3 more), the replicates (layers^2 x draws);
+    above `gram_rows` rows, the feature-space sums (L(L+1)/2 width^2) and a chunk's rows. Runtime:
+    per replicate the Gram submatrices and the layers^2 x rows^2 inner products; every row's
+    cross products (L^2 width^2 per row / 2)."""
     group = cfg["cka"]
-    layers, words = shape.n_layers, shape.n_rows
+    layers, width = shape.n_layers, shape.d_model
+    words = min(shape.n_rows, group["gram_rows"])
     draws = group["n_bootstrap"] + group["n_permutations"]
     if stage == "plot":
         return {"mem_mb": 1024 + 4 * layers * layers * 8 / 2**20, "runtime": 3}
-    floats = layers * words * shape.d_model + 5 * layers * words * words + 2 * layers * layers * draws
-    flop = draws * (layers * layers * words * words * 2 + 10 * layers * words * words) + layers * words**2 * shape.d_model
+    floats = layers * words * width + 5 * layers * words * words + 2 * layers * layers * draws
+    flop = draws * (layers * layers * words * words * 2 + 10 * layers * words * words) + layers * words**2 * width
+    if shape.n_rows > group["gram_rows"]:
+        floats += layers * (layers + 1) / 2 * width**2 + layers * layers * width + 2 * layers * CHUNK_ROWS * width
+        flop += shape.n_rows * layers * (layers + 1) * width**2
     return {"mem_mb": 1024 + floats * 8 / 2**20, "runtime": 3 + flop / CPU_FLOP_PER_S / 60}
 
 
 EXPERIMENT = Experiment(
     name="cka",
     title="CKA between layers",
-    inputs="stimuli",
+    inputs=("stimuli", "corpus"),
     sites=SITES,
     site_key="site",
     metrics=("cka_layers.tsv",),
     figures=(Figure("cka_layers", caption="captions/layers.rst", label="layer x layer"),),
-    analyse=".analysis:analyse",
+    reducer=".analysis:CkaReducer",
     plot=".figures:plot",
     compare=".compare:compare",
     compare_caption="captions/compare.rst",

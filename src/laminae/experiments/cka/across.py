@@ -1,7 +1,9 @@
 """The `cka` experiment BETWEEN the runs of a sweep (models, training checkpoints): for every pair
 of runs (A, B), CKA of each layer of A against each layer of B over the matched rows (stimuli:
-the same words in the same order), with a bootstrap over those rows (the same draws for both
-runs, so each replicate compares the two models on the same resampled words).
+the same words in the same order; a corpus: its words, each run's tokens averaged over the word),
+with a bootstrap over those rows (the same draws for both runs, so each replicate compares the
+two models on the same resampled words). Above `gram_rows` matched words (a corpus), the values
+and intervals are those of `gram_rows` words drawn at random (`resampled_items`), in Gram form.
 
     >>> analyse(job)   # laminae.experiment.AcrossJob -> cka_across.tsv, cka_across_runs.tsv
     >>> across_figures.plot(job)   # FigureJob -> cka_across, cka_best_match, cka_reference
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 ACROSS_FILENAME = "cka_across.tsv"
 RUNS_FILENAME = "cka_across_runs.tsv"
 ACROSS_COLUMNS = ("run_a", "run_b", "layer_a", "layer_b", "cka", "ci_low", "ci_high")
-RUNS_COLUMNS = ("run", "label", "model", "n_layers", "width", "n_items", "site", "estimator", "match_rule")
+RUNS_COLUMNS = ("run", "label", "model", "n_layers", "width", "n_items", "n_used", "site", "estimator", "match_rule")
 MAX_PAIR_PANELS = 6   # more runs: each run against the reference run only
 
 
@@ -37,9 +39,11 @@ def analyse(job: Any) -> None:
     settings = job.settings
     site, estimator = settings["site"], settings["estimator"]
     acts = [job.read(run, site) for run in range(job.n_runs)]         # each (n_layers_r, n_items, width_r)
+    used = resampled_items(job.n_items, settings)
+    acts = [a[:, used] for a in acts]                                  # each (n_layers_r, n_used, width_r)
     grams = [cka.gram(a) for a in acts]
     boot_rng, _ = np.random.SeedSequence(settings["seed"]).spawn(2)
-    draws = bootstrap_indices(job.n_items, settings["n_bootstrap"], np.random.default_rng(boot_rng))
+    draws = bootstrap_indices(used.size, settings["n_bootstrap"], np.random.default_rng(boot_rng))
     rows = []
     for a, b in job.pairs():   # the pairs the figures show (shown_pairs): linear in a large sweep
         value = cka.gram_cka_matrix(grams[a], grams[b], estimator)
@@ -52,9 +56,21 @@ def analyse(job: Any) -> None:
                              "ci_low": _number(low[i, j]), "ci_high": _number(high[i, j])})
     write_tsv(job.out_dir / ACROSS_FILENAME, rows, ACROSS_COLUMNS)
     runs = [{"run": r, "label": job.labels[r], "model": job.model_attrs[r].get("name", job.model_attrs[r].get("model", "")),
-             "n_layers": acts[r].shape[0], "width": acts[r].shape[2], "n_items": job.n_items, "site": site,
+             "n_layers": acts[r].shape[0], "width": acts[r].shape[2], "n_items": job.n_items, "n_used": used.size,
+             "site": site,
              "estimator": estimator, "match_rule": job.match_rule} for r in range(job.n_runs)]
     write_tsv(job.out_dir / RUNS_FILENAME, runs, RUNS_COLUMNS)
+
+
+def resampled_items(n_items: int, settings: dict[str, Any]) -> np.ndarray:
+    """The matched items compared: all of them up to `gram_rows`; above (a corpus's words), that
+    many drawn at random without replacement, the same in every run, in order."""
+    if n_items <= settings["gram_rows"]:
+        return np.arange(n_items)
+    from .analysis import subsample_stream
+
+    rng = np.random.default_rng(subsample_stream(settings["seed"]))
+    return np.sort(rng.choice(n_items, settings["gram_rows"], replace=False))
 
 
 def _number(value: float) -> str:

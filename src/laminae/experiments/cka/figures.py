@@ -52,6 +52,7 @@ def plot(job: FigureJob) -> None:
     matrix = table["cka"]
     n_layers = matrix.shape[0]
     site = job.settings["site"]
+    unit = "tokens" if "corpus" in job.context else "words"
     confidence = f"{100 * float(job.settings['confidence']):g}%"
     fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.6), gridspec_kw={"width_ratios": [1.05, 1]})
     image = heatmap(left, matrix, xlabel=f"layer ({site})", ylabel=f"layer ({site})", vmin=colour_floor(matrix))
@@ -62,7 +63,7 @@ def plot(job: FigureJob) -> None:
     value = adjacent(matrix)[:-1]
     colour = OKABE_ITO[0]
     right.fill_between(layers + 0.5, adjacent(table["ci_low"])[:-1], adjacent(table["ci_high"])[:-1], color=colour,
-                       alpha=0.2, linewidth=0, label=f"{confidence} bootstrap CI (words)")
+                       alpha=0.2, linewidth=0, label=f"{confidence} bootstrap CI ({unit})")
     right.plot(layers + 0.5, value, color=colour, marker="o", markersize=3, linewidth=1.4, label="CKA(l, l + 1)")
     null_high = adjacent(table["null_high"])[:-1]
     if np.isfinite(null_high).any():
@@ -79,5 +80,6 @@ def plot(job: FigureJob) -> None:
     right.set_title("neighbouring layers and the last layer")
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=7.5)
-    fig.suptitle(run_title(job.context, f"Layer x layer {settings_line(job.settings)} (rows: the stimuli's words)"))
+    rows = "the corpus's tokens" if unit == "tokens" else "the stimuli's words"
+    fig.suptitle(run_title(job.context, f"Layer x layer {settings_line(job.settings)} (rows: {rows})"))
     job.save(fig, "cka_layers")
