@@ -484,6 +484,16 @@ def test_on_stimuli_matches_a_plain_hf_forward(tmp_path, models_dir, position):
                          for head in range(4)] for layer in range(4)])
         np.testing.assert_allclose(got, want[..., s], rtol=2e-5, atol=1e-6, err_msg=metric)
         assert {int(table_value(heads, layer=0, head=h, metric=metric)["n"]) for h in range(4)} == {int(include.sum())}
+    from laminae.experiments.attention.analysis import read_blocks
+    from laminae.experiments.attention.figures import category_profiles
+
+    blocks, _ = read_blocks(metrics / "attention_blocks.h5")
+    categories = np.array(rows.column("category"))
+    sink = STATISTICS.index("sink")
+    for category, (mean, sem) in category_profiles(blocks, sink).items():
+        words = stats[..., sink][:, include & (categories == category)].mean(axis=2)   # (n_layers, words)
+        np.testing.assert_allclose(mean, words.mean(axis=1), rtol=1e-6)
+        np.testing.assert_allclose(sem, words.std(axis=1, ddof=1) / np.sqrt(words.shape[1]), rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -80,4 +80,5 @@ EXPERIMENT = Experiment(
     measure=".measures:measure",
     measures=MEASURES,
     schema="schema.yaml",
+    version=2,     # 2: attention_blocks.h5 keeps the stimuli's categories
 )

@@ -114,6 +114,8 @@ class AttentionReducer:
         self.n_rows = len(job.rows)
         self.rows_seen = 0
         self.index = row_index(job.rows)
+        # on stimuli, each row's category: the sink figure draws the statistics per category
+        self.categories = job.rows.column("category") if "category" in job.rows.columns else None
         position, window = self.index["position"], self.index["window"]
         if self.n_rows and position.max() >= self.n_keys:
             raise ValueError(f"attention: a query at position {position.max()} but only {self.n_keys} keys per pattern")
@@ -210,6 +212,8 @@ class AttentionReducer:
         for name, data in (("sums", self.sums), ("counts", self.counts), ("resid_norm", self.norms),
                            ("block", self.block), *self.index.items()):
             handle.create_dataset(name, data=data, track_times=False)
+        if self.categories is not None:
+            handle.create_dataset("category", data=self.categories, dtype=h5py.string_dtype(), track_times=False)
 
     def _pattern_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         settings = self.settings
@@ -284,13 +288,16 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
 
 def read_blocks(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """`attention_blocks.h5` -> ({name: array}, attrs): `sums`, `counts` (n_blocks, n_layers,
-    n_heads, n_stats), `resid_norm` (n_layers, n_rows), `block` and INDEX_COLUMNS (n_rows,)."""
+    n_heads, n_stats), `resid_norm` (n_layers, n_rows), `block` and INDEX_COLUMNS (n_rows,), and
+    on stimuli `category` (n_rows,) str."""
     path = Path(path)
     if not path.is_file():
         raise InputFileError(path, "not found; run the attention_analysis rule first")
     try:
         with h5py.File(path, "r") as handle:
             arrays = {name: handle[name][()] for name in handle if isinstance(handle[name], h5py.Dataset)}
+            if "category" in arrays:
+                arrays["category"] = handle["category"].asstr()[()]
             attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in handle.attrs.items()}
     except OSError:
         raise InputFileError(path, "is not a readable HDF5 file (truncated or corrupt); rerun attention_analysis") from None

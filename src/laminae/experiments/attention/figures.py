@@ -164,13 +164,60 @@ def plot_sink_norm(table: AttentionTable, context: Mapping[str, Any]) -> plt.Fig
     return fig
 
 
+def category_profiles(blocks: Mapping[str, np.ndarray], statistic: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """On stimuli (one query and one block per word): per category, the mean over its words of
+    the statistic's mean over heads, and its standard error over words; each (n_layers,)."""
+    per_word = np.full(blocks["sums"].shape[:2], np.nan)                          # (n_words, n_layers)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        word_heads = blocks["sums"][..., statistic] / blocks["counts"][..., statistic]   # (n_words, L, heads)
+        used = blocks["block"] >= 0
+        per_word[blocks["block"][used]] = np.nanmean(word_heads[blocks["block"][used]], axis=2)
+    categories = np.asarray(blocks["category"])[used]
+    out = {}
+    for category in dict.fromkeys(categories):
+        values = per_word[blocks["block"][used][categories == category]]           # (words, n_layers)
+        n = np.sum(np.isfinite(values), axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[str(category)] = (np.nanmean(values, axis=0), np.nanstd(values, axis=0, ddof=1) / np.sqrt(n))
+    return out
+
+
+def plot_categories(table: AttentionTable, blocks: Mapping[str, np.ndarray], context: Mapping[str, Any]) -> plt.Figure:
+    """On stimuli, instead of the first-token norm (no position-0 rows): the sink mass and the
+    normalised entropy per category of word, mean over heads and words with its standard error."""
+    from laminae.metrics.attention import STATISTICS
+
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.0), sharex=True)
+    x = np.arange(table.n_layers)
+    for ax, (metric, ylabel, _, limits) in zip(axes, (PANELS[2], PANELS[0])):
+        for colour, (category, (mean, sem)) in zip(OKABE_ITO, category_profiles(blocks, STATISTICS.index(metric))
+                                                    .items()):
+            ax.fill_between(x, mean - sem, mean + sem, color=colour, alpha=0.2, linewidth=0)
+            ax.plot(x, mean, color=colour, marker="o", markersize=2.5, linewidth=1.3, label=category)
+        if metric == "sink" and table.has("sink_uniform", "mean"):
+            ax.plot(x, table.get("sink_uniform", "mean"), color=NEUTRAL, linestyle=":", linewidth=1.2,
+                    label="uniform over the keys seen")
+        ax.set(xlabel="layer", ylabel=ylabel, ylim=(limits[0] - 0.03, limits[1] + 0.03))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_title("attention sink, per category")
+    axes[1].set_title("spread of attention, per category")
+    axes[0].legend(fontsize=7, loc="best", title="mean over heads and words\n(band: standard error over words)",
+                   title_fontsize=7)
+    fig.suptitle(run_title(context, "Where each category's words look (one query per word)"))
+    return fig
+
+
 def plot(job: FigureJob) -> None:
     """The plot hook: the three figures."""
-    from .analysis import BLOCKS_FILENAME, read_attrs
+    from .analysis import BLOCKS_FILENAME, read_attrs, read_blocks
 
     table = AttentionTable.read(job.metrics_dir / TABLE_FILENAME)
     heads = read_heads(job.metrics_dir / HEADS_FILENAME)
     causal = bool(read_attrs(job.metrics_dir / BLOCKS_FILENAME).get("causal", True))
     job.save(plot_laminar(table, job.context, causal, job.references), LAMINAR_FIGURE)
     job.save(plot_heads(heads, job.context, causal, bool(job.plot.get("sort_heads", False))), HEADS_FIGURE)
-    job.save(plot_sink_norm(table, job.context), SINK_FIGURE)
+    blocks = read_blocks(job.metrics_dir / BLOCKS_FILENAME)[0] if "stimuli" in job.context else {}
+    if "category" in blocks and not table.has("first_token_norm_ratio", "median"):
+        job.save(plot_categories(table, blocks, job.context), SINK_FIGURE)
+    else:
+        job.save(plot_sink_norm(table, job.context), SINK_FIGURE)
