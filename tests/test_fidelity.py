@@ -26,10 +26,13 @@ SEQUENCES = [[11, 12, 13, 14, 15, 16], [21, 22, 23], [31, 32, 33, 34, 35], [41]]
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load_tiny_config(folder: Path, dtype: str = "float32") -> dict:
+    return {"name": folder.name, "pretrained": str(folder), "revision": None, "dtype": dtype, "family": "auto",
+            "random_init": None, "n_layers": None, "d_model": None, "n_params": None, "device_map": None, "gpus": 1}
+
+
 def load_tiny(folder: Path, models_dir: Path, dtype: str = "float32"):
-    cfg = {"name": folder.name, "pretrained": str(folder), "revision": None, "dtype": dtype, "family": "auto",
-           "random_init": None, "n_layers": None, "d_model": None, "n_params": None, "device_map": None, "gpus": 1}
-    return load_model(cfg, "cpu", models_dir, ROOT)
+    return load_model(load_tiny_config(folder, dtype), "cpu", models_dir, ROOT)
 
 
 def hooks_left(model: torch.nn.Module) -> int:
@@ -60,9 +63,20 @@ def test_every_family_captures_what_the_model_computes(name, tiny_dir, models_di
 
 @pytest.mark.parametrize("name", ["gpt_neox", "gemma2", "falcon_new"])
 def test_bfloat16_is_compared_with_float32_and_the_model_left_as_it_was(name, tiny_dir, models_dir):
+    from transformers import AutoModelForCausalLM
+
+    from laminae.models.readout import ModelSource
+
     loaded = load_tiny(tiny_dir(name), models_dir, dtype="bfloat16")
     before = {key: value.clone() for key, value in loaded.model.state_dict().items()}
-    checks = by_check(measure_fidelity(loaded, SEQUENCES))
+    source = ModelSource(load_tiny_config(tiny_dir(name)), models_dir=str(models_dir), project_root=ROOT)
+    checks = by_check(measure_fidelity(loaded, SEQUENCES, readout=source.readout))
+    # top-1 of the first input's tokens: the plain causal LM in bfloat16 against float32
+    ids = torch.tensor([SEQUENCES[0]])
+    tops = [AutoModelForCausalLM.from_pretrained(tiny_dir(name), dtype=dtype).eval()(ids).logits[0].argmax(-1)
+            for dtype in (torch.bfloat16, torch.float32)]
+    (top1,) = checks["float32_top1"]
+    assert top1.max_rel_error == pytest.approx(float((tops[0] != tops[1]).float().mean())) and not top1.must_hold
     after = loaded.model.state_dict()
     assert all(after[key].dtype == torch.bfloat16 and torch.equal(after[key], value) for key, value in before.items())
     n_layers = len(loaded.adapter.blocks(loaded.model))
@@ -115,6 +129,22 @@ def test_the_store_records_every_check(tiny_llama, tmp_path):
         assert bool(handle.attrs["fidelity_passed"])
         assert float(handle.attrs["fidelity_residual_sum_max_rel_error"]) == max(
             float(row["max_rel_error"]) for row in rows if row["check"] == "residual_sum")
+    assert (out / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "fidelity.pdf").is_file()
+
+
+def test_the_report_caption_renders_to_valid_restructuredtext():
+    from types import SimpleNamespace
+
+    import docutils.core
+    import docutils.utils
+    import jinja2
+
+    wildcards = SimpleNamespace(xh="f1de117000", model="tiny-gpt2", label="nietzsche")
+    text = jinja2.Template((ROOT / "workflow" / "report" / "fidelity.rst").read_text()).render(
+        snakemake=SimpleNamespace(wildcards=wildcards))
+    assert "f1de117000" in text and "nietzsche" in text
+    docutils.core.publish_doctree(text, settings_overrides={"halt_level": docutils.utils.Reporter.WARNING_LEVEL,
+                                                            "report_level": 5})
 
 
 def test_a_misplaced_hook_stops_the_extraction_with_nothing_written(tiny_llama, tmp_path):

@@ -4,6 +4,11 @@
 EXTRACTION = f"{RESULTS}/{{model}}/{{inputs}}/{{label}}-{{xh}}"
 from laminae.workflow import EXTRACT_THREADS  # noqa: E402
 
+# The store; its fidelity figure (laminae.plots.fidelity) goes into the report.
+STORE = report(directory(f"{EXTRACTION}/activations"), patterns=["{name}.png"], caption="../report/fidelity.rst",
+               category="Fidelity", subcategory="{model}", labels={"model": "{model}", "inputs": "{label}",
+                                                                   "figure": "fidelity", "run": "{xh}"})
+
 # Building a random model takes seconds: on a cluster it runs in the submitting process rather
 # than waiting in the queue as a job of its own.
 localrules:
@@ -29,7 +34,7 @@ rule extract:
     input:
         unpack(lambda w: PLAN.source_inputs(w.xh)),
     output:
-        directory(f"{EXTRACTION}/activations"),
+        STORE,
     log:
         f"{EXTRACTION}/extract.log",
     params:
@@ -78,7 +83,7 @@ rule gather:
     input:
         shards=lambda w: PLAN.shard_dirs(w.xh),
     output:
-        directory(f"{EXTRACTION}/activations"),
+        STORE,
     log:
         f"{EXTRACTION}/extract.log",
     params:

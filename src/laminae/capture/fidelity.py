@@ -21,7 +21,9 @@ absolute difference over the largest magnitude of the reference (`max_rel_error`
   where the sublayers' outputs are hooked;
 - `float32` (recorded, not required) when the model computes in bfloat16 or float16: every site
   of the first input against the same input computed in float32 (the weights cast up exactly,
-  then back), after the extraction.
+  then back), after the extraction; and `float32_top1`, for a model with a next-token readout
+  (`laminae.models.readout`): the fraction of the input's tokens whose top-1 next token (the last
+  block's resid_post through the readout) differs from float32's.
 
 Tolerances scale with the compute dtype (`TOLERANCE`): the first two compare the same values
 (0 unless a hook is misplaced); the sum rounds once per addition.
@@ -30,7 +32,7 @@ Tolerances scale with the compute dtype (`TOLERANCE`): the first two compare the
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,8 @@ FIDELITY_SEQUENCES, FIDELITY_TOKENS = 4, 64
 CHECKED_SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 #: max_rel_error allowed of a check that must hold, by compute dtype
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+#: float32_top1 is recorded, not required: the fraction of tokens whose top-1 may differ in 16 bits
+TOP1_TOLERANCE = {torch.float16: 0.05, torch.bfloat16: 0.1}
 COLUMNS = ("check", "site", "layer", "reference", "max_abs_error", "max_rel_error", "tolerance", "must_hold", "passed")
 
 
@@ -58,12 +62,12 @@ class FidelityError(LaminaeError):
 class Check:
     """One comparison of a captured site (one layer) with its reference."""
 
-    check: str            # final_output | chain | residual_sum | float32
+    check: str            # final_output | chain | residual_sum | float32 | float32_top1
     site: str
     layer: int
     reference: str        # what it is compared with, e.g. "resid_pre of layer 3"
     max_abs_error: float
-    max_rel_error: float  # max |captured - reference| / max |reference|
+    max_rel_error: float  # max |captured - reference| / max |reference| (float32_top1: the fraction that differ)
     tolerance: float
     must_hold: bool
 
@@ -85,8 +89,11 @@ class FirstBatchCheck:
     `finish` adds the float32 comparison, outside the extraction's hooks. `checks` holds them all.
     """
 
-    def __init__(self, loaded) -> None:
+    def __init__(self, loaded, readout: Callable[[], object] | None = None) -> None:
+        """`readout`: builds the model's `laminae.models.readout.Readout` on its device, when it has
+        one (called only for the float32 comparison of a 16-bit model)."""
         self.loaded = loaded
+        self.readout = readout
         self.dtype = next(loaded.model.parameters()).dtype
         self.checks: list[Check] = []
         self._first: tuple[list[int], dict[str, list[torch.Tensor]]] | None = None  # input, its sites
@@ -125,6 +132,11 @@ class FirstBatchCheck:
             for layer, rows in enumerate(sites[site]):
                 self.checks.append(_compare("float32", site, layer, rows, reference[site][layer][: len(rows)],
                                             "the same input in float32", TOLERANCE[self.dtype], False))
+        if self.readout is not None:
+            last = len(sites["resid_post"]) - 1
+            final = sites["resid_post"][last]
+            self.checks.append(top1_check(self.readout(), final, reference["resid_post"][last][: len(final)], last,
+                                          TOP1_TOLERANCE[self.dtype]))
 
     def _judge(self, sites: dict[str, list[torch.Tensor]], final: torch.Tensor) -> None:
         adapter, model = self.loaded.adapter, self.loaded.model
@@ -145,6 +157,17 @@ class FirstBatchCheck:
                                             "resid_pre + attn_out + mlp_out", tolerance, True))
 
 
+def top1_check(readout, final: torch.Tensor, reference: torch.Tensor, layer: int, tolerance: float) -> Check:
+    """The fraction of rows whose top-1 next token (`readout.logits`, float32) differs between the
+    last block's output `final` (n, d_model) and the same rows computed in float32 `reference`."""
+    with torch.inference_mode():
+        ours = readout.logits(final.float()).argmax(dim=-1)
+        theirs = readout.logits(reference.float()).argmax(dim=-1)
+    differ = float((ours != theirs).float().mean()) if ours.numel() else 0.0
+    return Check("float32_top1", "logits", layer, "the top-1 next token of the same input in float32 (fraction of "
+                 "tokens that differ)", differ, differ, tolerance, False)
+
+
 def checked_rows(sequences: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
     """(batch index, position) of the checked tokens of a batch: the first FIDELITY_TOKENS of each
     of its first FIDELITY_SEQUENCES inputs.
@@ -157,11 +180,12 @@ def checked_rows(sequences: Sequence[Sequence[int]]) -> tuple[list[int], list[in
     return [b for b, _ in pairs], [p for _, p in pairs]
 
 
-def measure_fidelity(loaded, sequences: Sequence[Sequence[int]]) -> list[Check]:
+def measure_fidelity(loaded, sequences: Sequence[Sequence[int]],
+                     readout: Callable[[], object] | None = None) -> list[Check]:
     """The checks on their own forward pass of the first FIDELITY_SEQUENCES of `sequences`."""
     from laminae.capture.forward import pad_right
 
-    check = FirstBatchCheck(loaded)
+    check = FirstBatchCheck(loaded, readout)
     batch = [list(sequence) for sequence in sequences[:FIDELITY_SEQUENCES]]
     input_ids, attention_mask = pad_right(batch, loaded.tokenizer.pad_token_id, loaded.info.device)
     with torch.inference_mode():
