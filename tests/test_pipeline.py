@@ -70,7 +70,7 @@ def test_plot_change_schedules_only_figure_jobs(workdir):
 @pytest.mark.smoke
 def test_new_template_schedules_only_experiment_1(workdir):
     dry = snakemake(workdir, [*OVERRIDES, "template=mid_sentence"], "-n")
-    assert scheduled_rules(dry) == {"extract": 1, "qkv_analysis": 1, "qkv_figures": 1, "qkv_claims": 1, "all": 1}
+    assert scheduled_rules(dry) == {"extract": 1, "fidelity_figure": 1, "qkv_analysis": 1, "qkv_figures": 1, "qkv_claims": 1, "all": 1}
 
 
 @pytest.mark.smoke
@@ -182,7 +182,9 @@ def test_the_report_holds_every_figure_and_claims_table_and_renders_in_a_browser
     results = json.loads(re.search(r'<script id="results">\s*var results = (.*?);?\s*</script>', page, re.S).group(1))
     expected = {str(path.relative_to(workdir)) for stage in run.stages.values() if stage.kind in ("plot", "claims")
                 for path in (workdir / stage.output_dir).glob("*.png")}
-    declared = sum(len(e.figures) + 1 for e in run.experiments.values())   # each figure, each claims table
+    stores = [stage for stage in run.stages.values() if stage.kind == "extract"]
+    expected |= {str((workdir / stage.dir / "fidelity.png").relative_to(workdir)) for stage in stores}
+    declared = sum(len(e.figures) + 1 for e in run.experiments.values()) + len(stores)   # and each claims table
     assert len(expected) == declared and set(results) == expected
     assert "system-message" not in page and "System Message" not in page   # captions render without docutils warnings
 

@@ -194,14 +194,14 @@ def test_experiments_on_one_corpus_share_one_extraction_of_the_union_of_their_si
 
 def test_experiment_2_pathlength_and_rotations_run_one_extraction_between_them(tmp_path):
     dry = snakemake(tmp_path, [*TINY, "experiments=[adjustments,pathlength,rotations]"], "-n")
-    assert scheduled_rules(dry) == {"random_model": 1, "extract": 1, "all": 1,
+    assert scheduled_rules(dry) == {"random_model": 1, "extract": 1, "fidelity_figure": 1, "all": 1,
                                     **{f"{e}_{s}": 1 for e in ("adjustments", "pathlength", "rotations")
                                        for s in ("analysis", "figures", "claims")}}
 
 
 def test_the_dag_runs_one_extraction_per_inputs(tmp_path):
     dry = snakemake(tmp_path, [*TINY, EXAMPLES, "experiments=[qkv,adjustments,anisotropy]"], "-n")
-    assert scheduled_rules(dry) == {"random_model": 1, "extract": 2, "all": 1,
+    assert scheduled_rules(dry) == {"random_model": 1, "extract": 2, "fidelity_figure": 2, "all": 1,
                                     **{f"{e}_{s}": 1 for e in ("qkv", "adjustments", "anisotropy")
                                        for s in ("analysis", "figures")},
                                     "qkv_claims": 1, "adjustments_claims": 1}   # anisotropy declares no measures

@@ -72,7 +72,7 @@ def test_depth_axis_is_relative_only_when_depths_differ():
 def test_sweep_runs_every_combination_once_and_overlays_them(tmp_path):
     overrides = [*FAST, "experiments=[qkv]", "qkv.claims=[]"]   # claims and their sweep matrix: test_claims.py
     dry = snakemake(tmp_path, overrides, "-n", sweep=SWEEP)
-    assert scheduled_rules(dry) == {"random_model": 1, "extract": 4, "qkv_analysis": 4, "qkv_figures": 4,
+    assert scheduled_rules(dry) == {"random_model": 1, "extract": 4, "fidelity_figure": 4, "qkv_analysis": 4, "qkv_figures": 4,
                                     "qkv_compare": 1, "qkv_across": 1, "all": 1}
     snakemake(tmp_path, overrides, "--cores", "2", sweep=SWEEP)
     (folder,) = [f for f in (tmp_path / "results" / "sweeps").glob("qkv-*") if "across" not in f.name]

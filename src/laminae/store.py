@@ -40,7 +40,6 @@ from laminae.provenance import MODEL_ATTRS
 ROWS_FILE = "rows.tsv"
 CONFIG_FILE = "config.yaml"
 FIDELITY_FILE = "fidelity.tsv"   # the extraction's first batch checked against the model (laminae.capture.fidelity)
-FIDELITY_FIGURE = "fidelity.png"   # the same drawn (laminae.plots.fidelity), with its .pdf; in the report
 REDUCTIONS = "reductions"   # activations/reductions/<experiment>/: what reducers computed during extraction
 # Working-set target of one streamed chunk (every site as read, float32 for float16/32 stores).
 CHUNK_BYTES = 256 * 2**20

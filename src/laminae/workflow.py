@@ -101,6 +101,11 @@ class ClaimsMatrix:
         return [str(self.dir / f"claims_matrix.{ext}") for ext in (*FIGURE_FORMATS, "tsv")] + [str(self.dir / "sweep.yaml")]
 
 
+def fidelity_figure(extraction: Stage) -> str:
+    """The fidelity figure of an extraction's store (rule `fidelity_figure`), beside the store."""
+    return f"{extraction.dir}/fidelity.png"
+
+
 @dataclass
 class WorkflowPlan:
     runs: list[Run]
@@ -302,15 +307,16 @@ class WorkflowPlan:
         return [f"{folder}/{name}" for name in (*names, "config.yaml")]
 
     def targets(self) -> list[str]:
-        """Every run's metrics and figures, without duplicates, in run order; then the sweep's
-        comparison figures."""
+        """Every run's metrics and figures and its stores' fidelity figures, without duplicates, in
+        run order; then the sweep's comparison figures."""
         seen: dict[str, None] = {}
         done: set[str] = set()   # a stage shared by runs (most, in a sweep) adds nothing the second time
         for run in self.runs:
             for stage in run.stages.values():
-                if stage.kind != "extract" and stage.hash not in done:
+                if stage.hash not in done:
                     done.add(stage.hash)
-                    seen.update(dict.fromkeys(self.stage_files(stage)))
+                    seen.update(dict.fromkeys([fidelity_figure(stage)] if stage.kind == "extract"
+                                              else self.stage_files(stage)))
         for comparison in self.comparisons.values():
             seen.update(dict.fromkeys(comparison.files))
         for cross in self.cross_runs.values():

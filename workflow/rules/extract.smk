@@ -4,11 +4,6 @@
 EXTRACTION = f"{RESULTS}/{{model}}/{{inputs}}/{{label}}-{{xh}}"
 from laminae.workflow import EXTRACT_THREADS  # noqa: E402
 
-# The store; its fidelity figure (laminae.plots.fidelity) goes into the report.
-STORE = report(directory(f"{EXTRACTION}/activations"), patterns=["{name}.png"], caption="../report/fidelity.rst",
-               category="Fidelity", subcategory="{model}", labels={"model": "{model}", "inputs": "{label}",
-                                                                   "figure": "fidelity", "run": "{xh}"})
-
 # Building a random model takes seconds: on a cluster it runs in the submitting process rather
 # than waiting in the queue as a job of its own.
 localrules:
@@ -34,7 +29,7 @@ rule extract:
     input:
         unpack(lambda w: PLAN.source_inputs(w.xh)),
     output:
-        STORE,
+        directory(f"{EXTRACTION}/activations"),
     log:
         f"{EXTRACTION}/extract.log",
     params:
@@ -83,7 +78,7 @@ rule gather:
     input:
         shards=lambda w: PLAN.shard_dirs(w.xh),
     output:
-        STORE,
+        directory(f"{EXTRACTION}/activations"),
     log:
         f"{EXTRACTION}/extract.log",
     params:
@@ -99,3 +94,27 @@ rule gather:
         "../../envs/laminae.yaml"
     script:
         "../scripts/gather.py"
+
+
+# The store's fidelity checks drawn for the report (laminae.plots.fidelity); its own small job, so
+# that the extraction pays for the checks only.
+rule fidelity_figure:
+    """fidelity.tsv of a store -> fidelity.png and .pdf beside the store (laminae.stages.fidelity)."""
+    input:
+        activations=f"{EXTRACTION}/activations",
+    output:
+        png=report(f"{EXTRACTION}/fidelity.png", caption="../report/fidelity.rst", category="Fidelity",
+                   subcategory="{model}", labels={"model": "{model}", "inputs": "{label}", "figure": "fidelity",
+                                                  "run": "{xh}"}),
+        pdf=f"{EXTRACTION}/fidelity.pdf",
+    log:
+        f"{EXTRACTION}/fidelity.log",
+    params:
+        stage=lambda w: PLAN.stage_record(w.xh),
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/laminae.yaml"
+    script:
+        "../scripts/fidelity_figure.py"

@@ -38,7 +38,7 @@ from laminae.models.readout import has_readout
 from laminae.provenance import dump_yaml, provenance_attrs, stage_config_record, upstream_attrs
 from laminae.shards import SHARD_RECORD, Shard, shard_record
 from laminae.stages.records import ExtractionRecord, Runtime, model_source
-from laminae.store import FIDELITY_FIGURE, FIDELITY_FILE, REDUCTIONS, ActivationWriter
+from laminae.store import FIDELITY_FILE, REDUCTIONS, ActivationWriter
 
 log = logging.getLogger(__name__)
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -114,7 +114,6 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: Extracti
         if check.checks:
             write_fidelity(check.checks, writer.tmp_dir / FIDELITY_FILE)
             writer.add_attrs(fidelity_attrs(check.checks))
-            draw_fidelity(writer.tmp_dir, f"{loaded.info.model_id} ({str(check.dtype).removeprefix('torch.')}), {record.inputs}")
         for reducer, _ in reducers:
             reducer.partial() if shard is not None else reducer.finish()
         writer.set_rows(plan.rows, plan.columns, first_row=plan.first_row)
@@ -127,15 +126,6 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: Extracti
 def reductions(record: ExtractionRecord, registry: Mapping[str, Experiment]) -> dict[str, Experiment]:
     """The experiments computed during the extraction, as their settings run them."""
     return {name: registry[name].for_config({name: reduction.settings}) for name, reduction in record.reductions.items()}
-
-
-def draw_fidelity(store: Path, subtitle: str) -> None:
-    """fidelity.png (and .pdf) from the store's fidelity.tsv."""
-    from laminae.plots.fidelity import plot_fidelity
-    from laminae.plots.style import save_figure
-    from laminae.store import read_tsv
-
-    save_figure(plot_fidelity(read_tsv(store / FIDELITY_FILE), subtitle), store / FIDELITY_FIGURE, dpi=120)
 
 
 def captured_sites(record: ExtractionRecord, registry: Mapping[str, Experiment]) -> set[str]:

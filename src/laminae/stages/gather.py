@@ -28,7 +28,7 @@ from laminae.experiment import Experiment, ReducerJob
 from laminae.provenance import provenance_attrs, stage_config_record, upstream_attrs
 from laminae.shards import SHARD_RECORD
 from laminae.stages.records import ExtractionRecord, Runtime, model_source
-from laminae.store import CONFIG_FILE, FIDELITY_FIGURE, FIDELITY_FILE, REDUCTIONS, ROWS_FILE, RowTable, link_shards
+from laminae.store import CONFIG_FILE, FIDELITY_FILE, REDUCTIONS, ROWS_FILE, RowTable, link_shards
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,8 @@ def gather(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime | Mapp
     with atomic_dir(Path(out_dir)) as tmp:
         layers = link_shards(tmp, shard_dirs, [shard["n_rows"] for shard in records], {"shards": len(shard_dirs)})
         _concatenate_rows(shard_dirs, tmp / ROWS_FILE)
-        for name in (FIDELITY_FILE, FIDELITY_FIGURE, Path(FIDELITY_FIGURE).with_suffix(".pdf").name):
-            if (shard_dirs[0] / name).is_file():   # the first batch: the first shard's
-                shutil.copyfile(shard_dirs[0] / name, tmp / name)
+        if (shard_dirs[0] / FIDELITY_FILE).is_file():   # the first batch: the first shard's
+            shutil.copyfile(shard_dirs[0] / FIDELITY_FILE, tmp / FIDELITY_FILE)
         rows = RowTable.from_tsv(tmp / ROWS_FILE)
         if len(rows) != n_rows:
             raise InputFileError(tmp / ROWS_FILE, f"has {len(rows)} rows; the shards declare {n_rows}")
