@@ -129,7 +129,10 @@ def test_the_store_records_every_check(tiny_llama, tmp_path):
         assert bool(handle.attrs["fidelity_passed"])
         assert float(handle.attrs["fidelity_residual_sum_max_rel_error"]) == max(
             float(row["max_rel_error"]) for row in rows if row["check"] == "residual_sum")
-    assert (out / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "fidelity.pdf").is_file()
+    from laminae.stages.fidelity import draw_fidelity
+
+    draw_fidelity(out, tmp_path / "fidelity.png", "tiny-llama, stimuli")   # rule fidelity_figure
+    assert (tmp_path / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "fidelity.pdf").is_file()
 
 
 def test_the_report_caption_renders_to_valid_restructuredtext():
