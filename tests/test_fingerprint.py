@@ -148,3 +148,15 @@ def test_changed_weights_rerun_the_extraction_and_are_recorded(tmp_path):
     assert scheduled_rules(snakemake(work, overrides, "-n", target)) == {}
     build_tiny("gpt_neox", folder, seed=1)         # another checkpoint at the same path
     assert scheduled_rules(snakemake(work, overrides, "-n", target)) == {"extract": 1, "qkv_analysis": 1}
+
+
+def test_the_across_training_title_names_checkpoints_with_repeated_weights():
+    """Pythia-style step branches serving one set of files: the figure says which step repeats which."""
+    from laminae.stages.compare import training_title
+    from laminae.stages.records import SAME_WEIGHTS
+
+    runs = [{"label": "model.revision=step1000"}, {"label": "model.revision=step2000"},
+            {"label": f"model.revision=step3000{SAME_WEIGHTS}model.revision=step2000]"}]
+    assert training_title("RSA", runs, [1000, 2000, 3000]) == (
+        "RSA across training: 3 checkpoints; step 3,000 has the weights of step 2,000 (one model, not two)")
+    assert training_title("RSA", runs[:2], [1000, 2000]) == "RSA across training: 2 checkpoints"

@@ -29,7 +29,7 @@ from laminae.config.across import CrossRun, plan_across
 from laminae.errors import ConfigError
 from laminae.experiment import Experiment
 from laminae.sites import QKV
-from laminae.stages.records import PROJECT_ROOT_VARIABLE
+from laminae.stages.records import PROJECT_ROOT_VARIABLE, SAME_WEIGHTS
 from laminae.stages.runner import WORKFLOW_CONFIG_KEY
 
 CONFIG_KEYS = ("overrides", "sweep")
@@ -183,7 +183,7 @@ class WorkflowPlan:
             fingerprint = self.weights(run["analysis"])
             model = _model_key(self.run_of[run["analysis"]].config["model"])
             if fingerprint is not None and first_of.setdefault(fingerprint, (model, run["label"]))[0] != model:
-                run["label"] += f" [same weights as {first_of[fingerprint][1]}]"
+                run["label"] += f"{SAME_WEIGHTS}{first_of[fingerprint][1]}]"
         first = self.run_of[runs[0]["analysis"]].config
         config = {"stage": f"{experiment.name}.compare", "experiment": experiment.name, "runs": runs,
                   "plot": {"dpi": first["plot"]["dpi"], experiment.name: first[experiment.name].get("plot", {})}}

@@ -25,7 +25,7 @@ from laminae.experiment import CompareJob, Experiment
 from laminae.plots.style import save_figure
 from laminae.provenance import dump_yaml
 from laminae.stages.claims import measurements_of
-from laminae.stages.records import CompareRecord
+from laminae.stages.records import SAME_WEIGHTS, CompareRecord
 
 
 def run_comparison(experiment: Experiment, record: CompareRecord | Mapping[str, Any],
@@ -48,6 +48,23 @@ def run_comparison(experiment: Experiment, record: CompareRecord | Mapping[str, 
     return [*written, out_png.with_name("sweep.yaml")]
 
 
+def training_title(what: str, runs: Sequence[Mapping[str, Any]], steps: Sequence[int]) -> str:
+    """`<what> across training: N checkpoints`, and the checkpoints whose weights repeat an earlier
+    one's (their labels say so), e.g. `; step 2,000 has the weights of step 1,000`.
+
+        >>> training_title("RSA", [{"label": "model.revision=step1000"},
+        ...                        {"label": "model.revision=step2000 [same weights as model.revision=step1000]"}],
+        ...                [1000, 2000])
+        'RSA across training: 2 checkpoints; step 2,000 has the weights of step 1,000 (one model, not two)'
+    """
+    step_of = {run["label"].split(SAME_WEIGHTS)[0]: step for run, step in zip(runs, steps)}
+    repeats = [f"step {step:,} has the weights of step {step_of[label.split(SAME_WEIGHTS)[1].rstrip(']')]:,}"
+               for run, step in zip(runs, steps) if SAME_WEIGHTS in (label := run["label"])
+               and label.split(SAME_WEIGHTS)[1].rstrip("]") in step_of]
+    title = f"{what} across training: {len(steps)} checkpoints"
+    return title + (f"; {', '.join(repeats)} (one model, not two)" if repeats else "")
+
+
 def run_training(experiment: Experiment, record: CompareRecord | Mapping[str, Any],
                  metrics_dirs: Sequence[str | Path], out_png: Path) -> list[Path]:
     """The headline metrics of every checkpoint (the record's `steps`): heatmaps and curves."""
@@ -60,5 +77,5 @@ def run_training(experiment: Experiment, record: CompareRecord | Mapping[str, An
     measured = [measurements_of(experiment, folder, run["settings"]) for folder, run in zip(metrics_dirs, stage.runs)]
     series = {measure.headline: [run[measure.name] for run in measured] for measure in headlines
               if all(measure.name in run for run in measured)}
-    title = f"{experiment.title} across training: {len(stage.steps)} checkpoints"
+    title = training_title(experiment.title, stage.runs, list(stage.steps))
     return save_figure(plot_across_training(series, list(stage.steps), title), out_png, dpi=stage.dpi)

@@ -39,6 +39,8 @@ from laminae.models.readout import ModelSource
 R = TypeVar("R", bound="StageRecord")
 #: Where a workflow's jobs find its project root (set by the Snakefile: laminae.workflow).
 PROJECT_ROOT_VARIABLE = "LAMINAE_PROJECT_ROOT"
+#: in a sweep comparison's run label: this run's weights are those of an earlier run (named after it)
+SAME_WEIGHTS = " [same weights as "
 
 
 @dataclass(frozen=True)
