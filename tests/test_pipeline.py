@@ -200,4 +200,4 @@ def test_the_report_holds_every_figure_and_claims_table_and_renders_in_a_browser
     found = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
     assert set(found["decoded"]) == expected
     assert all(isinstance(size, list) and min(size) > 100 for size in found["decoded"].values()), found["decoded"]
-    assert sorted(found["shown"]) == sorted(e.title for e in run.experiments.values())
+    assert sorted(found["shown"]) == sorted([*(e.title for e in run.experiments.values()), "Fidelity"])

@@ -7,7 +7,9 @@ stimuli extraction and every analysis of it, and the corpus experiments are unto
 An extraction is named by what determines its activations (model, inputs, position policy,
 storage dtype) and stores the union of the sites its enabled experiments read, so experiments
 on the same inputs share one forward pass; an experiment whose reducer runs during extraction
-adds its analysis settings to the extraction's hash instead of sites.
+adds its analysis settings to the extraction's hash instead of sites. A store on disk of the
+same model and inputs that already holds every site and reduction a run needs is read instead
+(`laminae.config.reuse.covering_store`): the run's analyses name it as their upstream.
 
     >>> run = plan_run(cfg, project_root=".", registry=discover())
     >>> run.stages["corpus.extract"].dir
@@ -133,6 +135,7 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
     its figure stage hashes the claims' reference marks it draws."""
     from laminae.claims import references
     from laminae.claims.config import claims_of
+    from laminae.config.reuse import covering_store
     from laminae.inputs import input_kind
 
     results = Path(cfg["results_dir"]) / cfg["model"]["name"]
@@ -156,6 +159,7 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
                         for e in readers if during_extraction(cfg, e)},
         )
         extraction = _stage(f"{kind}.extract", extract_cfg, None, results / kind, inputs.label(cfg))
+        extraction = covering_store(extraction, registry) or extraction   # a store on disk may hold it all
         stages[extraction.name] = extraction
         for experiment in readers:
             settings = analysis_settings(cfg, experiment)
