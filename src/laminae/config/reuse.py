@@ -22,24 +22,28 @@ Rules (so that what a run reads stays unambiguous and bit for bit what it would 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from laminae.config.keys import stable_hash
 from laminae.experiment import Experiment
 
+if TYPE_CHECKING:
+    from laminae.config.stages import Stage
+
 #: what may differ between the planned extraction and a store that covers it
 CONTENTS = ("sites", "reductions")
 _RECORDS: dict[str, tuple[tuple[int, int], tuple[str, dict[str, Any]] | None]] = {}   # path -> (stat, parsed)
 
 
-def covering_store(planned: Any, registry: Mapping[str, Experiment]) -> Any | None:
-    """An existing store that covers the planned extraction stage (a `laminae.config.Stage`), as a
-    Stage; None when its own store exists or none covers it."""
+def covering_store(planned: Stage, registry: Mapping[str, Experiment]) -> Stage | None:
+    """An existing store that covers the planned extraction stage, as a Stage; None when its own
+    store exists or none covers it."""
     if (planned.output_dir / "config.yaml").is_file():
         return None
     label = planned.dir.name[: -len(planned.hash) - 1]
@@ -60,7 +64,8 @@ def covering_store(planned: Any, registry: Mapping[str, Experiment]) -> Any | No
     if best is None:
         return None
     _, digest, stored = best
-    return type(planned)(name=planned.name, config=copy.deepcopy(stored), hash=digest, dir=planned.dir.parent / f"{label}-{digest}")
+    return dataclasses.replace(planned, config=copy.deepcopy(stored), hash=digest,
+                               dir=planned.dir.parent / f"{label}-{digest}")
 
 
 def reads_pattern(config: Mapping[str, Any], registry: Mapping[str, Experiment]) -> bool:

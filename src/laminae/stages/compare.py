@@ -57,10 +57,10 @@ def training_title(what: str, runs: Sequence[Mapping[str, Any]], steps: Sequence
         ...                [1000, 2000])
         'RSA across training: 2 checkpoints; step 2,000 has the weights of step 1,000 (one model, not two)'
     """
-    step_of = {run["label"].split(SAME_WEIGHTS)[0]: step for run, step in zip(runs, steps)}
-    repeats = [f"step {step:,} has the weights of step {step_of[label.split(SAME_WEIGHTS)[1].rstrip(']')]:,}"
-               for run, step in zip(runs, steps) if SAME_WEIGHTS in (label := run["label"])
-               and label.split(SAME_WEIGHTS)[1].rstrip("]") in step_of]
+    labels = [run["label"].partition(SAME_WEIGHTS) for run in runs]    # (label, marker, "earlier label]")
+    step_of = {label: step for (label, _, _), step in zip(labels, steps)}
+    repeats = [f"step {step:,} has the weights of step {step_of[same[:-1]]:,}"
+               for (_, _, same), step in zip(labels, steps) if same[:-1] in step_of]
     title = f"{what} across training: {len(steps)} checkpoints"
     return title + (f"; {', '.join(repeats)} (one model, not two)" if repeats else "")
 
