@@ -25,7 +25,8 @@ from laminae.workflow import WorkflowPlan, export_source_path
 export_source_path(PROJECT_ROOT)  # jobs (conda envs, cluster nodes) import laminae from src/ too
 
 try:
-    PLAN = WorkflowPlan.from_snakemake_config(config, PROJECT_ROOT)
+    # a job (on a cluster node) plans again: with the stores the DAG chose (laminae.config.reuse)
+    PLAN = WorkflowPlan.from_snakemake_config(config, PROJECT_ROOT, job=workflow.remote_exec or workflow.subprocess_exec)
 except LaminaeError as error:
     print(f"laminae: {error}", file=sys.stderr)
     sys.exit(1)

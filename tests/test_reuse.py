@@ -71,6 +71,27 @@ def test_the_fewest_sites_win_and_a_foreign_record_is_ignored(tmp_path):
     assert plan(tmp_path, "experiments=[cka]").stages["stimuli.extract"].hash == widest.hash
 
 
+def test_a_job_plans_with_the_stores_the_dag_chose(tmp_path, monkeypatch):
+    """A cluster job parses the Snakefile again while other jobs write stores: it must plan the
+    stage it was submitted for, so it reads the DAG's choices instead of choosing again."""
+    from laminae.config.compose import CACHE_DIR
+    from laminae.workflow import WorkflowPlan
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LAMINAE_CACHE_DIR", str(tmp_path / CACHE_DIR))
+    config = {"overrides": ["model=tiny-gpt2", "experiments=[qkv]", f"results_dir={tmp_path}"]}
+
+    def extraction(job: bool) -> str:
+        return WorkflowPlan.from_snakemake_config(config, ROOT, job=job).runs[0].stages["stimuli.extract"].hash
+
+    own = extraction(job=False)                   # nothing on disk: the run's own store
+    wide = plan(tmp_path, "experiments=[qkv,cka]").stages["stimuli.extract"]
+    make_store(wide)                              # another job finishes a store that covers it
+    assert extraction(job=True) == own            # the job still plans what the DAG planned
+    assert extraction(job=False) == wide.hash     # a new DAG reads the covering store...
+    assert extraction(job=True) == wide.hash      # ...and so do its jobs
+
+
 @pytest.mark.slow
 def test_through_snakemake_an_experiment_on_stored_sites_reruns_no_model(tmp_path):
     """After qkv and cka ran, qkv alone has nothing to do; neurons (mlp_post) needs the model."""

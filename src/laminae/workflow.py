@@ -200,12 +200,23 @@ class WorkflowPlan:
                           Path(self.results_dir) / "sweeps" / f"{experiment.name}-{digest}")
 
     @classmethod
-    def from_snakemake_config(cls, config: Mapping[str, Any], root: Path) -> "WorkflowPlan":
+    def from_snakemake_config(cls, config: Mapping[str, Any], root: Path, job: bool = False) -> "WorkflowPlan":
+        """The plan of `--config overrides=[...] sweep=[...]`. The process that builds the DAG
+        decides which existing stores the runs read and records it; a job (`job`: Snakemake's
+        remote or subprocess mode, which parses the Snakefile again while other jobs write
+        stores) reads that record, so it plans the stages it was submitted for."""
+        from laminae.config.compose import cache_dir
+        from laminae.config.reuse import StoreChoices
+
         unknown = sorted(set(config) - set(CONFIG_KEYS) - {WORKFLOW_CONFIG_KEY})
         if unknown:
             raise ConfigError(f"--config {unknown[0]}", "only overrides=[...] and sweep=[...], e.g. "
                               f"--config 'overrides=[\"{unknown[0]}={config[unknown[0]]}\"]'", has_value=False)
-        runs = load_runs(config.get("overrides", []), config.get("sweep", []), project_root=root)
+        overrides, sweep = config.get("overrides", []), config.get("sweep", [])
+        record = cache_dir(root) / f"stores-{stable_hash([overrides, sweep, str(Path.cwd().resolve())])}.json"
+        stores = StoreChoices.recorded(record) if job else StoreChoices.deciding(record)
+        runs = load_runs(overrides, sweep, project_root=root, stores=stores)
+        stores.save()
         return cls(runs=runs, root=root)
 
     @property

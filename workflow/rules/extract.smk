@@ -4,10 +4,11 @@
 EXTRACTION = f"{RESULTS}/{{model}}/{{inputs}}/{{label}}-{{xh}}"
 from laminae.workflow import EXTRACT_THREADS  # noqa: E402
 
-# Building a random model takes seconds: on a cluster it runs in the submitting process rather
-# than waiting in the queue as a job of its own.
+# Building a random model and drawing a store's fidelity figure take seconds: on a cluster they
+# run in the submitting process rather than waiting in the queue as jobs of their own.
 localrules:
     random_model,
+    fidelity_figure,
 
 
 rule random_model:

@@ -14,7 +14,7 @@ import copy
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from laminae.config.compose import Composer, cache_dir, compose_config, expand_sweep, experiment_packages, group_files
 from laminae.config.keys import get_key, select_keys, stable_hash
@@ -24,6 +24,9 @@ from laminae.config.stages import RUNTIME_KEYS, Run, Stage, analysis_settings, p
 from laminae.config.validate import resolve_layer, validate_config
 from laminae.errors import ConfigError
 
+if TYPE_CHECKING:
+    from laminae.config.reuse import StoreChoices
+
 __all__ = [
     "RUNTIME_KEYS", "Composer", "Run", "Stage", "analysis_settings", "compose_config", "expand_sweep", "experiment_packages",
     "get_key", "load_runs", "plan_run", "resolve_layer", "select_keys", "stable_hash", "validate_config",
@@ -31,7 +34,8 @@ __all__ = [
 
 
 def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_root: str | Path = ".",
-              config_dir: str | Path | None = None, cache: bool = True) -> list[Run]:
+              config_dir: str | Path | None = None, cache: bool = True,
+              stores: "StoreChoices | None" = None) -> list[Run]:
     """Compose, validate and plan every run: one per combination of `sweep`, each with
     `overrides` applied first (sweep values win on a shared key).
 
@@ -39,7 +43,9 @@ def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_
     config-group overrides composed by Hydra once), which with `cache` keeps composed configs in
     `<project_root>/.snakemake/laminae-cache/` (or `$LAMINAE_CACHE_DIR`), keyed by the overrides
     and the content of `conf/`:
-    every cluster job re-parsing the Snakefile of a sweep reads them instead of composing again."""
+    every cluster job re-parsing the Snakefile of a sweep reads them instead of composing again.
+    `stores` decides which existing stores the runs read (default: decide now, record nothing;
+    `laminae.config.reuse`)."""
     from laminae.registry import discover
 
     for name, value in (("overrides", overrides), ("sweep", sweep)):
@@ -69,7 +75,7 @@ def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_
             validate_config(cfg, root, registry, _GroupFiles(run_overrides, config_dir, registry))
             explicit = len(combinations) == 1 and names_experiments(run_overrides)
             notes = drop_inapplicable(cfg, registry, root, explicit)
-            runs.append(plan_run(cfg, root, registry, combination, tuple(notes)))
+            runs.append(plan_run(cfg, root, registry, combination, tuple(notes), stores=stores))
     if len({run.config["results_dir"] for run in runs}) > 1:
         raise ConfigError("results_dir", "one value for every run of a sweep", sorted({r.config["results_dir"] for r in runs}))
     return runs

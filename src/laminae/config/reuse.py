@@ -17,14 +17,24 @@ Rules (so that what a run reads stays unambiguous and bit for bit what it would 
   `pattern` too, and no other: eager and fast attention kernels round differently;
 - among several, the one with the fewest sites and reductions, then the smallest hash;
 - the run's own store, when it exists, is its own.
+
+The process that builds the DAG decides; its cluster jobs, which plan the sweep again while
+other jobs write stores, read its decisions back instead of deciding again (`StoreChoices`),
+so that every job finds the stage it was submitted for:
+
+    >>> choices = StoreChoices.deciding(record)      # the DAG: decide, then choices.save()
+    >>> choices = StoreChoices.recorded(record)      # a job: the DAG's decisions, nothing new
+    >>> stage = choices.choose(planned, registry)
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +76,53 @@ def covering_store(planned: Stage, registry: Mapping[str, Experiment]) -> Stage 
     _, digest, stored = best
     return dataclasses.replace(planned, config=copy.deepcopy(stored), hash=digest,
                                dir=planned.dir.parent / f"{label}-{digest}")
+
+
+@dataclass
+class StoreChoices:
+    """Which existing store each planned extraction reads: `{planned hash: store hash}`."""
+
+    decide: bool = True                      # False: only the recorded choices (a job)
+    record: Path | None = None               # where the choices are kept between DAG and jobs
+    chosen: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def deciding(cls, record: Path | None = None) -> "StoreChoices":
+        return cls(decide=True, record=record)
+
+    @classmethod
+    def recorded(cls, record: Path) -> "StoreChoices":
+        """The DAG's choices; none (every run reads its own store) when it recorded none."""
+        try:
+            chosen = json.loads(Path(record).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            chosen = {}
+        return cls(decide=False, record=record, chosen=chosen if isinstance(chosen, dict) else {})
+
+    def choose(self, planned: Stage, registry: Mapping[str, Experiment]) -> Stage:
+        """`planned`, or the store on disk it reads instead."""
+        if self.decide:
+            found = covering_store(planned, registry)
+            if found is None:
+                self.chosen.pop(planned.hash, None)
+                return planned
+            self.chosen[planned.hash] = found.hash
+            return found
+        digest = self.chosen.get(planned.hash)
+        label = planned.dir.name[: -len(planned.hash) - 1]
+        recorded = _record(planned.dir.parent / f"{label}-{digest}" / "activations" / "config.yaml") if digest else None
+        if recorded is None or recorded[0] != digest:
+            return planned
+        return dataclasses.replace(planned, config=copy.deepcopy(recorded[1]), hash=digest,
+                                   dir=planned.dir.parent / f"{label}-{digest}")
+
+    def save(self) -> None:
+        """Write the choices for the jobs (atomically), when deciding with a record."""
+        if self.decide and self.record is not None:
+            from laminae.atomic import atomic_write_text
+
+            Path(self.record).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(self.record), json.dumps(self.chosen, sort_keys=True))
 
 
 def reads_pattern(config: Mapping[str, Any], registry: Mapping[str, Experiment]) -> bool:

@@ -35,11 +35,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from laminae.config.keys import get_key, select_keys, stable_hash
 from laminae.experiment import Experiment
 from laminae.sites import SITES
+
+if TYPE_CHECKING:
+    from laminae.config.reuse import StoreChoices
 
 # Bump a stage's version when the core's computation changes, so cached outputs are not
 # reused (an experiment bumps its own `version` for its analysis).
@@ -127,7 +130,7 @@ def stored_sites(experiments: list[Experiment], cfg: Mapping[str, Any]) -> list[
 
 
 def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[str, Experiment],
-             overrides: tuple[str, ...] = (), notes: tuple[str, ...] = ()) -> Run:
+             overrides: tuple[str, ...] = (), notes: tuple[str, ...] = (), stores: "StoreChoices | None" = None) -> Run:
     """Stage configs, hashes and folders for every experiment in `cfg["experiments"]`.
 
     `cfg` must be validated already (see `validate_config`). An experiment with claims
@@ -135,7 +138,7 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
     its figure stage hashes the claims' reference marks it draws."""
     from laminae.claims import references
     from laminae.claims.config import claims_of
-    from laminae.config.reuse import covering_store
+    from laminae.config.reuse import StoreChoices
     from laminae.inputs import input_kind
 
     results = Path(cfg["results_dir"]) / cfg["model"]["name"]
@@ -159,7 +162,7 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
                         for e in readers if during_extraction(cfg, e)},
         )
         extraction = _stage(f"{kind}.extract", extract_cfg, None, results / kind, inputs.label(cfg))
-        extraction = covering_store(extraction, registry) or extraction   # a store on disk may hold it all
+        extraction = (stores or StoreChoices()).choose(extraction, registry)   # a store on disk may hold it all
         stages[extraction.name] = extraction
         for experiment in readers:
             settings = analysis_settings(cfg, experiment)
