@@ -14,10 +14,11 @@ each in a fresh process, from process start to exit:
   build the DAG of every job;
 - `dag warm`: the same again, composed configs read from the cache;
 - `job start`: what each cluster job pays before its stage function: `snakemake -n --cores 1
-  <one qkv metrics file>` with the same config and a warm cache (Snakemake's start, the
-  Snakefile's plan of every run of the sweep, the DAG of one job);
+  --mode remote <one qkv metrics file>` with the same config and a warm cache (Snakemake's
+  start, the Snakefile's plan of every run of the sweep as a job plans it: the stores the DAG
+  chose, no config checks; the DAG of one job);
 - `plan`: in one process, `WorkflowPlan.from_snakemake_config` with a warm cache plus that
-  job's lookups (`stage_record`, `resources`): laminae's part of `job start`.
+  job's lookups (`stage_record`, `resources`), as the DAG's process plans (checks included).
 
 Where a SLURM client is installed, `scontrol` is shadowed by a stub that fails at once, so the
 numbers do not hold the ~9 s of the SLURM plugin's `scontrol show config` (docs/PERFORMANCE.md,
@@ -94,7 +95,7 @@ def measure(name: str, root: Path, n: int, tmp: Path, base_env: dict[str, str], 
     total = re.search(r"^total\s+(\d+)", out, re.MULTILINE)
     jobs = int(total.group(1)) if total else 0
     warm, _ = dry_run(root, workdir, n, env)
-    job, _ = dry_run(root, workdir, n, env, target)
+    job, _ = dry_run(root, workdir, n, env, "--mode", "remote", target)   # as a cluster job starts
     plan = subprocess.run([sys.executable, "-c", PLAN_SCRIPT, str(root), sweep_of(n)], capture_output=True, text=True,
                           env=env, check=True)
     return {"dag cold": cold, "dag warm": warm, "job start": job, "plan": float(plan.stdout.split()[-1]), "jobs": jobs}

@@ -204,7 +204,8 @@ class WorkflowPlan:
         """The plan of `--config overrides=[...] sweep=[...]`. The process that builds the DAG
         decides which existing stores the runs read and records it; a job (`job`: Snakemake's
         remote or subprocess mode, which parses the Snakefile again while other jobs write
-        stores) reads that record, so it plans the stages it was submitted for."""
+        stores) reads that record, so it plans the stages it was submitted for, and skips the
+        config checks the DAG's process made (a cluster job of a large sweep starts sooner)."""
         from laminae.config.compose import cache_dir
         from laminae.config.reuse import StoreChoices
 
@@ -215,7 +216,7 @@ class WorkflowPlan:
         overrides, sweep = config.get("overrides", []), config.get("sweep", [])
         record = cache_dir(root) / f"stores-{stable_hash([overrides, sweep, str(Path.cwd().resolve())])}.json"
         stores = StoreChoices.recorded(record) if job else StoreChoices.deciding(record)
-        runs = load_runs(overrides, sweep, project_root=root, stores=stores)
+        runs = load_runs(overrides, sweep, project_root=root, stores=stores, validate=not job)
         stores.save()
         return cls(runs=runs, root=root)
 

@@ -35,7 +35,7 @@ __all__ = [
 
 def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_root: str | Path = ".",
               config_dir: str | Path | None = None, cache: bool = True,
-              stores: "StoreChoices | None" = None) -> list[Run]:
+              stores: "StoreChoices | None" = None, validate: bool = True) -> list[Run]:
     """Compose, validate and plan every run: one per combination of `sweep`, each with
     `overrides` applied first (sweep values win on a shared key).
 
@@ -45,7 +45,8 @@ def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_
     and the content of `conf/`:
     every cluster job re-parsing the Snakefile of a sweep reads them instead of composing again.
     `stores` decides which existing stores the runs read (default: decide now, record nothing;
-    `laminae.config.reuse`)."""
+    `laminae.config.reuse`). `validate=False` skips the checks, for a cluster job planning what
+    the DAG's process validated already."""
     from laminae.registry import discover
 
     for name, value in (("overrides", overrides), ("sweep", sweep)):
@@ -57,7 +58,9 @@ def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_
     combinations = expand_sweep(sweep) if sweep else [()]
     packages: list[str] | None = None
     models: dict[tuple, dict[str, Any]] = {}
-    with Composer(config_dir, cache_dir=cache_dir(root) if cache else None) as composer:
+    from laminae.inputs.corpus import listing_once
+
+    with Composer(config_dir, cache_dir=cache_dir(root) if cache else None) as composer, listing_once():
         for combination in combinations:
             run_overrides = (*overrides, *combination)
             if any("experiment_packages" in o for o in run_overrides):
@@ -72,7 +75,8 @@ def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_
                 if key not in models:
                     models[key] = resolve_model_keys(cfg["model"], run_overrides, config_dir, root)
                 cfg["model"] = copy.deepcopy(models[key])
-            validate_config(cfg, root, registry, _GroupFiles(run_overrides, config_dir, registry))
+            if validate:
+                validate_config(cfg, root, registry, _GroupFiles(run_overrides, config_dir, registry))
             explicit = len(combinations) == 1 and names_experiments(run_overrides)
             notes = drop_inapplicable(cfg, registry, root, explicit)
             runs.append(plan_run(cfg, root, registry, combination, tuple(notes), stores=stores))

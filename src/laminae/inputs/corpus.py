@@ -27,11 +27,12 @@ The in-memory form, for small corpora and as the tests' reference:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from laminae.errors import ConfigError
 from laminae.inputs import ExtractionPlan
@@ -132,6 +133,21 @@ def validate(cfg: dict[str, Any], project_root: str | Path) -> None:
     sources(cfg, project_root).check()
 
 
+_LISTED: dict[tuple[str, str, str], list[Path]] | None = None   # set while `listing_once` holds
+
+
+@contextlib.contextmanager
+def listing_once() -> Iterator[None]:
+    """Within the block, each corpus folder is listed once (a sweep plans many runs of one
+    corpus: `laminae.config.load_runs`); outside it, on every call."""
+    global _LISTED
+    outer, _LISTED = _LISTED, {} if _LISTED is None else _LISTED
+    try:
+        yield
+    finally:
+        _LISTED = outer
+
+
 def corpus_documents(path: str | Path, project_root: str | Path = ".") -> list[Path]:
     """The documents of a corpus: the file itself, or the sorted .txt files of a folder.
     Relative paths are relative to `project_root`, and the documents are returned relative to
@@ -140,6 +156,9 @@ def corpus_documents(path: str | Path, project_root: str | Path = ".") -> list[P
 
     Raises ConfigError naming `corpus.path` when it is missing or holds no corpus file (a file
     of another suffix than SUFFIXES is read as text). Their content is checked by `validate`."""
+    key = (str(path), str(project_root), os.getcwd())
+    if _LISTED is not None and key in _LISTED:
+        return list(_LISTED[key])
     resolved = Path(project_root, path) if not Path(path).is_absolute() else Path(path)
     if resolved.is_file():
         found = [resolved]
@@ -149,7 +168,10 @@ def corpus_documents(path: str | Path, project_root: str | Path = ".") -> list[P
             raise ConfigError("corpus.path", f"a folder holding {'/'.join(SUFFIXES)} files", str(path))
     else:
         raise ConfigError("corpus.path", "an existing text file or folder", str(path))
-    return [_relative_to_cwd(document) for document in found]
+    documents = [_relative_to_cwd(document) for document in found]
+    if _LISTED is not None:
+        _LISTED[key] = documents
+    return list(documents)
 
 
 def _relative_to_cwd(path: Path) -> Path:
