@@ -1,5 +1,6 @@
 """Shared fixtures: model configs from conf/model/*.yaml and loaded models, built once per test
-session in a temporary models_dir (the random models are built there on first use)."""
+session in a temporary models_dir (the random models are built there on first use); random models
+prebuilt for end-to-end runs (`built_models`)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,20 @@ def read_model_cfg(name: str) -> dict[str, Any]:
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A session-wide folder for random models (built on first use)."""
     return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def built_models(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The override `models_dir=<folder>`, with tiny-gpt2 and tiny-llama built in that folder
+    (once per worker, in this process): an end-to-end run given it finds its random model and
+    schedules no `random_model` job. Tests of that rule (test_pipeline.py, test_sweep.py) and of
+    what lies under a run's own models/ run without it."""
+    from laminae.models.locate import locate_model
+
+    folder = tmp_path_factory.mktemp("built-models")
+    for name in ("tiny-gpt2", "tiny-llama"):
+        locate_model(read_model_cfg(name), folder, PROJECT_ROOT)
+    return f"models_dir={folder}"
 
 
 def _load(name: str, models_dir: Path) -> LoadedModel:
