@@ -81,8 +81,8 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Sequence[s
     it up to date) of one `snakemake --cores 2` run of `overrides` in a fresh folder. The run is
     made once per pytest session, by whichever pytest-xdist worker asks first; a worker asking
     meanwhile waits on its file lock, then copies it. For files whose module fixtures run the same
-    config: test_pipeline.py and test_api.py (TINY_RUN), test_cli.py and test_bad_inputs.py
-    (TINY_QKV_RUN)."""
+    config (test_cli.py and test_bad_inputs.py: TINY_QKV_RUN). Not used by test_pipeline.py, whose
+    second run is compared bit for bit with its first, made in the same module."""
     from workflow_helpers import snakemake
 
     root = tmp_path_factory.getbasetemp()

@@ -19,7 +19,7 @@ from laminae.api.results import RunNotFoundError, find_runs, flatten
 from laminae.errors import ConfigError, LaminaeError
 from laminae.store import read_tsv
 from laminae.workflow import WorkflowPlan
-from workflow_helpers import PROJECT_ROOT, TINY_RUN, snakemake_env
+from workflow_helpers import PROJECT_ROOT, TINY_RUN, snakemake, snakemake_env
 
 OVERRIDES = TINY_RUN
 EXPERIMENTS = {"qkv", "adjustments", "pathlength", "rotations"}
@@ -179,10 +179,11 @@ def test_plan_matches_the_workflow_plan_and_refuses_bad_overrides(tmp_path):
 
 # ------------------------------------------------------------------------------ one real run
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, shared_run) -> Path:
-    """The four experiments on tiny-gpt2, through the real Snakefile: a copy of the run
-    test_pipeline.py inspects too."""
-    return shared_run(OVERRIDES, tmp_path_factory.mktemp("api") / "work")
+def workdir(tmp_path_factory) -> Path:
+    """The four experiments on tiny-gpt2, through the real Snakefile."""
+    workdir = tmp_path_factory.mktemp("api")
+    snakemake(workdir, OVERRIDES, "--cores", "2")
+    return workdir
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,18 @@ from safetensors.numpy import load_file
 from laminae.config import load_runs
 from laminae.store import ActivationStore
 from reference_gpt2 import reference_gpt2_sites
-from workflow_helpers import PROJECT_ROOT, TINY_RUN, scheduled_rules, snakemake
+from workflow_helpers import FAST, PROJECT_ROOT, scheduled_rules, snakemake
 
 pytestmark = pytest.mark.slow
-OVERRIDES = TINY_RUN
+OVERRIDES = ["model=tiny-gpt2", *FAST]
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, shared_run) -> Path:
-    """A copy of one full run of the default experiments (the run test_api.py inspects too); every
-    test below inspects it."""
-    return shared_run(OVERRIDES, tmp_path_factory.mktemp("pipeline") / "work")
+def workdir(tmp_path_factory) -> Path:
+    """One full run of both experiments; every test below inspects it."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    snakemake(workdir, OVERRIDES, "--cores", "2")
+    return workdir
 
 
 @pytest.fixture(scope="module")
