@@ -1,11 +1,16 @@
 """Shared fixtures: model configs from conf/model/*.yaml and loaded models, built once per test
-session in a temporary models_dir (the random models are built there on first use)."""
+session in a temporary models_dir (the random models are built there on first use); random models
+prebuilt for end-to-end runs (`built_models`); Snakemake runs shared by test files (`shared_run`)."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import pytest
 import yaml
@@ -54,6 +59,48 @@ def read_model_cfg(name: str) -> dict[str, Any]:
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A session-wide folder for random models (built on first use)."""
     return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def built_models(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The override `models_dir=<folder>`, with tiny-gpt2 and tiny-llama built in that folder
+    (once per worker, in this process): an end-to-end run given it finds its random model and
+    schedules no `random_model` job. Tests of that rule (test_pipeline.py, test_sweep.py) and of
+    what lies under a run's own models/ run without it."""
+    from laminae.models.locate import locate_model
+
+    folder = tmp_path_factory.mktemp("built-models")
+    for name in ("tiny-gpt2", "tiny-llama"):
+        locate_model(read_model_cfg(name), folder, PROJECT_ROOT)
+    return f"models_dir={folder}"
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Sequence[str], Path], Path]:
+    """`shared_run(overrides, into)` -> `into`: a private copy (timestamps kept, so Snakemake sees
+    it up to date) of one `snakemake --cores 2` run of `overrides` in a fresh folder. The run is
+    made once per pytest session, by whichever pytest-xdist worker asks first; a worker asking
+    meanwhile waits on its file lock, then copies it. For files whose module fixtures run the same
+    config (test_cli.py and test_bad_inputs.py: TINY_QKV_RUN). Not used by test_pipeline.py, whose
+    second run is compared bit for bit with its first, made in the same module."""
+    from workflow_helpers import snakemake
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent   # this session's folder, above each worker's own
+
+    def copy_of_run(overrides: Sequence[str], into: Path) -> Path:
+        name = "shared-run-" + hashlib.sha256(json.dumps(list(overrides)).encode()).hexdigest()[:12]
+        source, done = root / name, root / f"{name}.done"
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.is_file():
+                shutil.rmtree(source, ignore_errors=True)   # a failed attempt's
+                snakemake(source, overrides, "--cores", "2")
+                done.touch()
+        return Path(shutil.copytree(source, into, symlinks=True))
+
+    return copy_of_run
 
 
 def _load(name: str, models_dir: Path) -> LoadedModel:

@@ -89,8 +89,8 @@ def test_runs_that_cannot_be_matched_stop_in_one_line(lab):
 
 
 @pytest.mark.slow
-def test_across_runs_end_to_end_matches_the_words_of_two_extractions(lab, tmp_path):
-    overrides, sweep = [lab, "experiments=[norms]", "model=tiny-gpt2"], ["template=next_word,mid_sentence"]
+def test_across_runs_end_to_end_matches_the_words_of_two_extractions(lab, tmp_path, built_models):
+    overrides, sweep = [lab, "experiments=[norms]", "model=tiny-gpt2", built_models], ["template=next_word,mid_sentence"]
     snakemake(tmp_path / "w", overrides, "--cores", "2", sweep=sweep)
     (cross,) = plan(overrides, sweep).cross_runs.values()
     out = tmp_path / "w" / cross.dir
@@ -142,7 +142,7 @@ def independent_words(store: ActivationStore, text: str, tokenizer) -> dict[int,
 
 
 @pytest.mark.slow
-def test_corpus_rows_of_two_tokenizers_are_matched_by_the_words_they_cover(tmp_path):
+def test_corpus_rows_of_two_tokenizers_are_matched_by_the_words_they_cover(tmp_path, built_models):
     from transformers import AutoTokenizer
 
     from laminae.models.gpt2_tokenizer import gpt2_tokenizer
@@ -156,7 +156,7 @@ def test_corpus_rows_of_two_tokenizers_are_matched_by_the_words_they_cover(tmp_p
     text = " ".join((PROJECT_ROOT / "data" / "corpora" / "nietzsche.txt").read_text(encoding="utf-8").split()[:90])
     (tmp_path / "doc.txt").write_text(text, encoding="utf-8")
     overrides = [f"experiment_packages=[{tmp_path / 'lab'}]", "experiments=[words]",
-                 f"corpus.path={tmp_path / 'doc.txt'}", "corpus.window_tokens=32"]
+                 f"corpus.path={tmp_path / 'doc.txt'}", "corpus.window_tokens=32", built_models]
     sweep = ["model=tiny-gpt2,minilm-l6"]
     snakemake(tmp_path / "w", overrides, "--cores", "2", sweep=sweep)
     (cross,) = plan(overrides, sweep).cross_runs.values()

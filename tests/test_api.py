@@ -19,9 +19,9 @@ from laminae.api.results import RunNotFoundError, find_runs, flatten
 from laminae.errors import ConfigError, LaminaeError
 from laminae.store import read_tsv
 from laminae.workflow import WorkflowPlan
-from workflow_helpers import PROJECT_ROOT, snakemake
+from workflow_helpers import PROJECT_ROOT, TINY_RUN, snakemake, snakemake_env
 
-OVERRIDES = ["model=tiny-gpt2", "qkv.n_permutations=20", "qkv.n_bootstrap=20"]
+OVERRIDES = TINY_RUN
 EXPERIMENTS = {"qkv", "adjustments", "pathlength", "rotations"}
 
 
@@ -193,7 +193,11 @@ def real_plan():
 
 
 @pytest.fixture
-def inside(workdir):
+def inside(workdir, monkeypatch):
+    """In the run's folder, with snakemake_env()'s PATH: plan().run() starts Snakemake in this
+    process's environment, and without the `scontrol` stub each start waits ~9 s for SLURM's
+    client where it is installed and no controller answers (as after test_slurm.py)."""
+    monkeypatch.setenv("PATH", snakemake_env()["PATH"])
     previous = os.getcwd()
     os.chdir(workdir)
     yield workdir

@@ -26,10 +26,10 @@ import pytest
 from laminae.config import load_runs
 from laminae.errors import ConfigError
 from laminae.registry import discover
-from workflow_helpers import FAST, PROJECT_ROOT, SNAKEMAKE, snakemake, snakemake_env
+from workflow_helpers import PROJECT_ROOT, SNAKEMAKE, TINY_QKV_RUN, snakemake, snakemake_env
 
 TINY = ["model=tiny-gpt2"]
-QKV_ONLY = [*TINY, "experiments=[qkv]", *FAST]
+QKV_ONLY = TINY_QKV_RUN
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -206,11 +206,10 @@ def test_missing_local_model_directory_is_named(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """One successful tiny-gpt2 run of experiment 1 (the random model is built here once)."""
-    workdir = tmp_path_factory.mktemp("finished")
-    snakemake(workdir, QKV_ONLY, "--cores", "2")
-    return workdir
+def finished(tmp_path_factory, shared_run) -> Path:
+    """One successful tiny-gpt2 run of experiment 1, random model included (a copy of the run
+    test_cli.py inspects too)."""
+    return shared_run(QKV_ONLY, tmp_path_factory.mktemp("finished") / "work")
 
 
 @pytest.fixture

@@ -510,7 +510,7 @@ def test_across_checkpoints_draws_the_reference_heatmap_on_steps(tmp_path, exper
 
 # ------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_sweep_end_to_end_on_tiny_models_within_and_across(tmp_path):
+def test_sweep_end_to_end_on_tiny_models_within_and_across(tmp_path, built_models):
     """Snakemake on two tiny random models (a sweep over `model`): each run's layer x layer
     table equals the debiased CKA of its stored activations, the sweep draws the adjacent-layer
     overlay, and the across stage's A x B table equals the formula on the two stores' rows
@@ -523,7 +523,7 @@ def test_sweep_end_to_end_on_tiny_models_within_and_across(tmp_path):
     from laminae.experiments.cka.analysis import read_table
     from laminae.store import ActivationStore
 
-    overrides = ["experiments=[cka]", "cka.n_bootstrap=40", "cka.n_permutations=40", "device=cpu"]
+    overrides = ["experiments=[cka]", "cka.n_bootstrap=40", "cka.n_permutations=40", "device=cpu", built_models]
     snakemake(tmp_path, overrides, "--cores", "2", sweep=["model=tiny-gpt2,tiny-llama"])
     sweeps = tmp_path / "results" / "sweeps"
     (compare,) = [f for f in sweeps.glob("cka-*") if "across" not in f.name]

@@ -516,8 +516,8 @@ def test_references_are_the_reported_ranges_of_claims_that_carry_a_label():
 
 # ------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_claims_stage_end_to_end_cached_reported_and_swept(tmp_path):
-    overrides = [*TINY, "experiments=[adjustments]", "adjustments.claims.3.n_bootstrap=100"]
+def test_claims_stage_end_to_end_cached_reported_and_swept(tmp_path, built_models):
+    overrides = [*TINY, "experiments=[adjustments]", "adjustments.claims.3.n_bootstrap=100", built_models]
     snakemake(tmp_path, overrides, "--cores", "2")
     (run,) = load_runs(overrides, project_root=PROJECT_ROOT)
     stage = run.stages["adjustments.claims"]

@@ -14,9 +14,9 @@ import pytest
 from laminae.cli import main
 from laminae.workflow import WorkflowPlan
 from test_api import fake_results
-from workflow_helpers import PROJECT_ROOT, snakemake
+from workflow_helpers import PROJECT_ROOT, TINY_QKV_RUN, snakemake
 
-OVERRIDES = ["model=tiny-gpt2", "qkv.n_permutations=20", "qkv.n_bootstrap=20", "experiments=[qkv]"]
+OVERRIDES = TINY_QKV_RUN
 
 
 def laminae(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -94,10 +94,9 @@ def test_report_paths_are_named_by_the_config():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("cli")
-    snakemake(workdir, OVERRIDES, "--cores", "2")
-    return workdir
+def workdir(tmp_path_factory, shared_run) -> Path:
+    """A copy of one run of experiment 1 on tiny-gpt2 (test_bad_inputs.py's `finished` too)."""
+    return shared_run(OVERRIDES, tmp_path_factory.mktemp("cli") / "work")
 
 
 @pytest.mark.slow

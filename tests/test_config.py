@@ -256,16 +256,26 @@ def _composed(compose, overrides):
         return f"ConfigError: {error}"
 
 
-@pytest.mark.parametrize("cached", [False, True], ids=["memory", "disk"])
-def test_composer_gives_what_hydra_composes_anew(tmp_path, cached):
-    """`Composer` (the defaults list composed once per set of group overrides, value overrides
-    applied to copies, results kept on disk) equals `compose_config` (Hydra, everything anew)
-    on every point: the same dict, types included, or the same one-line error."""
-    from laminae.config import Composer, compose_config
+@pytest.fixture(scope="module")
+def composed_anew() -> list:
+    """`compose_config` (Hydra, everything anew) on every point of COMPOSED: each dict or error line."""
+    from laminae.config import compose_config
     from laminae.registry import discover
 
     registry = discover((), ROOT)
-    expected = [_composed(lambda o: compose_config(o, ROOT / "conf", registry), o) for o in COMPOSED]
+    return [_composed(lambda o: compose_config(o, ROOT / "conf", registry), o) for o in COMPOSED]
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["memory", "disk"])
+def test_composer_gives_what_hydra_composes_anew(tmp_path, cached, composed_anew):
+    """`Composer` (the defaults list composed once per set of group overrides, value overrides
+    applied to copies, results kept on disk) equals `compose_config` (Hydra, everything anew)
+    on every point: the same dict, types included, or the same one-line error."""
+    from laminae.config import Composer
+    from laminae.registry import discover
+
+    registry = discover((), ROOT)
+    expected = composed_anew
     assert sum(isinstance(e, str) for e in expected) == 6
     cache = tmp_path / "cache" if cached else None
     for _ in range(2 if cached else 1):   # the second pass reads the disk cache

@@ -51,8 +51,8 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def overrides(corpus) -> list[str]:
-    return [*SETTINGS, f"corpus.path={corpus}"]  # the path enters the hash: every run uses this one
+def overrides(corpus, built_models) -> list[str]:
+    return [*SETTINGS, f"corpus.path={corpus}", built_models]  # the corpus path enters the hash: every run uses this one
 
 
 @pytest.fixture(scope="module")

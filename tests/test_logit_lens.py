@@ -410,7 +410,7 @@ def test_claims_hold_on_a_falling_kl_and_fail_on_a_rising_one(tmp_path):
 
 # ------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_sweep_end_to_end_on_tiny_models_during_extraction_equals_two_stage(tmp_path):
+def test_sweep_end_to_end_on_tiny_models_during_extraction_equals_two_stage(tmp_path, built_models):
     """Snakemake on tiny GPT-2, the lens run from the store and during extraction (a sweep):
     identical per-token values, the parts of the direct logit attribution sum to the final
     logit (no biases in this random model), and the sweep draws its comparison. (tiny-llama is
@@ -420,7 +420,7 @@ def test_sweep_end_to_end_on_tiny_models_during_extraction_equals_two_stage(tmp_
     from workflow_helpers import snakemake
 
     overrides = ["model=tiny-gpt2", "experiments=[logit_lens]", "corpus.max_tokens=48", "logit_lens.n_bootstrap=50",
-                 "logit_lens.grid.span=8", "device=cpu"]
+                 "logit_lens.grid.span=8", "device=cpu", built_models]
     sweep = ["logit_lens.during_extraction=false,true"]
     snakemake(tmp_path, overrides, "--cores", "2", sweep=sweep)
     (folder,) = (tmp_path / "results" / "sweeps").glob("logit_lens-*")

@@ -343,7 +343,7 @@ def test_bad_config_is_one_line_before_work():
 
 # ------------------------------------------------------------------ end to end: a tiny model, a sweep
 @pytest.mark.slow
-def test_a_sweep_on_a_tiny_model_runs_end_to_end_and_overlays(tmp_path):
+def test_a_sweep_on_a_tiny_model_runs_end_to_end_and_overlays(tmp_path, built_models):
     """Snakemake on tiny-gpt2 with the experiment alone, swept over alpha: both runs' metrics and
     figures, the comparison figure; the stored mlp_post is d_mlp (4 x 64) wide, and one layer's
     count of selective neurons is recomputed from the stored activations with scipy."""
@@ -352,7 +352,8 @@ def test_a_sweep_on_a_tiny_model_runs_end_to_end_and_overlays(tmp_path):
     from laminae.store import ActivationStore
     from workflow_helpers import snakemake
 
-    overrides = ["model=tiny-gpt2", "experiments=[neurons]", "neurons.n_permutations=200", "neurons.n_null_draws=10"]
+    overrides = ["model=tiny-gpt2", "experiments=[neurons]", "neurons.n_permutations=200", "neurons.n_null_draws=10",
+                 built_models]
     snakemake(tmp_path, overrides, "--cores", "2", sweep=["neurons.alpha=0.05,0.2"])
     tables = sorted((tmp_path / "results").glob("**/neurons/analysis-*/metrics/neurons_laminar.tsv"))
     assert len(tables) == 2

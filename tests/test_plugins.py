@@ -221,11 +221,11 @@ def naive_anisotropy(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_an_experiment_outside_the_package_runs_end_to_end_cached_and_swept(tmp_path):
-    overrides = [*TINY, EXAMPLES, "experiments=[adjustments]"]
+def test_an_experiment_outside_the_package_runs_end_to_end_cached_and_swept(tmp_path, built_models):
+    overrides = [*TINY, EXAMPLES, "experiments=[adjustments]", built_models]
     snakemake(tmp_path, overrides, "--cores", "2")
     # enabling the external experiment, whose site the store already holds, reruns no model
-    overrides = [*TINY, EXAMPLES, "experiments=[adjustments,anisotropy]"]
+    overrides = [*TINY, EXAMPLES, "experiments=[adjustments,anisotropy]", built_models]
     assert scheduled_rules(snakemake(tmp_path, overrides, "-n")) == {"anisotropy_analysis": 1, "anisotropy_figures": 1,
                                                                      "all": 1}
     snakemake(tmp_path, overrides, "--cores", "2")

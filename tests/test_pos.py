@@ -242,11 +242,11 @@ def test_bad_settings(toy, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------ end to end
 @needs_spacy
 @pytest.mark.slow
-def test_end_to_end_on_tiny_gpt2(tmp_path):
+def test_end_to_end_on_tiny_gpt2(tmp_path, built_models):
     from laminae.config import load_runs
 
     overrides = ["model=tiny-gpt2", "experiments=[pos]", "corpus.window_tokens=64", "device=cpu",
-                 "pos.n_permutations=200", "pos.n_bootstrap=100"]
+                 "pos.n_permutations=200", "pos.n_bootstrap=100", built_models]
     snakemake(tmp_path, overrides, "--cores", "2")
     (run,) = load_runs(overrides, project_root=ROOT)
     metrics = tmp_path / run.stages["pos.analysis"].output_dir

@@ -287,7 +287,7 @@ def test_bad_config_is_one_line_before_work():
 
 # ------------------------------------------------------------------ end to end: a tiny model, a sweep
 @pytest.mark.slow
-def test_a_sweep_on_a_tiny_model_runs_end_to_end_and_overlays(tmp_path):
+def test_a_sweep_on_a_tiny_model_runs_end_to_end_and_overlays(tmp_path, built_models):
     """Snakemake on tiny-gpt2 with the experiment alone, swept over C: both runs' tables and
     figures, the comparison figure; one layer's accuracy recomputed from the stored resid_post
     with the manual loop."""
@@ -296,7 +296,7 @@ def test_a_sweep_on_a_tiny_model_runs_end_to_end_and_overlays(tmp_path):
     from laminae.store import ActivationStore
     from workflow_helpers import snakemake
 
-    overrides = ["model=tiny-gpt2", "experiments=[probes]", "probes.n_permutations=3"]
+    overrides = ["model=tiny-gpt2", "experiments=[probes]", "probes.n_permutations=3", built_models]
     snakemake(tmp_path, overrides, "--cores", "2", sweep=["probes.c=0.1,1.0"])
     tables = sorted((tmp_path / "results").glob("**/probes/analysis-*/metrics/probes_laminar.tsv"))
     assert len(tables) == 2
@@ -389,14 +389,14 @@ def test_pos_probes_analysis_matches_a_manual_loop(tmp_path, monkeypatch, max_ro
 
 
 @pytest.mark.slow
-def test_pos_probes_end_to_end_on_a_tiny_model(tmp_path):
+def test_pos_probes_end_to_end_on_a_tiny_model(tmp_path, built_models):
     """Snakemake on tiny-gpt2 over a small corpus: spaCy tags the rows, the probe runs, the figure
     is drawn; the tags' counts add up to the rows kept."""
     pytest.importorskip("spacy")
     from workflow_helpers import snakemake
 
     overrides = ["model=tiny-gpt2", "experiments=[pos_probes]", "corpus.max_tokens=600", "corpus.window_tokens=64",
-                 "pos_probes.n_permutations=2", "pos_probes.max_rows=500"]
+                 "pos_probes.n_permutations=2", "pos_probes.max_rows=500", built_models]
     snakemake(tmp_path, overrides, "--cores", "2")
     (table,) = (tmp_path / "results").glob("**/pos_probes/analysis-*/metrics/probes_laminar.tsv")
     rows = read_tsv(table)

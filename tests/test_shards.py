@@ -276,7 +276,7 @@ def test_more_shards_than_batches_and_reducers_without_merge_are_refused(tmp_pat
 
 # ------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_snakemake_sharded_run_keeps_finished_shards(tmp_path, corpus):
+def test_snakemake_sharded_run_keeps_finished_shards(tmp_path, corpus, built_models):
     """Through the real Snakefile: 3 shard jobs, then the gather. With two shards made first
     (as if the third had failed), the run makes only the missing shard and the gather, and
     leaves the two untouched; another number of shards then reruns nothing
@@ -286,7 +286,7 @@ def test_snakemake_sharded_run_keeps_finished_shards(tmp_path, corpus):
     from workflow_helpers import scheduled_rules, snakemake
 
     overrides = ["model=tiny-gpt2", "experiments=[rotations]", "rotations.during_extraction=true",
-                 f"corpus.path={corpus}", "corpus.window_tokens=16", "batch_size=3", "device=cpu"]
+                 f"corpus.path={corpus}", "corpus.window_tokens=16", "batch_size=3", "device=cpu", built_models]
     sharded = [*overrides, "corpus.shards=3"]
     plan = WorkflowPlan.from_snakemake_config({"overrides": sharded}, ROOT)
     (digest,) = [h for h, stage in plan.stages.items() if stage.kind == "extract"]

@@ -254,14 +254,14 @@ def test_figures_measures_compare_and_captions(tmp_path, data, monkeypatch):
 
 # ------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_end_to_end_on_tiny_gpt2_with_a_sweep(tmp_path):
+def test_end_to_end_on_tiny_gpt2_with_a_sweep(tmp_path, built_models):
     """Snakemake on tiny-gpt2 (random weights): the stage's steps equal |x_(l+1) - x_l| of the
     stored activations; a sweep over n_components reuses the extraction and draws the overlay."""
     from laminae.config import load_runs
     from laminae.store import ActivationStore
 
     overrides = ["model=tiny-gpt2", "experiments=[trajectories]", "corpus.window_tokens=64", "corpus.max_tokens=300",
-                 "device=cpu"]
+                 "device=cpu", built_models]
     sweep = ["trajectories.n_components=2,3"]
     snakemake(tmp_path, overrides, "--cores", "2", sweep=sweep)
     assert scheduled_rules(snakemake(tmp_path, overrides, "-n", sweep=sweep)) == {}

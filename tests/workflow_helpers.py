@@ -21,6 +21,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 # Small but real analysis settings so end-to-end runs stay fast.
 FAST = ["qkv.n_permutations=200", "qkv.n_bootstrap=200"]
+# The default experiments on tiny-gpt2 with light resampling (test_api.py), and experiment 1 alone:
+# the run test_cli.py and test_bad_inputs.py share (conftest.shared_run).
+TINY_RUN = ["model=tiny-gpt2", "qkv.n_permutations=20", "qkv.n_bootstrap=20"]
+TINY_QKV_RUN = [*TINY_RUN, "experiments=[qkv]"]
 
 
 _STUB_FOLDER: Path | None = None
