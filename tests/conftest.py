@@ -87,7 +87,7 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Sequence[s
 
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent   # this session's folder, above each worker's own
+        root = root.parent   # the pytest run's temporary folder, above each worker's own
 
     def copy_of_run(overrides: Sequence[str], into: Path) -> Path:
         name = "shared-run-" + hashlib.sha256(json.dumps(list(overrides)).encode()).hexdigest()[:12]

@@ -71,10 +71,13 @@ def covering_store(planned: Stage, registry: Mapping[str, Experiment]) -> Stage 
         key = (len(stored["sites"]) + len(stored["reductions"]), digest)
         if best is None or key < best[0]:
             best = (key, digest, stored)
-    if best is None:
-        return None
-    _, digest, stored = best
-    return dataclasses.replace(planned, config=copy.deepcopy(stored), hash=digest,
+    return None if best is None else _stage_of(planned, best[1], best[2])
+
+
+def _stage_of(planned: Stage, digest: str, config: dict[str, Any]) -> Stage:
+    """The Stage of the store `<label>-<digest>` beside the planned one, with its recorded config."""
+    label = planned.dir.name[: -len(planned.hash) - 1]
+    return dataclasses.replace(planned, config=copy.deepcopy(config), hash=digest,
                                dir=planned.dir.parent / f"{label}-{digest}")
 
 
@@ -109,12 +112,11 @@ class StoreChoices:
             self.chosen[planned.hash] = found.hash
             return found
         digest = self.chosen.get(planned.hash)
-        label = planned.dir.name[: -len(planned.hash) - 1]
-        recorded = _record(planned.dir.parent / f"{label}-{digest}" / "activations" / "config.yaml") if digest else None
-        if recorded is None or recorded[0] != digest:
+        if digest is None:
             return planned
-        return dataclasses.replace(planned, config=copy.deepcopy(recorded[1]), hash=digest,
-                                   dir=planned.dir.parent / f"{label}-{digest}")
+        store = _stage_of(planned, digest, {})
+        recorded = _record(store.output_dir / "config.yaml")
+        return planned if recorded is None or recorded[0] != digest else _stage_of(planned, digest, recorded[1])
 
     def save(self) -> None:
         """Write the choices for the jobs (atomically), when deciding with a record."""

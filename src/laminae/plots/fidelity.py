@@ -40,7 +40,7 @@ def plot_fidelity(rows: Sequence[Mapping[str, Any]], subtitle: str) -> plt.Figur
         errors = np.array([max(float(r["max_rel_error"]), FLOOR) for r in chosen])
         return layers, errors
 
-    tolerances = {}
+    tolerances: set[float] = set()
     for check, label, colour, marker in CHECKS:
         layers, errors = series(check)
         if layers.size:
@@ -48,14 +48,14 @@ def plot_fidelity(rows: Sequence[Mapping[str, Any]], subtitle: str) -> plt.Figur
             ax.plot(layers, errors, color=colour, marker=marker, markersize={"*": 9, "o": 8}.get(marker, 4),
                     markerfacecolor="none" if hollow else colour, linewidth=1.0,
                     linestyle="-" if layers.size > 1 else "none", label=label)
-            tolerances[float(next(r["tolerance"] for r in rows if r["check"] == check))] = "must hold"
+            tolerances.add(float(next(r["tolerance"] for r in rows if r["check"] == check)))
     for site, colour in FLOAT32_COLOURS.items():
         layers, errors = series("float32", site)
         if layers.size:
             ax.plot(layers, errors, color=colour, linewidth=0.9, alpha=0.8, linestyle="-.",
                     label=f"{site} vs the same input in float32")
-            tolerances.setdefault(float(next(r["tolerance"] for r in rows if r["check"] == "float32")), "float32")
-    for tolerance in tolerances:
+            tolerances.add(float(next(r["tolerance"] for r in rows if r["check"] == "float32")))
+    for tolerance in sorted(tolerances):
         ax.axhline(tolerance, color=NEUTRAL, linestyle="--", linewidth=1.0)
         ax.annotate(f"tolerance {tolerance:g}", (1.0, tolerance), xycoords=("axes fraction", "data"), fontsize=7,
                     color=NEUTRAL, ha="right", va="bottom")
