@@ -1,9 +1,12 @@
-"""A store on disk that holds every site (and reduction) a run needs is read instead of running
-the model again (laminae.config.reuse), and only then."""
+"""Stores on disk are read instead of running the model again (laminae.config.reuse): one that
+holds every site (and reduction) a run needs as it is; otherwise a composite store computes only
+what none holds and links the rest."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import shutil
 
 import pytest
 import yaml
@@ -18,11 +21,11 @@ def plan(results: Path, *overrides: str):
     return run
 
 
-def make_store(stage) -> None:
+def make_store(stage, weights: str | None = None) -> None:
     """What a finished extraction leaves for the planner: its stage record, last."""
     stage.output_dir.mkdir(parents=True)
-    (stage.output_dir / "config.yaml").write_text(
-        yaml.safe_dump({"stage": stage.name, "hash": stage.hash, "config": stage.config}), encoding="utf-8")
+    record = {"stage": stage.name, "hash": stage.hash, "config": stage.config}
+    (stage.output_dir / "config.yaml").write_text(yaml.safe_dump({**record, "weights": weights}), encoding="utf-8")
 
 
 def test_a_run_whose_sites_are_stored_reads_that_store(tmp_path):
@@ -40,10 +43,69 @@ def test_a_run_whose_sites_are_stored_reads_that_store(tmp_path):
 
 def test_a_missing_site_or_another_model_or_input_is_not_covered(tmp_path):
     make_store(plan(tmp_path, "experiments=[qkv]").stages["stimuli.extract"])
-    for overrides in (["experiments=[cka]"], ["experiments=[neurons]"], ["experiments=[qkv]", "template=mid_sentence"],
+    for overrides in (["experiments=[cka]"], ["experiments=[neurons]", "neurons.sites=[mlp_post]", "neurons.top_site=mlp_post"],
+                      ["experiments=[qkv]", "template=mid_sentence"],
                       ["experiments=[qkv]", "extract.storage_dtype=float16"]):
-        run = plan(tmp_path, *overrides)
-        assert not run.stages["stimuli.extract"].output_dir.exists(), overrides
+        extraction = plan(tmp_path, *overrides).stages["stimuli.extract"]
+        assert not extraction.output_dir.exists() and "reused" not in extraction.config, overrides
+
+
+def test_a_new_site_is_computed_alone_and_the_stored_ones_linked(tmp_path):
+    """qkv stored q, k, v: qkv with cka needs resid_post too. Its extraction computes resid_post
+    only and links q, k, v from the qkv store; the run reads that one store."""
+    from laminae.stages.records import ExtractionRecord
+
+    narrow = plan(tmp_path, "experiments=[qkv]").stages["stimuli.extract"]
+    fresh = plan(tmp_path, "experiments=[qkv,cka]").stages["stimuli.extract"]
+    make_store(narrow)
+    run = plan(tmp_path, "experiments=[qkv,cka]")
+    composite = run.stages["stimuli.extract"]
+    assert composite.config["reused"] == {"sites": {"q": narrow.hash, "k": narrow.hash, "v": narrow.hash},
+                                          "reductions": {}}
+    assert composite.config["sites"] == fresh.config["sites"] == ["q", "k", "v", "resid_post"]
+    assert composite.hash not in (narrow.hash, fresh.hash)
+    record = ExtractionRecord.parse({"stage": composite.name, "hash": composite.hash, "config": composite.config})
+    assert record.new_sites == ("resid_post",) and record.runs_model
+    assert record.reused_from(composite.output_dir)["q"] == narrow.output_dir
+    assert {stage.upstream for name, stage in run.stages.items() if name.endswith(".analysis")} == {composite.hash}
+
+
+def test_stores_that_hold_everything_between_them_run_no_model_and_link_from_the_store_that_computed(tmp_path):
+    narrow = plan(tmp_path, "experiments=[qkv]").stages["stimuli.extract"]
+    make_store(narrow)
+    composite = plan(tmp_path, "experiments=[qkv,cka]").stages["stimuli.extract"]
+    make_store(composite)
+    # neurons reads mlp_post only here; with q from the composite, which links it from `narrow`
+    mlp = plan(tmp_path, "experiments=[neurons]", "neurons.sites=[mlp_post]", "neurons.top_site=mlp_post")
+    make_store(mlp.stages["stimuli.extract"])
+    both = plan(tmp_path, "experiments=[qkv,neurons]", "neurons.sites=[mlp_post]",
+                "neurons.top_site=mlp_post").stages["stimuli.extract"]
+    from laminae.stages.records import ExtractionRecord
+
+    assert both.config["reused"]["sites"] == {"q": narrow.hash, "k": narrow.hash, "v": narrow.hash,
+                                              "mlp_post": mlp.stages["stimuli.extract"].hash}
+    assert not ExtractionRecord.parse({"stage": both.name, "hash": both.hash, "config": both.config}).runs_model
+
+
+def test_a_store_of_other_weights_or_with_its_sources_gone_serves_nothing(tmp_path):
+    """A checkpoint replaced in place: a store it made before holds other activations."""
+    from laminae.config.reuse import StoreChoices
+
+    narrow = plan(tmp_path, "experiments=[qkv]").stages["stimuli.extract"]
+    make_store(narrow, weights="sha256:old")
+
+    def extraction(weights: str) -> object:
+        (run,) = load_runs(["model=tiny-gpt2", f"results_dir={tmp_path}", "experiments=[qkv,cka]"], project_root=ROOT,
+                           stores=StoreChoices.deciding(weights=lambda model: weights))
+        return run.stages["stimuli.extract"]
+
+    assert extraction("sha256:old").config["reused"]["sites"]["q"] == narrow.hash
+    assert "reused" not in extraction("sha256:new").config
+    composite = extraction("sha256:old")
+    make_store(composite, weights="sha256:old")
+    assert plan(tmp_path, "experiments=[cka]").stages["stimuli.extract"].hash == composite.hash
+    shutil.rmtree(narrow.dir)       # what the composite links is gone: it no longer serves
+    assert plan(tmp_path, "experiments=[cka]").stages["stimuli.extract"].hash != composite.hash
 
 
 def test_eager_attention_stores_serve_only_runs_that_capture_patterns(tmp_path):
@@ -90,6 +152,10 @@ def test_a_job_plans_with_the_stores_the_dag_chose(tmp_path, monkeypatch):
     assert extraction(job=True) == own            # the job still plans what the DAG planned
     assert extraction(job=False) == wide.hash     # a new DAG reads the covering store...
     assert extraction(job=True) == wide.hash      # ...and so do its jobs
+    config["overrides"][1] = "experiments=[qkv,neurons]"
+    composite = extraction(job=False)             # a composite: the job rebuilds it from the DAG's record
+    shutil.rmtree(wide.dir)
+    assert extraction(job=True) == composite
 
 
 @pytest.mark.slow
@@ -102,3 +168,56 @@ def test_through_snakemake_an_experiment_on_stored_sites_reruns_no_model(tmp_pat
     assert scheduled_rules(snakemake(tmp_path, [*base, "experiments=[qkv]"], "-n")) == {}
     jobs = scheduled_rules(snakemake(tmp_path, [*base, "experiments=[neurons]"], "-n"))
     assert jobs["extract"] == 1 and "random_model" not in jobs
+
+
+@pytest.mark.slow
+def test_through_snakemake_a_composite_store_holds_what_a_fresh_extraction_would(tmp_path, built_models, monkeypatch):
+    """qkv ran; qkv with cka then forwards the model for resid_post alone and links q, k, v.
+    Every site reads bit for bit as a fresh extraction of both stores them; qkv's metrics on the
+    composite equal those on its first store; gc keeping the second config keeps what it links."""
+    import h5py
+    import numpy as np
+
+    from laminae.api import gc, plan as api_plan
+    from laminae.store import ActivationStore
+    from workflow_helpers import FAST, scheduled_rules, snakemake
+
+    base = ["model=tiny-gpt2", built_models, *FAST, "cka.n_bootstrap=20", "cka.n_permutations=20"]
+    reused, fresh = tmp_path / "reused", tmp_path / "fresh"
+    snakemake(reused, [*base, "experiments=[qkv]"], "--cores", "2")
+    assert scheduled_rules(snakemake(reused, [*base, "experiments=[qkv,cka]"], "-n"))["extract"] == 1
+    snakemake(reused, [*base, "experiments=[qkv,cka]"], "--cores", "2")
+    snakemake(fresh, [*base, "experiments=[qkv,cka]"], "--cores", "2")
+
+    def stores(workdir: Path) -> dict[tuple[str, ...], Path]:
+        found = {}
+        for record in sorted((workdir / "results").glob("tiny-gpt2/stimuli/*/activations/config.yaml")):
+            found[tuple(yaml.safe_load(record.read_text())["config"]["sites"])] = record.parent
+        return found
+
+    narrow, composite = stores(reused)[("q", "k", "v")], stores(reused)[("q", "k", "v", "resid_post")]
+    (full,) = stores(fresh).values()
+    with h5py.File(composite / "layer_00.h5") as handle:
+        assert {site for site in handle if handle[site].is_virtual} == {"q", "k", "v"}
+        assert not handle["resid_post"].is_virtual
+    with h5py.File(narrow / "layer_00.h5") as handle:
+        assert "resid_post" not in handle         # the first store is unchanged
+    mine, theirs = ActivationStore(composite), ActivationStore(full)
+    assert mine.sites == theirs.sites and (composite / "rows.tsv").read_bytes() == (full / "rows.tsv").read_bytes()
+    for site in theirs.sites:
+        np.testing.assert_array_equal(mine.read(site, dtype=np.float32), theirs.read(site, dtype=np.float32))
+
+    def qkv_metrics(store: Path) -> str:
+        (table,) = store.parent.glob("qkv/analysis-*/metrics/qkv_laminar.tsv")
+        return table.read_text()
+
+    assert qkv_metrics(composite) == qkv_metrics(narrow) == qkv_metrics(full)
+
+    monkeypatch.chdir(reused)   # where the plan finds results/ (laminae gc runs there)
+    keep = api_plan([*base, "experiments=[qkv,cka]"])
+    unused = {item.path.resolve() for item in gc.unused([keep])}
+    assert narrow.parent.resolve() not in unused and composite.parent.resolve() not in unused
+    assert next(narrow.parent.glob("qkv/analysis-*")).resolve() in unused   # the analysis of the first store
+    gc.remove(gc.unused([keep]))
+    assert scheduled_rules(snakemake(reused, [*base, "experiments=[qkv,cka]"], "-n")) == {}
+    ActivationStore(composite).read("q")

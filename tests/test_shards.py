@@ -28,6 +28,7 @@ from laminae.shards import shard_name, shard_windows
 from laminae.stages.gather import gather
 from laminae.stages.analysis import run_analysis
 from laminae.stages.extract import extract
+from laminae.stages.records import ExtractionRecord
 from laminae.store import ActivationStore, read_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,3 +303,73 @@ def test_snakemake_sharded_run_keeps_finished_shards(tmp_path, corpus, built_mod
     assert (tmp_path / activations / "reductions" / "rotations" / "rotations.tsv").is_file()
     for shards in (3, 2):   # the same split, another one: nothing to do
         assert scheduled_rules(snakemake(tmp_path, [*overrides, f"corpus.shards={shards}"], "-n", activations)) == {}
+
+
+def _extract_stage(run, stage, shards: int = 1) -> Path:
+    """The store of `stage` where the pipeline keeps it: made by one job, or by `shards` and a gather."""
+    record = _record(stage)
+    if shards == 1:
+        extract(record, run.runtime, stage.output_dir, ROOT, discover())
+        return stage.output_dir
+    folders = [stage.dir / "shards" / shard_name(Shard(k, shards, 3)) for k in range(shards)]
+    for index, folder in enumerate(folders):
+        extract(record, run.runtime, folder, ROOT, discover(), shard=Shard(index, shards, 3))
+    gather(record, run.runtime, folders, stage.output_dir, discover())
+    return stage.output_dir
+
+
+def test_a_sharded_composite_store_links_a_sharded_store_and_equals_a_fresh_one(tmp_path, corpus, models_dir):
+    """pos stored resid_pre and resid_post in 2 shards; adjustments then computes attn_out and
+    mlp_out alone, in 2 shards, and its gather links the rest (virtual datasets over virtual
+    datasets): every site reads as a fresh unsharded extraction of all four."""
+    results = f"results_dir={tmp_path / 'results'}"
+    first = _run(corpus, models_dir, results, "experiments=[pos]")
+    narrow = _extract_stage(first, first.stages["corpus.extract"], shards=2)
+    second = _run(corpus, models_dir, results, "experiments=[adjustments]")
+    composite = second.stages["corpus.extract"]
+    assert composite.config["reused"]["sites"] == dict.fromkeys(["resid_post", "resid_pre"], first.stages["corpus.extract"].hash)
+    linked = _extract_stage(second, composite, shards=2)
+    with h5py.File(composite.dir / "shards" / shard_name(Shard(0, 2, 3)) / "layer_00.h5") as handle:
+        assert sorted(handle) == ["attn_out", "mlp_out"]      # a shard computes only the new sites
+    fresh_run = _run(corpus, models_dir, f"results_dir={tmp_path / 'fresh'}", "experiments=[adjustments]")
+    fresh = _extract_stage(fresh_run, fresh_run.stages["corpus.extract"])
+    mine, theirs = ActivationStore(linked), ActivationStore(fresh)
+    assert mine.sites == theirs.sites and (linked / "rows.tsv").read_bytes() == (fresh / "rows.tsv").read_bytes()
+    for site in theirs.sites:
+        assert np.array_equal(mine.read(site, dtype=np.float32), theirs.read(site, dtype=np.float32)), site
+    shutil.rmtree(narrow.parent / "shards")   # what the linked store's virtual datasets read, in turn
+    with pytest.raises(InputFileError, match="missing: layer_00.h5 reads its 'resid_p"):
+        ActivationStore(linked)
+
+
+def test_stores_holding_a_runs_sites_and_reduction_between_them_make_a_store_without_the_model(tmp_path, corpus,
+                                                                                             models_dir, monkeypatch):
+    """adjustments computed during one extraction, pos's sites stored by another: adjustments with
+    trajectories (the same sites) links the sites, copies the reduction, and loads no model."""
+    results = f"results_dir={tmp_path / 'results'}"
+    during = "adjustments.during_extraction=true"
+    first = _run(corpus, models_dir, results, "experiments=[adjustments]", during)
+    reduced = _extract_stage(first, first.stages["corpus.extract"])
+    second = _run(corpus, models_dir, results, "experiments=[pos]")
+    assert "reused" not in second.stages["corpus.extract"].config    # the first store holds no site
+    stored = _extract_stage(second, second.stages["corpus.extract"])
+
+    import laminae.stages.extract as extract_stage
+
+    monkeypatch.setattr(extract_stage, "load_model", lambda *a, **k: pytest.fail("no model to load"))
+    monkeypatch.setattr(extract_stage, "open_model", lambda *a, **k: pytest.fail("no model to open"))
+    third = _run(corpus, models_dir, results, "experiments=[adjustments,trajectories]", during)
+    nothing = third.stages["corpus.extract"]
+    assert nothing.config["reused"] == {"sites": dict.fromkeys(["resid_post", "resid_pre"], second.stages["corpus.extract"].hash),
+                                        "reductions": {"adjustments": first.stages["corpus.extract"].hash}}
+    assert not ExtractionRecord.parse(_record(nothing)).runs_model
+    made = _extract_stage(third, nothing)
+    for path in sorted((reduced / "reductions" / "adjustments").iterdir()):
+        assert path.read_bytes() == (made / "reductions" / "adjustments" / path.name).read_bytes()
+    store = ActivationStore(made)
+    for site in ("resid_pre", "resid_post"):
+        np.testing.assert_array_equal(store.read(site), ActivationStore(stored).read(site))
+    for name in ("rows.tsv", "fidelity.tsv"):   # the forward pass of the store its sites come from
+        assert (made / name).read_bytes() == (stored / name).read_bytes()
+    covered = _run(corpus, models_dir, results, "experiments=[adjustments,pos]", during)
+    assert covered.stages["corpus.extract"].hash == nothing.hash     # read as it is

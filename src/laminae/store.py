@@ -23,8 +23,10 @@ truncated file is named), the stage hash as expected, and the row counts consist
 from __future__ import annotations
 
 import csv
+import filecmp
 import os
 import queue
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,6 +38,7 @@ from laminae.errors import InputFileError
 from laminae.atomic import atomic_dir
 from laminae.disk import disk_full_error, is_disk_full
 from laminae.provenance import MODEL_ATTRS
+from laminae.sites import SITES
 
 ROWS_FILE = "rows.tsv"
 CONFIG_FILE = "config.yaml"
@@ -198,13 +201,15 @@ class ActivationWriter:
     width is known then), with exactly `n_rows` rows; every row of every site of every layer must
     be written before the block ends. With
     `store_layers=False` the folder holds only rows.tsv and config.yaml (and whatever the caller
-    writes into `tmp_dir` before the block ends, such as an extraction's reductions)."""
+    writes into `tmp_dir` before the block ends, such as an extraction's reductions). `links`
+    ({site: another store's folder}) adds those sites as links to that store (`link_stored`)."""
 
     def __init__(self, out_dir: Path, n_layers: int, n_rows: int, attrs: Mapping[str, Any],
                  storage_dtype: str = "float32", compression: str | None = None, chunk_rows: int = 1024,
-                 config_text: str = "", store_layers: bool = True):
+                 config_text: str = "", store_layers: bool = True, links: Mapping[str, Path] | None = None):
         self.out_dir = Path(out_dir)
         self.store_layers = store_layers
+        self.links = dict(links or {})   # site -> the store it is linked from (link_stored)
         self.n_layers, self.n_rows = n_layers, n_rows
         self.attrs = dict(attrs)
         self.dtype = np.dtype(storage_dtype)
@@ -334,6 +339,9 @@ class ActivationWriter:
             raise RuntimeError("activation store: set_rows() was never called")
         rows = ({"row": index, **row} for index, row in enumerate(self._rows, start=self._first_row))
         write_tsv(self.tmp_dir / ROWS_FILE, rows, ["row", *self._columns])
+        if self.links:
+            link_stored(self.tmp_dir, self.links, self.n_layers, self.n_rows,
+                        {**self.attrs, "storage_dtype": self.dtype.name})
         (self.tmp_dir / CONFIG_FILE).write_text(self.config_text, encoding="utf-8")
 
 
@@ -434,6 +442,8 @@ class ActivationStore:
         self.widths: dict[str, int] = {}
         for path in self.paths:
             self._check_layer_file(path, expected_hash or self.attrs.get("stage_hash"))
+        order = {site: index for index, site in enumerate(SITES)}   # a composite store links sites after its own
+        self.widths = dict(sorted(self.widths.items(), key=lambda item: order.get(item[0], len(order))))
         rows_path = self.dir / ROWS_FILE
         if not rows_path.is_file():
             raise InputFileError(rows_path, "missing; the activation folder is incomplete")
@@ -543,8 +553,8 @@ class ActivationStore:
                     if data.ndim != 2 or data.shape[0] != self.n_rows:
                         raise InputFileError(path, f"dataset {site!r} has shape {data.shape}, expected ({self.n_rows}, width)")
                     self.widths.setdefault(site, data.shape[1])
-                    if data.is_virtual:  # a sharded store: HDF5 would read a missing shard as fill values
-                        _check_sources(path, site, data)
+                    if data.is_virtual:  # sharded or linked: HDF5 would read a missing source as fill values
+                        _check_sources(path, site, data, handle.attrs.get("weights_fingerprint"))
                     data[-1:]  # touch the last row: a truncated file fails here, not mid-analysis
         except OSError:
             raise InputFileError(path, f"is not a readable HDF5 file (truncated or corrupt); {REBUILD}") from None
@@ -560,22 +570,30 @@ def _stored_chunks(dataset: h5py.Dataset, path: Path) -> tuple[int, ...] | None:
         return handle[source.dset_name].chunks
 
 
-def _check_sources(path: Path, site: str, dataset: h5py.Dataset) -> None:
-    """Every shard file a virtual dataset maps exists and holds its rows."""
+def _check_sources(path: Path, site: str, dataset: h5py.Dataset, weights: str | None = None) -> None:
+    """Every file a virtual dataset maps (a shard's, a linked store's, and theirs in turn) exists,
+    holds its rows, and was made from the same weights."""
     for source in dataset.virtual_sources():
-        shard = path.parent / source.file_name
-        if not shard.is_file():
-            raise InputFileError(shard, f"missing: {path.name} reads its {site!r} rows from it (a sharded store); "
-                                        f"{REBUILD}")
+        target = path.parent / source.file_name
+        if not target.is_file():
+            raise InputFileError(target, f"missing: {path.name} reads its {site!r} rows from it (a sharded store, "
+                                         f"or a store that links sites stored before); {REBUILD}")
         low, high = source.vspace.get_select_bounds()
         rows = high[0] - low[0] + 1
         try:
-            with h5py.File(shard, "r") as handle:
+            with h5py.File(target, "r") as handle:
                 if site not in handle or handle[site].shape[0] != rows:
-                    raise InputFileError(shard, f"does not hold the {rows} {site!r} rows {path.name} maps; {REBUILD}")
-                handle[site][-1:]
+                    raise InputFileError(target, f"does not hold the {rows} {site!r} rows {path.name} maps; {REBUILD}")
+                made_with = handle.attrs.get("weights_fingerprint")
+                if weights is not None and made_with is not None and made_with != weights:
+                    raise InputFileError(target, f"was made from other weights ({made_with!r:.40}) than {path} "
+                                                 f"({weights!r:.40}), which links its {site!r}: {REBUILD}")
+                if handle[site].is_virtual:
+                    _check_sources(target, site, handle[site], weights)
+                else:
+                    handle[site][-1:]
         except OSError:
-            raise InputFileError(shard, f"is not a readable HDF5 file (truncated or corrupt); {REBUILD}") from None
+            raise InputFileError(target, f"is not a readable HDF5 file (truncated or corrupt); {REBUILD}") from None
 
 
 def link_shards(out_dir: Path, shard_dirs: Sequence[Path], shard_rows: Sequence[int],
@@ -608,3 +626,47 @@ def link_shards(out_dir: Path, shard_dirs: Sequence[Path], shard_rows: Sequence[
                 target.create_virtual_dataset(site, layout, fillvalue=np.nan)
         written.append(out_dir / template.name)
     return written
+
+
+def link_stored(out_dir: Path, sources: Mapping[str, Path], n_layers: int, n_rows: int,
+                attrs: Mapping[str, Any]) -> None:
+    """Add each site of `sources` ({site: another store's activations folder}) to the layer files
+    in `out_dir` as an HDF5 virtual dataset over that store's dataset (a relative path, as
+    `link_shards` writes), creating the layer files with `attrs` where `out_dir` stores no site
+    of its own. The stores must be of the same rows: `out_dir`'s rows.tsv (written first) must
+    equal each one's, byte for byte; InputFileError naming the store otherwise.
+
+        >>> link_stored(tmp, {"q": Path(".../inputs-3fa9c2d1e0/activations")}, n_layers=12, n_rows=34, attrs=attrs)
+    """
+    if not sources:
+        return
+    out_dir = Path(out_dir)
+    for store in dict.fromkeys(Path(folder) for folder in sources.values()):
+        if not filecmp.cmp(out_dir / ROWS_FILE, store / ROWS_FILE, shallow=False):
+            raise InputFileError(store / ROWS_FILE, f"differs from the rows this extraction computed ({out_dir / ROWS_FILE}): "
+                                                    f"its sites cannot be linked; {REBUILD}")
+    for layer in range(n_layers):
+        name = layer_filename(layer, n_layers)
+        with h5py.File(out_dir / name, "a", track_order=True, **NO_CHUNK_CACHE) as target:
+            if "n_rows" not in target.attrs:
+                target.attrs.update({**attrs, "layer": layer, "n_layers": n_layers, "n_rows": n_rows})
+            for site, store in sources.items():
+                with h5py.File(Path(store) / name, "r") as source:
+                    dataset = source[site]
+                    if dataset.shape[0] != n_rows:
+                        raise InputFileError(Path(store) / name, f"holds {dataset.shape[0]} {site!r} rows, not {n_rows}; "
+                                                                 f"{REBUILD}")
+                    layout = h5py.VirtualLayout(shape=dataset.shape, dtype=dataset.dtype)
+                    layout[:] = h5py.VirtualSource(os.path.relpath(Path(store) / name, out_dir), site,
+                                                   shape=dataset.shape)
+                target.create_virtual_dataset(site, layout, fillvalue=np.nan)
+
+
+def copy_reductions(out_dir: Path, sources: Mapping[str, Path]) -> None:
+    """Copy each experiment's results computed during another store's extraction
+    ({experiment: that store's activations folder}) into `out_dir/reductions/<experiment>/`."""
+    for name, store in sources.items():
+        source = Path(store) / REDUCTIONS / name
+        if not source.is_dir():
+            raise InputFileError(source, f"missing: the store holds no {name!r} reduction; {REBUILD}")
+        shutil.copytree(source, Path(out_dir) / REDUCTIONS / name)

@@ -26,10 +26,11 @@ from typing import Any, Mapping
 
 from laminae.config import Run, Stage, analysis_settings, load_runs, stable_hash
 from laminae.config.across import CrossRun, plan_across
+from laminae.config.reuse import reused_stores
 from laminae.errors import ConfigError
 from laminae.experiment import Experiment
 from laminae.sites import QKV
-from laminae.stages.records import PROJECT_ROOT_VARIABLE, SAME_WEIGHTS
+from laminae.stages.records import PROJECT_ROOT_VARIABLE, SAME_WEIGHTS, ExtractionRecord
 from laminae.stages.runner import WORKFLOW_CONFIG_KEY
 
 CONFIG_KEYS = ("overrides", "sweep")
@@ -119,8 +120,7 @@ class WorkflowPlan:
     notes: list[str] = field(default_factory=list)   # said once before the jobs (the Snakefile's onstart)
     _input_sizes: dict[str, int] = field(default_factory=dict, repr=False)  # extraction hash -> bytes
     _store_shards: dict[str, list[Any]] = field(default_factory=dict, repr=False)  # extraction hash -> shards
-    _weights: dict[str, str | None] = field(default_factory=dict, repr=False)     # model config hash -> fingerprint
-    _fingerprints: Any = field(default=None, repr=False)                           # FingerprintCache
+    _fingerprints: "_Fingerprints | None" = field(default=None, repr=False)       # the weights of each model
 
     def __post_init__(self) -> None:
         for run in self.runs:
@@ -215,10 +215,11 @@ class WorkflowPlan:
                               f"--config 'overrides=[\"{unknown[0]}={config[unknown[0]]}\"]'", has_value=False)
         overrides, sweep = config.get("overrides", []), config.get("sweep", [])
         record = cache_dir(root) / f"stores-{stable_hash([overrides, sweep, str(Path.cwd().resolve())])}.json"
-        stores = StoreChoices.recorded(record) if job else StoreChoices.deciding(record)
+        fingerprints = _Fingerprints(root)
+        stores = StoreChoices.recorded(record) if job else StoreChoices.deciding(record, fingerprints)
         runs = load_runs(overrides, sweep, project_root=root, stores=stores, validate=not job)
         stores.save()
-        return cls(runs=runs, root=root)
+        return cls(runs=runs, root=root, _fingerprints=fingerprints)
 
     @property
     def results_dir(self) -> str:
@@ -265,17 +266,10 @@ class WorkflowPlan:
         per model config; None for a random model. An extraction's rules take it as a param, so
         changed weights rerun it in place. A model that cannot be had now gives the fingerprint its
         existing store recorded (the store still holds what those weights made)."""
-        from laminae.models.fingerprint import FingerprintCache, weights_fingerprint
-
         model = self.run_of[digest].config["model"]
-        key = _model_key(model)
-        if key not in self._weights:
-            if self._fingerprints is None:
-                from laminae.config.compose import cache_dir
-
-                self._fingerprints = FingerprintCache(cache_dir(self.root) / "fingerprints.json")
-            self._weights[key] = weights_fingerprint(model, self.root, self._fingerprints)
-        found = self._weights[key]
+        if self._fingerprints is None:
+            self._fingerprints = _Fingerprints(self.root)
+        found = self._fingerprints(model)
         stage = self.stages[digest]
         while found is None and model["random_init"] is None and stage.kind != "extract":
             stage = self.stages[stage.upstream]
@@ -369,7 +363,7 @@ class WorkflowPlan:
         stage = self.stages[digest]
         runtime = self.run_of[digest].runtime
         count = runtime.get("shards") or 1
-        if stage.group != "corpus" or count == 1:
+        if stage.group != "corpus" or count == 1 or not self.runs_model(digest):   # linking alone is one quick job
             return []
         return [Shard(index, count, runtime["batch_size"]) for index in range(count)]
 
@@ -422,6 +416,9 @@ class WorkflowPlan:
             inputs[stage.group] = [str(path) for path in documents]
         if cfg["model"]["random_init"] is not None:
             inputs["model"] = str(self.random_model_dir(cfg["model"]))
+        reused = reused_stores(stage)
+        if reused:   # a composite store links them: rebuilt, they make it rebuild too
+            inputs["reused"] = [str(folder) for folder in reused]
         return inputs
 
     def random_model_dir(self, model_cfg: dict[str, Any]) -> Path:
@@ -526,12 +523,19 @@ class WorkflowPlan:
             self._input_sizes[stage.hash] = sum(path.stat().st_size for path in documents)
         return self._input_sizes[stage.hash]
 
+    def runs_model(self, digest: str) -> bool:
+        """False for an extraction that only links and copies what stores made before hold
+        (laminae.config.reuse): one quick job, no model."""
+        return ExtractionRecord.parse(self.stage_record(digest)).runs_model
+
     def wants_gpu(self, digest: str) -> int:
         """GPUs a job forwarding an extraction's inputs (or a shard of them) asks for:
         `model.gpus` (1 unless `model.device_map` spreads the blocks over several), none when the
         run pins device=cpu (auto uses one if present). A gather asks for none."""
         config = self.run_of[digest].config
-        return 0 if config["device"] == "cpu" else int(config["model"]["gpus"])
+        if config["device"] == "cpu" or not self.runs_model(digest):
+            return 0
+        return int(config["model"]["gpus"])
 
     def preflight(self, local: bool = True) -> None:
         """Before any job: every model whose activations are still missing must be reachable,
@@ -627,7 +631,8 @@ class WorkflowPlan:
                 continue
             rows, _, _ = input_kind(stage.group).estimate(cfg)
             heads = self._head_widths(cfg, d_model)
-            widths = [heads.get(site, 0) if site in (*QKV, "pattern") else d_model for site in stage.config["sites"]]
+            new_sites = [site for site in stage.config["sites"] if site not in stage.config.get("reused", {}).get("sites", {})]
+            widths = [heads.get(site, 0) if site in (*QKV, "pattern") else d_model for site in new_sites]
             size = disk.store_bytes(n_layers, rows, widths, stage.config["extract"]["storage_dtype"])
             if size:
                 results = Path(run.config["results_dir"])
@@ -639,6 +644,27 @@ class WorkflowPlan:
         for folder, size, stores in needed.values():
             disk.require_space(folder, size, f"the {stores} activation store{'s' if stores > 1 else ''} still to "
                                              "extract")
+
+
+class _Fingerprints:
+    """The weights' fingerprint of a model config, once per model (laminae.models.fingerprint),
+    with files' hashes remembered in the project's cache."""
+
+    def __init__(self, root: Path) -> None:
+        from laminae.config.compose import cache_dir
+        from laminae.models.fingerprint import FingerprintCache
+
+        self.root = root
+        self.cache = FingerprintCache(cache_dir(root) / "fingerprints.json")
+        self.known: dict[str, str | None] = {}
+
+    def __call__(self, model: Mapping[str, Any]) -> str | None:
+        from laminae.models.fingerprint import weights_fingerprint
+
+        key = _model_key(model)
+        if key not in self.known:
+            self.known[key] = weights_fingerprint(model, self.root, self.cache)
+        return self.known[key]
 
 
 def _model_key(model: Mapping[str, Any]) -> str:

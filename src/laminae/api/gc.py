@@ -3,7 +3,8 @@
 Every stage writes one folder (`<stage dir>/activations|metrics|figures|claims/`, nested under its
 upstream stage's folder; a sweep's comparisons and claims matrix under `<results>/sweeps/`).
 A folder is needed when some stage of a kept config (`laminae.plan(...)`: its runs, their
-comparisons and claims matrix) lives there or below it. Every other stage folder is unused:
+comparisons and claims matrix) lives there or below it, or when a kept store links sites stored
+there (laminae.config.reuse). Every other stage folder is unused:
 
     >>> keep = [laminae.plan(["model=tiny-gpt2"]), laminae.plan(sweep=["model=smollm2-135m,minilm-l6"])]
     >>> found = unused(keep)                     # [Unused(path, stage, size), ...], largest first
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from laminae.api.plan import Plan
 from laminae.api.results import folder_size
+from laminae.config.reuse import reused_stores
 from laminae.config.stages import OUTPUT_FOLDERS
 from laminae.errors import LaminaeError
 
@@ -51,6 +53,8 @@ def unused(keep: Sequence[Plan]) -> list[Unused]:
         for output in plan.outputs:
             folder = output.path if output.kind in ("compare", "across", "matrix") else output.path.parent
             needed.add(folder.resolve())
+        for stage in plan.workflow.stages.values():   # the stores a kept composite store links
+            needed.update(plan.path(store).parent.resolve() for store in reused_stores(stage))
     kept_or_above = needed | {parent for folder in needed for parent in folder.parents}
     found: list[Unused] = []
     dropped: set[Path] = set()

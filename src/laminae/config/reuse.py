@@ -1,29 +1,41 @@
-"""A store on disk that already holds what a run's extraction would: the run reads it instead of
-running the model again.
+"""Stores on disk that already hold what a run's extraction would: the run reads them instead of
+running the model again, and forwards the model only for what none of them holds.
 
 An extraction is named by what determines its activations (model, inputs, position policy,
-storage dtype) plus the sites it stores and the reductions it computes. A store of the same
-model and inputs that holds every site a run needs (and every reduction, with the same
-settings) has the same activations: running `experiments=[rotations]` after the default
-experiments, or `experiments=[qkv]` after `experiments=[qkv,cka]`, reads the store they made.
+storage dtype) plus the sites it stores and the reductions it computes. Stores of the same model,
+weights and inputs hold the same activations for the sites they share, so:
 
-    >>> stage = covering_store(planned, registry)   # a Stage on disk, or None: run `planned`
-    >>> stage.hash                                  # what every analysis of the run records as upstream
+- a store that holds every site and reduction a run needs is read as it is (`covering_store`):
+  `experiments=[rotations]` after the default experiments, `experiments=[qkv]` after
+  `experiments=[qkv,cka]`;
+- otherwise, when stores hold some of them, the run's extraction becomes a store that computes
+  only the rest and links the others (`composite_store`): its layer files hold the new sites and
+  HDF5 virtual datasets over the sites stored before (`laminae.store.link_stored`), and it copies
+  the reductions computed before. A new site costs one forward pass that captures that site only,
+  and the run still reads one store, whose `reused` key records where each reused part comes from:
+
+    >>> stage = choices.choose(planned, registry)    # planned, a store on disk, or a composite
+    >>> stage.config["reused"]                       # a composite: what it links, and from where
+    {'sites': {'q': '3fa9c2d1e0', 'k': '3fa9c2d1e0', 'v': '3fa9c2d1e0'}, 'reductions': {}}
 
 Rules (so that what a run reads stays unambiguous and bit for bit what it would compute):
 - only complete stores count (`activations/config.yaml` is written last, by the atomic rename),
-  whose recorded config hashes to their folder's name;
+  whose recorded config hashes to their folder's name, whose recorded weights are the model's
+  weights now (`laminae.models.fingerprint`), and whose own reused parts are still on disk;
 - a store made with eager attention (one that captured `pattern`) serves only runs that capture
-  `pattern` too, and no other: eager and fast attention kernels round differently;
-- among several, the one with the fewest sites and reductions, then the smallest hash;
+  `pattern` too, and no other: eager and fast attention kernels round differently (a composite's
+  own forward pass runs with the kernel its run would have used);
+- a covering store before a composite; among covering stores, the fewest sites and reductions,
+  then the smallest hash; a composite links each part from the store that computed it (never
+  through another composite), preferring the stores that hold the most of what the run needs;
 - the run's own store, when it exists, is its own.
 
 The process that builds the DAG decides; its cluster jobs, which plan the sweep again while
 other jobs write stores, read its decisions back instead of deciding again (`StoreChoices`),
 so that every job finds the stage it was submitted for:
 
-    >>> choices = StoreChoices.deciding(record)      # the DAG: decide, then choices.save()
-    >>> choices = StoreChoices.recorded(record)      # a job: the DAG's decisions, nothing new
+    >>> choices = StoreChoices.deciding(record, weights)   # the DAG: decide, then choices.save()
+    >>> choices = StoreChoices.recorded(record)            # a job: the DAG's decisions, nothing new
     >>> stage = choices.choose(planned, registry)
 """
 
@@ -33,7 +45,7 @@ import copy
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,52 +58,134 @@ from laminae.experiment import Experiment
 if TYPE_CHECKING:
     from laminae.config.stages import Stage
 
-#: what may differ between the planned extraction and a store that covers it
-CONTENTS = ("sites", "reductions")
-_RECORDS: dict[str, tuple[tuple[int, int], tuple[str, dict[str, Any]] | None]] = {}   # path -> (stat, parsed)
+#: what may differ between the planned extraction and a store that serves it
+CONTENTS = ("sites", "reductions", "reused")
+#: the weights' fingerprint of a model config (laminae.models.fingerprint), None when unknown
+Weights = Callable[[Mapping[str, Any]], "str | None"]
 
 
-def covering_store(planned: Stage, registry: Mapping[str, Experiment]) -> Stage | None:
-    """An existing store that covers the planned extraction stage, as a Stage; None when its own
-    store exists or none covers it."""
+@dataclass(frozen=True)
+class StoredExtraction:
+    """A complete store on disk: its hash, its stage config and the weights it was made from."""
+
+    hash: str
+    config: dict[str, Any]
+    weights: str | None = None
+
+    def origin(self, part: str, name: str) -> str:
+        """The hash of the store that computed `name` (a site: part "sites"; a reduction:
+        "reductions"): this one, or the one it reused it from."""
+        return self.config.get("reused", {}).get(part, {}).get(name, self.hash)
+
+
+_RECORDS: dict[str, tuple[tuple[int, int], StoredExtraction | None]] = {}   # path -> (stat, parsed)
+
+
+def covering_store(planned: Stage, registry: Mapping[str, Experiment], weights: Weights | None = None) -> Stage | None:
+    """An existing store that holds everything the planned extraction would, as a Stage; None
+    when its own store exists or none covers it."""
     if (planned.output_dir / "config.yaml").is_file():
         return None
-    label = planned.dir.name[: -len(planned.hash) - 1]
-    config = planned.config
-    identity = {key: value for key, value in config.items() if key not in CONTENTS}
-    sites, reductions = set(config["sites"]), config["reductions"]
-    eager = reads_pattern(config, registry)
-    best: tuple[tuple[int, str], str, dict[str, Any]] | None = None
-    for digest, stored in stores(planned.dir.parent, label):
-        if {k: v for k, v in stored.items() if k not in CONTENTS} != identity \
-                or not sites <= set(stored.get("sites", ())) \
-                or any(stored.get("reductions", {}).get(name) != reduction for name, reduction in reductions.items()) \
-                or reads_pattern(stored, registry) != eager:
-            continue
-        key = (len(stored["sites"]) + len(stored["reductions"]), digest)
-        if best is None or key < best[0]:
-            best = (key, digest, stored)
-    return None if best is None else _stage_of(planned, best[1], best[2])
+    sites, reductions = set(planned.config["sites"]), planned.config["reductions"]
+    best = None
+    for store in candidates(planned, registry, weights):
+        if sites <= set(store.config["sites"]) and all(store.config["reductions"].get(name) == reduction
+                                                         for name, reduction in reductions.items()):
+            key = (len(store.config["sites"]) + len(store.config["reductions"]), store.hash)
+            if best is None or key < best[0]:
+                best = (key, store)
+    return None if best is None else _stage_of(planned, best[1].hash, best[1].config)
+
+
+def composite_store(planned: Stage, registry: Mapping[str, Experiment], weights: Weights | None = None
+                    ) -> Stage | None:
+    """The planned extraction as a store that computes only what no store on disk holds and
+    links the rest (module docstring); None when no store holds any of it."""
+    if (planned.output_dir / "config.yaml").is_file():
+        return None
+    found = candidates(planned, registry, weights)
+    wanted = [("sites", site) for site in planned.config["sites"]] + \
+             [("reductions", name) for name in planned.config["reductions"]]
+
+    def holds(store: StoredExtraction, part: str, name: str) -> bool:
+        if part == "sites":
+            return name in store.config["sites"]
+        return store.config["reductions"].get(name) == planned.config["reductions"][name]
+
+    found.sort(key=lambda store: (-sum(holds(store, *item) for item in wanted), store.hash))
+    reused: dict[str, dict[str, str]] = {"sites": {}, "reductions": {}}
+    for part, name in wanted:
+        store = next((store for store in found if holds(store, part, name)), None)
+        if store is not None:
+            reused[part][name] = store.origin(part, name)
+    if not reused["sites"] and not reused["reductions"]:
+        return None
+    return reusing(planned, reused)
+
+
+def reusing(planned: Stage, reused: Mapping[str, Mapping[str, str]]) -> Stage:
+    """The planned extraction stage, reusing `reused` ({"sites": {site: store hash},
+    "reductions": {experiment: store hash}}): the same config plus `reused`, hashed again."""
+    config = copy.deepcopy(planned.config)
+    config["reused"] = {part: dict(sorted(reused.get(part, {}).items())) for part in ("sites", "reductions")}
+    return _stage_of(planned, stable_hash(config), config)
+
+
+def reused_stores(stage: Stage) -> list[Path]:
+    """The store folders (`.../<label>-<hash>/activations`) a composite extraction links; [] for
+    any other stage."""
+    origins = {digest for part in stage.config.get("reused", {}).values() for digest in part.values()}
+    return [_stage_of(stage, digest, {}).output_dir for digest in sorted(origins)]
+
+
+def candidates(planned: Stage, registry: Mapping[str, Experiment], weights: Weights | None = None
+               ) -> list[StoredExtraction]:
+    """The complete stores beside the planned one that hold activations of the same model,
+    weights and inputs, computed with the same attention kernel (module docstring)."""
+    label = _label(planned)
+    identity = {key: value for key, value in planned.config.items() if key not in CONTENTS}
+    eager = reads_pattern(planned.config, registry)
+    found = stores(planned.dir.parent, label)
+    on_disk = {store.hash for store in found}
+    current: list[str | None] = []   # the model's fingerprint, computed once, when some store needs it
+
+    def same_weights(store: StoredExtraction) -> bool:
+        if weights is None or store.weights is None:
+            return True
+        if not current:
+            current.append(weights(planned.config["model"]))
+        return current[0] is None or current[0] == store.weights
+
+    return [store for store in found
+            if {k: v for k, v in store.config.items() if k not in CONTENTS} == identity
+            and reads_pattern(store.config, registry) == eager
+            and all(digest in on_disk for part in store.config.get("reused", {}).values() for digest in part.values())
+            and same_weights(store)]
+
+
+def _label(stage: Stage) -> str:
+    return stage.dir.name[: -len(stage.hash) - 1]
 
 
 def _stage_of(planned: Stage, digest: str, config: dict[str, Any]) -> Stage:
-    """The Stage of the store `<label>-<digest>` beside the planned one, with its recorded config."""
-    label = planned.dir.name[: -len(planned.hash) - 1]
+    """The Stage of the store `<label>-<digest>` beside the planned one, with its config."""
     return dataclasses.replace(planned, config=copy.deepcopy(config), hash=digest,
-                               dir=planned.dir.parent / f"{label}-{digest}")
+                               dir=planned.dir.parent / f"{_label(planned)}-{digest}")
 
 
 @dataclass
 class StoreChoices:
-    """Which existing store each planned extraction reads: `{planned hash: store hash}`."""
+    """Which stores each planned extraction reads: `{planned hash: store hash}` for a covering
+    store, `{planned hash: {"sites": {...}, "reductions": {...}}}` for a composite."""
 
     decide: bool = True                      # False: only the recorded choices (a job)
     record: Path | None = None               # where the choices are kept between DAG and jobs
-    chosen: dict[str, str] = field(default_factory=dict)
+    weights: Weights | None = None           # the model's weights now: a store of other weights serves nothing
+    chosen: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def deciding(cls, record: Path | None = None) -> "StoreChoices":
-        return cls(decide=True, record=record)
+    def deciding(cls, record: Path | None = None, weights: Weights | None = None) -> "StoreChoices":
+        return cls(decide=True, record=record, weights=weights)
 
     @classmethod
     def recorded(cls, record: Path) -> "StoreChoices":
@@ -103,20 +197,26 @@ class StoreChoices:
         return cls(decide=False, record=record, chosen=chosen if isinstance(chosen, dict) else {})
 
     def choose(self, planned: Stage, registry: Mapping[str, Experiment]) -> Stage:
-        """`planned`, or the store on disk it reads instead."""
+        """`planned`, the store on disk it reads instead, or the composite that computes what
+        no store holds."""
         if self.decide:
-            found = covering_store(planned, registry)
-            if found is None:
-                self.chosen.pop(planned.hash, None)
-                return planned
-            self.chosen[planned.hash] = found.hash
-            return found
-        digest = self.chosen.get(planned.hash)
-        if digest is None:
+            found = covering_store(planned, registry, self.weights)
+            if found is not None:
+                self.chosen[planned.hash] = found.hash
+                return found
+            found = composite_store(planned, registry, self.weights)
+            if found is not None:
+                self.chosen[planned.hash] = found.config["reused"]
+                return found
+            self.chosen.pop(planned.hash, None)
             return planned
-        store = _stage_of(planned, digest, {})
-        recorded = _record(store.output_dir / "config.yaml")
-        return planned if recorded is None or recorded[0] != digest else _stage_of(planned, digest, recorded[1])
+        choice = self.chosen.get(planned.hash)
+        if isinstance(choice, dict):
+            return reusing(planned, choice)
+        if choice is None:
+            return planned
+        recorded = _record(_stage_of(planned, choice, {}).output_dir / "config.yaml")
+        return planned if recorded is None or recorded.hash != choice else _stage_of(planned, choice, recorded.config)
 
     def save(self) -> None:
         """Write the choices for the jobs (atomically), when deciding with a record."""
@@ -139,9 +239,9 @@ def reads_pattern(config: Mapping[str, Any], registry: Mapping[str, Experiment])
     return False
 
 
-def stores(parent: Path, label: str) -> list[tuple[str, dict[str, Any]]]:
-    """(hash, stage config) of every complete store `<parent>/<label>-<hash>/activations`; each
-    record is parsed once per state of its file (mtime and size), so a sweep's runs read it once."""
+def stores(parent: Path, label: str) -> list[StoredExtraction]:
+    """Every complete store `<parent>/<label>-<hash>/activations`; each record is parsed once per
+    state of its file (mtime and size), so a sweep's runs read it once."""
     try:
         folders = sorted(entry.name for entry in os.scandir(parent) if entry.name.startswith(f"{label}-"))
     except OSError:
@@ -149,13 +249,13 @@ def stores(parent: Path, label: str) -> list[tuple[str, dict[str, Any]]]:
     found = []
     for name in folders:
         parsed = _record(parent / name / "activations" / "config.yaml")
-        if parsed is not None and name == f"{label}-{parsed[0]}":
+        if parsed is not None and name == f"{label}-{parsed.hash}":
             found.append(parsed)
     return found
 
 
-def _record(path: Path) -> tuple[str, dict[str, Any]] | None:
-    """(hash, config) of a store's config.yaml when its config hashes to its hash; else None."""
+def _record(path: Path) -> StoredExtraction | None:
+    """A store's config.yaml when its config hashes to its hash; else None."""
     try:
         status = os.stat(path)
     except OSError:
@@ -167,8 +267,8 @@ def _record(path: Path) -> tuple[str, dict[str, Any]] | None:
     try:
         stage = yaml.safe_load(path.read_text(encoding="utf-8"))
         digest, config = stage["hash"], stage["config"]
-        parsed = (digest, config) if stable_hash(config) == digest else None
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        parsed = StoredExtraction(digest, config, stage.get("weights")) if stable_hash(config) == digest else None
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         parsed = None
     _RECORDS[str(path)] = (stamp, parsed)
     return parsed

@@ -28,7 +28,8 @@ from laminae.experiment import Experiment, ReducerJob
 from laminae.provenance import provenance_attrs, stage_config_record, upstream_attrs
 from laminae.shards import SHARD_RECORD
 from laminae.stages.records import ExtractionRecord, Runtime, model_source
-from laminae.store import CONFIG_FILE, FIDELITY_FILE, REDUCTIONS, ROWS_FILE, RowTable, link_shards
+from laminae.store import (CONFIG_FILE, FIDELITY_FILE, REDUCTIONS, ROWS_FILE, RowTable, copy_reductions, link_shards,
+                           link_stored)
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,20 @@ def gather(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime | Mapp
             raise InputFileError(tmp / ROWS_FILE, f"has {len(rows)} rows; the shards declare {n_rows}")
         loaded = yaml.safe_load((shard_dirs[0] / CONFIG_FILE).read_text(encoding="utf-8")).get("loaded_model")
         (tmp / CONFIG_FILE).write_text(stage_config_record(record, runtime, model=loaded), encoding="utf-8")
+        sources = record.reused_from(Path(out_dir))   # a composite store: what it links and copies
+        link_stored(tmp, {site: sources[site] for site in record.reused_sites}, int(first["n_layers"]), n_rows,
+                    {**provenance_attrs(record, runtime), **first["model_attrs"]})
+        copy_reductions(tmp, {name: sources[name] for name in record.reused_reductions})
         attrs = upstream_attrs({**provenance_attrs(record, runtime), **first["model_attrs"]})
         model = model_source(record, runtime, project_root)
-        for name, reduction in record.reductions.items():
+        for name, reduction in record.new_reductions.items():
             job = ReducerJob(settings=reduction.settings, rows=rows, n_layers=int(first["n_layers"]),
                              widths=dict(first["widths"]), model_attrs=dict(first["model_attrs"]),
                              out_dir=tmp / REDUCTIONS / name, attrs=attrs, model=model)
             _merge_reduction(registry[name].for_config({name: reduction.settings}), job, shard_dirs,
                              [shard["first_row"] for shard in records])
         log.info("gathered %d shards: %d rows, %d layer files of virtual datasets%s", len(shard_dirs), n_rows,
-                 len(layers), f"; reductions merged: {', '.join(record.reductions)}" if record.reductions else "")
+                 len(layers), f"; reductions merged: {', '.join(record.new_reductions)}" if record.new_reductions else "")
 
 
 def read_shards(record: ExtractionRecord, shard_dirs: Sequence[Path]) -> list[dict[str, Any]]:

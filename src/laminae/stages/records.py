@@ -107,15 +107,44 @@ class ExtractionRecord(StageRecord):
     sites: tuple[str, ...]                     # stored: the union of the reading experiments' sites
     storage_dtype: str                         # float32 | float16
     reductions: Mapping[str, Reduction]        # experiment -> its reducer, run during extraction
+    #: what a composite store takes from stores made before (laminae.config.reuse), by their hash:
+    #: {site: hash} linked, {experiment: hash} copied; the rest it computes
+    reused_sites: Mapping[str, str] = field(default_factory=dict)
+    reused_reductions: Mapping[str, str] = field(default_factory=dict)
 
     KIND: ClassVar[str] = "extract"
 
     @classmethod
     def _fields(cls, name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        reused = config.get("reused") or {}
         return {"inputs": config["inputs"], "model": config["model"], "sites": tuple(config["sites"]),
                 "storage_dtype": config["extract"]["storage_dtype"],
                 "reductions": {experiment: Reduction(int(spec["version"]), spec["settings"])
-                               for experiment, spec in config["reductions"].items()}}
+                               for experiment, spec in config["reductions"].items()},
+                "reused_sites": dict(reused.get("sites", {})), "reused_reductions": dict(reused.get("reductions", {}))}
+
+    @property
+    def new_sites(self) -> tuple[str, ...]:
+        """The sites this extraction's forward pass stores (those it does not link)."""
+        return tuple(site for site in self.sites if site not in self.reused_sites)
+
+    @property
+    def new_reductions(self) -> dict[str, Reduction]:
+        """The experiments its forward pass computes (those it does not copy)."""
+        return {name: spec for name, spec in self.reductions.items() if name not in self.reused_reductions}
+
+    def reused_from(self, out_dir: Path) -> dict[str, Path]:
+        """{site or experiment: the activations folder it is reused from}, for this store's own
+        folder `out_dir` (`<results>/<model>/<inputs>/<label>-<hash>/activations`): its siblings."""
+        folder = Path(out_dir).parent
+        label = folder.name[: -len(self.hash) - 1]
+        return {name: folder.parent / f"{label}-{digest}" / "activations"
+                for name, digest in {**self.reused_sites, **self.reused_reductions}.items()}
+
+    @property
+    def runs_model(self) -> bool:
+        """False for a composite that computes nothing new: it only links and copies."""
+        return bool(self.new_sites or self.new_reductions)
 
 
 def model_source(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime | Mapping[str, Any] | None,
