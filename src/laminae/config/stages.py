@@ -8,8 +8,9 @@ An extraction is named by what determines its activations (model, inputs, positi
 storage dtype) and stores the union of the sites its enabled experiments read, so experiments
 on the same inputs share one forward pass; an experiment whose reducer runs during extraction
 adds its analysis settings to the extraction's hash instead of sites. A store on disk of the
-same model and inputs that already holds every site and reduction a run needs is read instead
-(`laminae.config.reuse.covering_store`): the run's analyses name it as their upstream.
+same model, weights and inputs that already holds every site and reduction a run needs is read
+instead, and stores that hold some of them are linked by a store that computes the rest
+(`laminae.config.reuse`): the run's analyses name the store they read as their upstream.
 
     >>> run = plan_run(cfg, project_root=".", registry=discover())
     >>> run.stages["corpus.extract"].dir
@@ -162,7 +163,7 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
                         for e in readers if during_extraction(cfg, e)},
         )
         extraction = _stage(f"{kind}.extract", extract_cfg, None, results / kind, inputs.label(cfg))
-        extraction = (stores or StoreChoices()).choose(extraction, registry)   # a store on disk may hold it all
+        extraction = (stores or StoreChoices()).choose(extraction, registry)   # stores on disk may hold some or all
         stages[extraction.name] = extraction
         for experiment in readers:
             settings = analysis_settings(cfg, experiment)
