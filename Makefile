@@ -25,6 +25,12 @@ DEMO := 'overrides=["experiments=[$(DEMO_EXPERIMENTS)]", "neurons.n_permutations
         'sweep=["model=smollm2-135m,minilm-l6"]'
 REPORT ?= results/report.html
 STAMP := $(BIN)/.laminae-installed
+# snakemake-executor-plugin-slurm runs `scontrol show config` whenever Snakemake starts: ~9 s of
+# scontrol's timeout where SLURM's client is installed and no controller answers. The targets that
+# run Snakemake on this machine (run, demo, report, lint) need no cluster, so they find an scontrol
+# that fails at once first on PATH (as laminae.plan(...).run() and the tests' local runs do).
+NO_SLURM := $(VENV)/no-slurm
+LOCAL := PATH="$(CURDIR)/$(NO_SLURM):$$PATH"
 # pytest-xdist: one worker per core (WORKERS=0: no workers, all in one process). --dist loadfile keeps each
 # test file on one worker: module fixtures (a file's Snakemake run) run once, and the SLURM
 # cluster (test_slurm.py) and the crash-recovery kills (test_crash_recovery.py) stay in one
@@ -51,15 +57,15 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 
 install: $(STAMP)
 
-run: install
-	$(BIN)/snakemake --cores $(CORES) $(if $(CONFIG),--config $(CONFIG))
+run: install $(NO_SLURM)/scontrol
+	$(LOCAL) $(BIN)/snakemake --cores $(CORES) $(if $(CONFIG),--config $(CONFIG))
 
-demo: install
-	$(BIN)/snakemake --cores $(CORES) --config $(DEMO)
+demo: install $(NO_SLURM)/scontrol
+	$(LOCAL) $(BIN)/snakemake --cores $(CORES) --config $(DEMO)
 
 # every figure, caption and claims table of the config's results that exist (CONFIG as for run)
-report: install
-	$(BIN)/snakemake --cores 1 --report $(REPORT) $(if $(CONFIG),--config $(CONFIG))
+report: install $(NO_SLURM)/scontrol
+	$(LOCAL) $(BIN)/snakemake --cores 1 --report $(REPORT) $(if $(CONFIG),--config $(CONFIG))
 
 # the 25 slowest tests close the report
 test: lint
@@ -76,10 +82,6 @@ $(BIN)/.laminae-bench: $(STAMP)
 bench: $(BIN)/.laminae-bench
 	$(BIN)/python benchmarks/run_all.py
 
-# snakemake-executor-plugin-slurm runs `scontrol show config` whenever Snakemake starts: ~9 s of
-# scontrol's timeout where SLURM's client is installed and no controller answers. The lint needs
-# no cluster, so it finds an scontrol that fails at once first on PATH (as the tests' local runs do).
-NO_SLURM := $(VENV)/no-slurm
 
 $(NO_SLURM)/scontrol: | $(BIN)/python
 	mkdir -p $(NO_SLURM)
@@ -87,7 +89,7 @@ $(NO_SLURM)/scontrol: | $(BIN)/python
 	chmod +x $@
 
 lint: install $(NO_SLURM)/scontrol
-	PATH="$(CURDIR)/$(NO_SLURM):$$PATH" $(BIN)/snakemake --lint
+	$(LOCAL) $(BIN)/snakemake --lint
 	$(BIN)/ruff check src tests benchmarks workflow examples
 
 clean-results:

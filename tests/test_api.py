@@ -156,6 +156,36 @@ def test_flatten_and_lazy_top_level():
         laminae.nothing_here
 
 
+def test_a_local_run_does_not_wait_for_a_slurm_controller(tmp_path, monkeypatch):
+    """Where SLURM's client is installed but no controller answers, `scontrol` hangs until its
+    timeout, and the SLURM plugin calls it whenever Snakemake starts: a local run gets one that
+    exits at once, first on PATH; a run given an executor or profile keeps the real one."""
+    import subprocess
+    import time
+
+    from laminae.api.plan import without_slurm_probe
+
+    hanging = tmp_path / "bin"
+    hanging.mkdir()
+    (hanging / "scontrol").write_text("#!/bin/sh\nsleep 30\n")
+    (hanging / "scontrol").chmod(0o755)
+    monkeypatch.setenv("LAMINAE_CACHE_DIR", str(tmp_path / "cache"))
+    env = without_slurm_probe(PROJECT_ROOT, {"PATH": f"{hanging}{os.pathsep}{os.environ['PATH']}"})
+    started = time.monotonic()
+    assert subprocess.run(["scontrol", "show", "config"], env=env).returncode == 1
+    assert time.monotonic() - started < 5
+    assert without_slurm_probe(PROJECT_ROOT, {"PATH": str(tmp_path / "empty")}) == {"PATH": str(tmp_path / "empty")}
+
+    seen = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: seen.append(kwargs["env"]) or
+                        subprocess.CompletedProcess(command, 0, "", ""))
+    monkeypatch.setenv("PATH", env["PATH"].split(os.pathsep, 1)[1])   # the hanging one first
+    plan = laminae.plan(["model=tiny-gpt2"])
+    plan.run(args=["-n"])
+    plan.run(args=["--profile", "profiles/slurm"])
+    assert seen[0]["PATH"].startswith(str(tmp_path / "cache")) and seen[1] is None
+
+
 def test_plan_matches_the_workflow_plan_and_refuses_bad_overrides(tmp_path):
     overrides = ["model=tiny-gpt2", "experiments=[qkv]"]
     planned = laminae.plan(overrides=overrides, project=PROJECT_ROOT, workdir=tmp_path)

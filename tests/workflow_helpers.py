@@ -6,14 +6,11 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -27,30 +24,15 @@ TINY_RUN = ["model=tiny-gpt2", "qkv.n_permutations=20", "qkv.n_bootstrap=20"]
 TINY_QKV_RUN = [*TINY_RUN, "experiments=[qkv]"]
 
 
-_STUB_FOLDER: Path | None = None
-
-
 def snakemake_env(extra: dict | None = None, real_scontrol: bool = False) -> dict[str, str]:
     """The environment for a Snakemake subprocess: os.environ, `extra`, and (unless
-    `real_scontrol`) a `scontrol` that fails at once, first on PATH.
+    `real_scontrol`) a `scontrol` that fails at once, first on PATH, as every local run of the
+    project's gets it (`laminae.api.plan.without_slurm_probe`: on a machine with a SLURM client
+    but no controller, snakemake-executor-plugin-slurm's probe waits ~9 s on every start)."""
+    from laminae.api.plan import without_slurm_probe
 
-    snakemake-executor-plugin-slurm runs `scontrol show config` twice whenever Snakemake starts,
-    to fill its settings' defaults; on a machine with a SLURM client but no controller running
-    (this one, outside tests/test_slurm.py) that waits ~9 s for scontrol's own timeout, on every
-    invocation. Local runs never use the answer, so the stub changes nothing but the wait.
-    """
-    global _STUB_FOLDER
     env = {**os.environ, **(extra or {})}
-    if real_scontrol or shutil.which("scontrol") is None:
-        return env
-    if _STUB_FOLDER is None:
-        _STUB_FOLDER = Path(tempfile.mkdtemp(prefix="laminae-test-stub-"))
-        atexit.register(shutil.rmtree, _STUB_FOLDER, ignore_errors=True)
-        stub = _STUB_FOLDER / "scontrol"
-        stub.write_text("#!/bin/sh\nexit 1\n")
-        stub.chmod(0o755)
-    env["PATH"] = f"{_STUB_FOLDER}{os.pathsep}{env.get('PATH', '')}"
-    return env
+    return env if real_scontrol else without_slurm_probe(PROJECT_ROOT, env)
 
 
 def snakemake(workdir: Path, overrides: Sequence[str], *args: str, sweep: Sequence[str] = (),

@@ -22,15 +22,17 @@ holding both, else the checkout laminae is installed from).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from laminae.atomic import atomic_file
 from laminae.config.keys import stable_hash
 from laminae.errors import LaminaeError
 
@@ -167,7 +169,9 @@ class Plan:
         output (returned) instead of printing it. A failed run raises a one-line LaminaeError:
         the pipeline's own `laminae: ...` line when it gave one, else Snakemake's last error line."""
         command = self.command(cores, args)
-        result = subprocess.run(command, capture_output=quiet, text=True, timeout=timeout)
+        local = not any(arg.split("=", 1)[0] in ("--executor", "-e", "--profile") for arg in args)
+        result = subprocess.run(command, capture_output=quiet, text=True, timeout=timeout,
+                                env=without_slurm_probe(self.project) if local else None)
         if result.returncode != 0:
             raise LaminaeError(f"snakemake failed (exit {result.returncode}): "
                                f"{failure_line((result.stderr or '') + (result.stdout or ''))}")
@@ -219,6 +223,29 @@ def snakemake_executable() -> str:
     if found is None:
         raise LaminaeError("snakemake not found beside this Python or on PATH: pip install snakemake (make install)")
     return found
+
+
+def without_slurm_probe(project: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment (`env`, default os.environ) for a Snakemake run on this machine, with an
+    `scontrol` that exits 1 first on PATH where one is installed.
+
+    snakemake-executor-plugin-slurm runs `scontrol show config` whenever Snakemake starts, before
+    it reads a profile or the Snakefile; where SLURM's client is installed and no controller
+    answers, that waits ~9 s for scontrol's timeout. A local run never uses the answer."""
+    env = dict(os.environ if env is None else env)
+    if shutil.which("scontrol", path=env.get("PATH")) is None:
+        return env
+    from laminae.config.compose import cache_dir
+
+    folder = cache_dir(project) / "no-slurm"
+    stub = folder / "scontrol"
+    if not stub.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_file(stub) as tmp:   # executable before it appears: another run may call it at once
+            tmp.write_text("#!/bin/sh\nexit 1\n", encoding="utf-8")
+            tmp.chmod(0o755)
+    env["PATH"] = f"{folder}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 def failure_line(output: str) -> str:
