@@ -337,6 +337,14 @@ def test_a_sharded_composite_store_links_a_sharded_store_and_equals_a_fresh_one(
     assert mine.sites == theirs.sites and (linked / "rows.tsv").read_bytes() == (fresh / "rows.tsv").read_bytes()
     for site in theirs.sites:
         assert np.array_equal(mine.read(site, dtype=np.float32), theirs.read(site, dtype=np.float32)), site
+    for store, weights in ((linked, "sha256:new"), (narrow, "sha256:old")):   # a store rebuilt in place from other weights
+        with h5py.File(store / "layer_00.h5", "r+") as handle:
+            handle.attrs["weights_fingerprint"] = weights
+    with pytest.raises(InputFileError, match="was made from other weights"):
+        ActivationStore(linked)
+    with h5py.File(narrow / "layer_00.h5", "r+") as handle:
+        handle.attrs["weights_fingerprint"] = "sha256:new"
+    ActivationStore(linked)
     shutil.rmtree(narrow.parent / "shards")   # what the linked store's virtual datasets read, in turn
     with pytest.raises(InputFileError, match="missing: layer_00.h5 reads its 'resid_p"):
         ActivationStore(linked)

@@ -91,16 +91,16 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: Extracti
              f"{loaded.info.device} (modules: {spread})" if spread else loaded.info.device,
              len(plan.sequences), plan.n_rows, ",".join(stored) or "none",
              f"; computed during extraction: {', '.join(reducing)}" if reducing else "")
-    linked = {} if shard is not None else record.reused_from(out_dir)   # a shard's gather links them
-    if linked:
-        log.info("linked from stores made before: %s", ", ".join(f"{name} ({path.parent.name})"
-                                                                  for name, path in linked.items()))
+    reused = {} if shard is not None else record.reused_from(out_dir)   # a shard's gather links them
+    if reused:
+        log.info("reused from stores made before: %s", ", ".join(f"{name} ({path.parent.name})"
+                                                                  for name, path in reused.items()))
     attrs = {**provenance_attrs(record, runtime), **loaded.info.as_attrs()}
     writer = ActivationWriter(out_dir, loaded.info.n_layers, plan.n_rows, attrs, storage_dtype=record.storage_dtype,
                               compression=runtime.compression, chunk_rows=runtime.chunk_rows,
                               config_text=stage_config_record(record, runtime, model=loaded.info.to_dict()),
                               store_layers=bool(stored),
-                              links={site: linked[site] for site in record.reused_sites if site in linked})
+                              links={site: reused[site] for site in record.reused_sites if site in reused})
     widths = loaded.adapter.site_widths(loaded.model.config, plan_keys(plan, captured_sites(record, registry)))
     # the reducers' readout (job.readout()): on the model's device, from the same files
     model = model_source(record, runtime, project_root, device=loaded.info.device)
@@ -129,7 +129,7 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: Extracti
         for reducer, _ in reducers:
             reducer.partial() if shard is not None else reducer.finish()
         writer.set_rows(plan.rows, plan.columns, first_row=plan.first_row)
-        copy_reductions(writer.tmp_dir, {name: linked[name] for name in record.reused_reductions if name in linked})
+        copy_reductions(writer.tmp_dir, {name: reused[name] for name in record.reused_reductions if name in reused})
         if shard is not None:
             (writer.tmp_dir / SHARD_RECORD).write_text(dump_yaml(shard_record(
                 shard, plan.first_row, plan.n_rows, loaded.info.n_layers, widths, loaded.info.as_attrs())),
@@ -141,7 +141,7 @@ def link_only(record: ExtractionRecord, runtime: Runtime, out_dir: Path) -> None
     before): rows.tsv and fidelity.tsv from its first source store, whose forward pass over the
     same inputs they describe, its sites linked, its reductions copied; no model is loaded."""
     sources = record.reused_from(out_dir)
-    first = sources[min(sources)] if not record.reused_sites else sources[min(record.reused_sites)]
+    first = sources[min(record.reused_sites or sources)]
     with atomic_dir(out_dir) as tmp:
         shutil.copyfile(first / ROWS_FILE, tmp / ROWS_FILE)
         if (first / FIDELITY_FILE).is_file():
