@@ -562,12 +562,13 @@ class ActivationStore:
 
 # ------------------------------------------------------------------------ sharded stores
 def _stored_chunks(dataset: h5py.Dataset, path: Path) -> tuple[int, ...] | None:
-    """The HDF5 chunk shape of a dataset, or of the first shard behind a virtual one."""
+    """The HDF5 chunk shape of a dataset, or of the first file behind a virtual one (a shard, or
+    a linked store's dataset, itself virtual when that store is sharded)."""
     if not dataset.is_virtual:
         return dataset.chunks
     source = dataset.virtual_sources()[0]
     with h5py.File(path.parent / source.file_name, "r") as handle:
-        return handle[source.dset_name].chunks
+        return _stored_chunks(handle[source.dset_name], path.parent / source.file_name)
 
 
 def _check_sources(path: Path, site: str, dataset: h5py.Dataset, weights: str | None = None) -> None:
