@@ -3,6 +3,7 @@ activations against an independent NumPy GPT-2."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import h5py
@@ -139,11 +140,29 @@ def test_two_runs_give_identical_datasets(workdir, run, tmp_path):
                 with h5py.File(first) as a, h5py.File(second) as b:
                     assert sorted(a) == sorted(b) and len(a) > 0, first
                     for key in a:
-                        np.testing.assert_array_equal(a[key][()], b[key][()], strict=True, err_msg=f"{first}:{key}")
+                        x, y = a[key][()], b[key][()]
+                        assert (x.dtype, x.shape) == (y.dtype, y.shape), f"{first}:{key}"
+                        if not np.array_equal(x, y):
+                            pytest.fail(_difference(f"{first}:{key}", x, y, workdir, tmp_path))
                     attrs_a, attrs_b = dict(a.attrs), dict(b.attrs)
                     assert sorted(attrs_a) == sorted(attrs_b), first
                     for key, value in attrs_a.items():
                         np.testing.assert_array_equal(value, attrs_b[key], err_msg=f"{first} attribute {key}")
+
+
+def _difference(where: str, x: np.ndarray, y: np.ndarray, first: Path, second: Path) -> str:
+    """What differs between two runs' arrays, for a failure to say more than "not equal": the
+    rows, the largest difference, and whether the two runs built the same random model files."""
+    rows = np.unique(np.nonzero(x != y)[0]) if x.ndim else np.array([0])
+    gap = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.dtype.kind == "f" else None
+
+    def models(workdir: Path) -> dict[str, str]:
+        return {str(path.relative_to(workdir)): hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in sorted((workdir / "models").rglob("*")) if path.is_file() and path.suffix != ".log"}
+
+    return (f"{where}: {int(np.count_nonzero(x != y))} of {x.size} values differ, in rows {rows[:20].tolist()}"
+            f"{' ...' if len(rows) > 20 else ''} of {len(x) if x.ndim else 1}; largest difference {gap}; "
+            f"the two runs' model files {'are identical' if models(first) == models(second) else 'differ'}")
 
 
 #: Run inside the report page once it has loaded: decode every result's image, list the
