@@ -24,9 +24,11 @@ from laminae.workflow import WorkflowPlan, export_source_path
 
 export_source_path(PROJECT_ROOT)  # jobs (conda envs, cluster nodes) import laminae from src/ too
 
+JOB = workflow.remote_exec or workflow.subprocess_exec   # a job of a DAG built by another process
+
 try:
     # a job (on a cluster node) plans again: with the stores the DAG chose (laminae.config.reuse)
-    PLAN = WorkflowPlan.from_snakemake_config(config, PROJECT_ROOT, job=workflow.remote_exec or workflow.subprocess_exec)
+    PLAN = WorkflowPlan.from_snakemake_config(config, PROJECT_ROOT, job=JOB)
 except LaminaeError as error:
     print(f"laminae: {error}", file=sys.stderr)
     sys.exit(1)
@@ -52,10 +54,11 @@ include: "workflow/rules/experiments.smk"
 include: "workflow/rules/claims.smk"
 
 
+# A job is given its target (--target-jobs), never `all`: it skips listing every file of the sweep.
 rule all:
     default_target: True
     input:
-        PLAN.targets(),
+        [] if JOB else PLAN.targets(),
 
 
 onstart:

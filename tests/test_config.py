@@ -300,8 +300,52 @@ def test_a_cached_sweep_plans_the_same_stages(tmp_path, monkeypatch):
     reference = plan(False)
     assert not (tmp_path / "cache").exists()
     assert plan(True) == reference
-    assert (tmp_path / "cache").is_dir()
+    assert (tmp_path / "cache").is_dir() and len(list((tmp_path / "cache").glob("sweep-*.json"))) == 1
     assert plan(True) == reference
+
+
+def test_a_cached_sweep_expands_as_hydra_does(tmp_path):
+    """expand_sweep with a cache folder: the product Hydra's parser gives, read back from disk,
+    one file per sweep; a damaged file is expanded anew."""
+    from laminae.config import expand_sweep
+
+    sweep = ["model=tiny-gpt2,minilm-l6", "qkv.n_permutations=1,02,3.0", "template='a, b',next_word"]
+    expected = expand_sweep(sweep)
+    assert len(expected) == 12 and expected[1] == ("model=tiny-gpt2", "qkv.n_permutations=1", "template=next_word")
+    assert expand_sweep(sweep, tmp_path) == expected                     # written
+    assert expand_sweep(sweep, tmp_path) == expected                     # read
+    (path,) = tmp_path.glob("sweep-*.json")
+    path.write_text('{"not": "a list"}')
+    assert expand_sweep(sweep, tmp_path) == expected
+    assert expand_sweep(sweep[:1], tmp_path) == expand_sweep(sweep[:1]) and len(list(tmp_path.glob("sweep-*.json"))) == 2
+
+
+def test_a_job_of_a_warm_sweep_does_not_import_hydra(tmp_path):
+    """A cluster job's plan (composed configs and the sweep read from the cache, a random
+    model) needs neither Hydra's import nor its parser: seconds less for each of a sweep's jobs."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from pathlib import Path; from laminae.workflow import WorkflowPlan; "
+              "config = {'overrides': ['model=tiny-gpt2'], 'sweep': ['qkv.n_permutations=0,1,2']}; "
+              f"WorkflowPlan.from_snakemake_config(config, Path({str(ROOT)!r}), job=sys.argv[1] == 'job'); "
+              "print(sorted({m.split('.')[0] for m in sys.modules} & {'hydra', 'omegaconf', 'antlr4'}))")
+    env = {**__import__("os").environ, "LAMINAE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT / "src")}
+    run = lambda mode: subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, env=env,
+                                      cwd=tmp_path, check=True).stdout.strip()
+    assert run("dag") == "['antlr4', 'hydra', 'omegaconf']"   # the DAG's process composes (and validates)
+    assert run("job") == "[]"
+
+
+def test_plain_copy_is_a_deep_copy():
+    import copy
+
+    from laminae.config.keys import plain_copy
+
+    value = {"a": [1, 2.5, {"b": None, "c": True}], "d": "x", "e": (1, [2]), "f": {3}}
+    copied = plain_copy(value)
+    assert copied == copy.deepcopy(value) and type(copied["e"]) is tuple
+    assert copied["a"] is not value["a"] and copied["a"][2] is not value["a"][2] and copied["e"][1] is not value["e"][1]
 
 
 def test_the_cache_follows_every_file_of_the_conf_tree(tmp_path):

@@ -86,6 +86,18 @@ def test_sweep_runs_every_combination_once_and_overlays_them(tmp_path):
     assert scheduled_rules(dry) == {"qkv_figures": 4, "qkv_compare": 1, "qkv_across": 1, "all": 1}
 
 
+def test_a_cluster_job_of_a_sweep_plans_the_job_it_is_given(tmp_path):
+    """A job (Snakemake's `--mode remote`, as on a cluster node) finds the stage of its target
+    in the plan of the whole sweep, and schedules that job and what it needs, never `all`
+    (whose inputs a job does not list)."""
+    overrides, sweep = ["model=tiny-gpt2", "experiments=[qkv]"], ["qkv.n_permutations=3,4,5"]
+    snakemake(tmp_path, overrides, "-n", sweep=sweep)   # the DAG's process records its choices
+    planned = plan(overrides, sweep)
+    target = planned.stage_files(planned.runs[1].stages["qkv.analysis"])[0]
+    job = snakemake(tmp_path, overrides, "-n", "--cores", "1", "--mode", "remote", target, sweep=sweep)
+    assert scheduled_rules(job) == {"random_model": 1, "extract": 1, "qkv_analysis": 1}
+
+
 def test_training_steps_come_from_revision_overrides_only():
     assert training_steps([["model.revision=step8000"], ["model.revision=step1000"]]) == [8000, 1000]
     assert training_steps([["model.revision=stage1-step140000-tokens587B"], ["model.revision=step0"]]) == [140000, 0]

@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from laminae.config.compose import Composer, cache_dir, compose_config, expand_sweep, experiment_packages, group_files
-from laminae.config.keys import get_key, select_keys, stable_hash
+from laminae.config.keys import get_key, plain_copy, select_keys, stable_hash
 from laminae.config.model_source import resolve_model_keys
 from laminae.config.needs import drop_inapplicable, names_experiments
 from laminae.config.stages import RUNTIME_KEYS, Run, Stage, analysis_settings, plan_run
@@ -55,8 +54,8 @@ def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_
     root = Path(project_root)
     config_dir = Path(config_dir) if config_dir is not None else root / "conf"
     runs = []
-    combinations = expand_sweep(sweep) if sweep else [()]
-    packages: list[str] | None = None
+    combinations = expand_sweep(sweep, cache_dir(root) if cache else None) if sweep else [()]
+    default_registry: dict[str, Any] | None = None
     models: dict[tuple, dict[str, Any]] = {}
     from laminae.inputs.corpus import listing_once
 
@@ -65,16 +64,17 @@ def load_runs(overrides: Sequence[str] = (), sweep: Sequence[str] = (), project_
             run_overrides = (*overrides, *combination)
             if any("experiment_packages" in o for o in run_overrides):
                 registry = discover(experiment_packages(run_overrides, config_dir), root)
-            else:   # conf/config.yaml's value: read once
-                packages = experiment_packages([], config_dir) if packages is None else packages
-                registry = discover(packages, root)
+            else:   # conf/config.yaml's value: read once, its experiments found once
+                if default_registry is None:
+                    default_registry = discover(experiment_packages([], config_dir), root)
+                registry = default_registry
             cfg = composer.compose(run_overrides, registry)
             if isinstance(cfg.get("model"), dict):  # model=auto, or a preset pointed at another checkpoint
                 # depends on the model group and the overrides naming it only: once per distinct pair
                 key = (json.dumps(cfg["model"], sort_keys=True, default=repr), tuple(o for o in run_overrides if "model" in o))
                 if key not in models:
                     models[key] = resolve_model_keys(cfg["model"], run_overrides, config_dir, root)
-                cfg["model"] = copy.deepcopy(models[key])
+                cfg["model"] = plain_copy(models[key])
             if validate:
                 validate_config(cfg, root, registry, _GroupFiles(run_overrides, config_dir, registry))
             explicit = len(combinations) == 1 and names_experiments(run_overrides)

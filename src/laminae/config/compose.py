@@ -228,15 +228,9 @@ class Composer:
             return None
         if self._tree_key is None:
             import hashlib
-            from importlib import metadata
 
             digest = hashlib.sha256(f"laminae-compose {_CACHE_FORMAT}".encode())
-            for package in ("hydra-core", "omegaconf"):
-                try:
-                    digest.update(f"{package} {metadata.version(package)}".encode())
-                except metadata.PackageNotFoundError:
-                    digest.update(f"{package} ?".encode())
-            digest.update(Path(__file__).read_bytes())
+            digest.update(_code_identity())
             for path in sorted(p for p in self.config_dir.rglob("*") if p.is_file()):
                 data = path.read_bytes()
                 if b"searchpath" in data:   # Hydra would read another tree too
@@ -294,6 +288,21 @@ class Composer:
         except OSError:   # a read-only project: no cache, same results
             pass
         self._disk[key] = entries
+
+
+@functools.lru_cache(maxsize=1)
+def _code_identity() -> bytes:
+    """The versions of Hydra and OmegaConf, and this module's source: what composing depends
+    on besides the config tree and the overrides (part of every disk cache's key)."""
+    from importlib import metadata
+
+    parts = []
+    for package in ("hydra-core", "omegaconf"):
+        try:
+            parts.append(f"{package} {metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            parts.append(f"{package} ?".encode())
+    return b"".join([*parts, Path(__file__).read_bytes()])
 
 
 class _Whole(Exception):
@@ -363,16 +372,17 @@ def _holds_resolver_call(node: Any) -> bool:
 def experiment_packages(overrides: Sequence[str], config_dir: str | Path) -> list[str]:
     """`experiment_packages` as `conf/config.yaml` and `overrides` set it, read before
     composition: it decides which experiments, hence which config groups, exist."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     overrides = [str(o) for o in overrides]
-    _check_override_syntax(overrides)
     path = Path(config_dir) / "config.yaml"
     root = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
     value: Any = (root or {}).get("experiment_packages", [])
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if override.key_or_group == "experiment_packages":
-            value = override.value()
+    if overrides:   # none: no need to import Hydra (a cluster job of a sweep may never need it)
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        _check_override_syntax(overrides)
+        for override in OverridesParser.create().parse_overrides(overrides):
+            if override.key_or_group == "experiment_packages":
+                value = override.value()
     if value is None:
         value = []
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
@@ -429,15 +439,65 @@ def group_files(overrides: Sequence[str], config_dir: str | Path, registry: Mapp
     return files
 
 
-def expand_sweep(sweep: Iterable[str]) -> list[tuple[str, ...]]:
+def expand_sweep(sweep: Iterable[str], cache_dir: str | Path | None = None) -> list[tuple[str, ...]]:
     """Hydra comma-syntax sweep overrides -> the cartesian product of single overrides.
 
     `["model=a,b", "template=x,y"]` gives four tuples, in row-major order (first key slowest).
+    With `cache_dir`, the product is kept in `<cache_dir>/sweep-<key>.json`, the key a hash of
+    the sweep, this module's source and the versions of Hydra and OmegaConf (never stale): a
+    cluster job of a large sweep neither imports Hydra nor parses the sweep again.
     """
+    sweep = [str(s) for s in sweep]
+    path = None if cache_dir is None else Path(cache_dir) / f"sweep-{_sweep_key(sweep)}.json"
+    cached = _read_sweep(path) if path is not None else None
+    if cached is not None:
+        return cached
+    combinations = _expand_sweep(sweep)
+    if path is not None:
+        _write_sweep(path, combinations)
+    return combinations
+
+
+def _sweep_key(sweep: list[str]) -> str:
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(f"laminae-sweep {_CACHE_FORMAT}".encode())
+    digest.update(_code_identity())
+    digest.update(json.dumps(sweep).encode())
+    return digest.hexdigest()[:32]
+
+
+def _read_sweep(path: Path) -> list[tuple[str, ...]] | None:
+    """The cached product, or None when absent or not a list of lists of strings."""
+    import json
+
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(loaded, list) or not all(isinstance(c, list) and all(isinstance(o, str) for o in c)
+                                               for c in loaded):
+        return None
+    return [tuple(combination) for combination in loaded]
+
+
+def _write_sweep(path: Path, combinations: list[tuple[str, ...]]) -> None:
+    import json
+
+    from laminae.atomic import atomic_write_text
+
+    try:
+        atomic_write_text(path, json.dumps([list(c) for c in combinations]))
+    except OSError:   # a read-only project: no cache, same results
+        pass
+
+
+def _expand_sweep(sweep: list[str]) -> list[tuple[str, ...]]:
+    """`expand_sweep` by Hydra's parser."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    sweep = [str(s) for s in sweep]
     try:
         parsed = OverridesParser.create().parse_overrides(sweep)
     except HydraException as error:

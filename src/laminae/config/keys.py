@@ -16,12 +16,27 @@ import json
 from typing import Any
 
 HASH_LENGTH = 10
+# json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True), without building an
+# encoder per call (a sweep's plan hashes tens of thousands of stage configs)
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def stable_hash(obj: Any) -> str:
     """Short content hash of a JSON-serialisable object, independent of dict order."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+    return hashlib.sha256(_ENCODER.encode(obj).encode()).hexdigest()[:HASH_LENGTH]
+
+
+def plain_copy(value: Any) -> Any:
+    """`copy.deepcopy(value)`, faster for what configs hold (dicts, lists, scalars); anything
+    else is deep-copied as before."""
+    if type(value) is dict:
+        return {key: plain_copy(child) for key, child in value.items()}
+    if type(value) is list:
+        return [plain_copy(child) for child in value]
+    if type(value) in _SCALARS:
+        return value
+    return copy.deepcopy(value)
 
 
 def select_keys(cfg: dict[str, Any], dotted_keys: tuple[str, ...]) -> dict[str, Any]:
@@ -33,7 +48,7 @@ def select_keys(cfg: dict[str, Any], dotted_keys: tuple[str, ...]) -> dict[str, 
         for part in parents:
             source = source[part]
             target = target.setdefault(part, {})
-        target[leaf] = copy.deepcopy(source[leaf])
+        target[leaf] = plain_copy(source[leaf])
     return out
 
 

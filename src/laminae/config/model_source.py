@@ -30,9 +30,11 @@ def resolve_model_keys(model: dict[str, Any], overrides: Sequence[str], config_d
                        project_root: str | Path) -> dict[str, Any]:
     """`model` (a composed config's model group) with the shapes dropped and the name derived
     when its `pretrained` is not the chosen preset's (see the module docstring)."""
-    preset = _preset(overrides, Path(config_dir))
     pretrained = model.get("pretrained")
-    if pretrained is None or pretrained == preset.get("pretrained"):
+    if pretrained is None:   # a random model: no preset to read (nor Hydra to import)
+        return model
+    preset = _preset(overrides, Path(config_dir))
+    if pretrained == preset.get("pretrained"):
         return model
     model = dict(model)
     for key in SHAPE_KEYS:

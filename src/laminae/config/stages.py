@@ -174,8 +174,9 @@ def plan_run(cfg: dict[str, Any], project_root: str | Path, registry: Mapping[st
             plot_cfg = {"plot": {"dpi": cfg["plot"]["dpi"]}, experiment.name: {"plot": cfg[experiment.name].get("plot", {})},
                         "experiment_version": experiment.version}
             claims = claims_of(cfg, experiment) if experiment.measure is not None else []
-            if references(claims):
-                plot_cfg["references"] = references(claims)
+            marks = references(claims)
+            if marks:
+                plot_cfg["references"] = marks
             figures = _stage(f"{experiment.name}.plot", plot_cfg, analysis, analysis.dir, variants=variants)
             stages.update({analysis.name: analysis, figures.name: figures})
             if claims:

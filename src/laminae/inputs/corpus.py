@@ -52,8 +52,15 @@ DIGEST_LENGTH = 10
 # ------------------------------------------------------------------------ the input kind
 def content_digest(cfg: dict[str, Any], project_root: str | Path) -> str:
     """A hash of the documents' names (relative to the project root when inside it, so a moved
-    project hashes the same) and bytes: editing a file reruns its extraction."""
-    return file_digest(documents(cfg, project_root), Path(project_root).resolve())
+    project hashes the same) and bytes: editing a file reruns its extraction. Within
+    `listing_once`, each set of documents is read once."""
+    paths, root = documents(cfg, project_root), Path(project_root).resolve()
+    if _DIGESTS is None:
+        return file_digest(paths, root)
+    key = (tuple(paths), root, os.getcwd())
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_digest(paths, root)
+    return _DIGESTS[key]
 
 
 def label(cfg: dict[str, Any]) -> str:
@@ -134,18 +141,21 @@ def validate(cfg: dict[str, Any], project_root: str | Path) -> None:
 
 
 _LISTED: dict[tuple[str, str, str], list[Path]] | None = None   # set while `listing_once` holds
+_DIGESTS: dict[tuple[tuple[Path, ...], Path, str], str] | None = None   # likewise: `content_digest`s
 
 
 @contextlib.contextmanager
 def listing_once() -> Iterator[None]:
-    """Within the block, each corpus folder is listed once (a sweep plans many runs of one
-    corpus: `laminae.config.load_runs`); outside it, on every call."""
-    global _LISTED
-    outer, _LISTED = _LISTED, {} if _LISTED is None else _LISTED
+    """Within the block, each corpus folder is listed, and its documents hashed, once (a sweep
+    plans many runs of one corpus: `laminae.config.load_runs`); outside it, on every call."""
+    global _LISTED, _DIGESTS
+    outer = _LISTED, _DIGESTS
+    _LISTED = {} if _LISTED is None else _LISTED
+    _DIGESTS = {} if _DIGESTS is None else _DIGESTS
     try:
         yield
     finally:
-        _LISTED = outer
+        _LISTED, _DIGESTS = outer
 
 
 def corpus_documents(path: str | Path, project_root: str | Path = ".") -> list[Path]:
