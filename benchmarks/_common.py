@@ -283,6 +283,18 @@ def build_model(shape: str, dtype: torch.dtype = torch.float32, device: str = "c
     return LoadedModel(model=model, tokenizer=tokenizer(), adapter=adapter, info=info)
 
 
+def on_model(ex: Extraction, shape: str, models_dir: Path) -> Extraction:
+    """`ex` with its stage naming the random model `build_model(shape)` builds (the same seed and
+    shape) and `models_dir` where the jobs' readout finds it (built there on first use), so that
+    what the stage reads of its model (the readout of the 16-bit fidelity check) is that model."""
+    import dataclasses
+
+    model = {**ex.stage["config"]["model"], "name": f"bench-{shape}", "pretrained": None, "revision": None,
+             "random_init": {"seed": SEED, "tokenizer": "gpt2", "architecture": "gpt2", "config": SHAPES[shape]}}
+    stage = {**ex.stage, "config": {**ex.stage["config"], "model": model}}
+    return dataclasses.replace(ex, stage=stage, runtime={**ex.runtime, "models_dir": str(models_dir)})
+
+
 def n_params(loaded: LoadedModel) -> int:
     return sum(p.numel() for p in loaded.model.parameters())
 

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 import torch
-from _common import (Scratch, build_model, laminae_extract, median, paired_model_arguments, paired_ratios,
+from _common import (Scratch, build_model, laminae_extract, median, on_model, paired_model_arguments, paired_ratios,
                      paired_rounds, plans, print_header, print_table, rounds_and_models, setup_torch, spread)
 
 import laminae.stages.extract as extract_stage
@@ -29,7 +29,7 @@ class NoCheck:
 
     checks: list = []
 
-    def __init__(self, loaded):
+    def __init__(self, loaded, readout=None):
         self.loaded = loaded
 
     def forward(self, sequences, input_ids, attention_mask):
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for experiment, ex in plans().items():
                 if experiment not in args.experiments:
                     continue
+                ex = on_model(ex, shape, scratch.root / "models")   # the readout of the 16-bit check: this model's
 
                 def run(check_class):
                     extract_stage.FirstBatchCheck = check_class
