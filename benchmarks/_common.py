@@ -290,7 +290,8 @@ def on_model(ex: Extraction, shape: str, models_dir: Path) -> Extraction:
     import dataclasses
 
     model = {**ex.stage["config"]["model"], "name": f"bench-{shape}", "pretrained": None, "revision": None,
-             "random_init": {"seed": SEED, "tokenizer": "gpt2", "architecture": "gpt2", "config": SHAPES[shape]}}
+             "random_init": {"seed": SEED, "tokenizer": "gpt2", "architecture": "gpt2", "config": SHAPES[shape]},
+             "n_layers": None, "d_model": None, "n_params": None}
     stage = {**ex.stage, "config": {**ex.stage["config"], "model": model}}
     return dataclasses.replace(ex, stage=stage, runtime={**ex.runtime, "models_dir": str(models_dir)})
 

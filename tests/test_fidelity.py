@@ -86,6 +86,34 @@ def test_bfloat16_is_compared_with_float32_and_the_model_left_as_it_was(name, ti
     assert all(c.passed for c in checks["chain"] + checks["final_output"] + checks["residual_sum"])
 
 
+def test_without_room_for_float32_weights_the_comparison_is_left_out_and_said(tiny_dir, models_dir, monkeypatch):
+    """A 16-bit model that fills most of its device: casting it to float32 would fail the
+    extraction at its end. The comparison is left out, said, and the model left as it was; the
+    checks that must hold still run."""
+    import accelerate.utils
+
+    from laminae.capture.fidelity import FirstBatchCheck, fidelity_attrs, float32_room
+    from laminae.capture.forward import pad_right
+
+    loaded = load_tiny(tiny_dir("gpt_neox"), models_dir, dtype="bfloat16")
+    extra = sum(p.numel() * 2 for p in loaded.model.parameters())    # 2 more bytes per bfloat16 weight
+    assert float32_room(loaded.model) is None
+    monkeypatch.setattr(accelerate.utils, "get_max_memory", lambda: {"cpu": extra})   # no room for the margin
+    assert "needs" in float32_room(loaded.model) and "GiB free" in float32_room(loaded.model)
+    before = {key: value.clone() for key, value in loaded.model.state_dict().items()}
+    check = FirstBatchCheck(loaded)
+    input_ids, attention_mask = pad_right(SEQUENCES, loaded.tokenizer.pad_token_id, "cpu")
+    with torch.inference_mode():
+        check.forward(SEQUENCES, input_ids, attention_mask)
+    check.finish()
+    checks = by_check(check.checks)
+    assert "float32" not in checks and checks["chain"] and all(c.passed for c in checks["chain"])
+    assert check.left_out.startswith("the float32 comparison: casting the weights to float32 needs")
+    assert fidelity_attrs(check.checks, check.left_out)["fidelity_left_out"] == check.left_out
+    after = loaded.model.state_dict()
+    assert all(after[key].dtype == torch.bfloat16 and torch.equal(after[key], value) for key, value in before.items())
+
+
 def test_the_checks_ride_on_the_first_batch(tiny_gpt2, tmp_path):
     """No forward pass of their own: an extraction of 9 inputs in batches of 4 runs the model 3
     times; the checked rows are the first inputs' first tokens."""

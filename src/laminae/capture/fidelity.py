@@ -21,7 +21,9 @@ absolute difference over the largest magnitude of the reference (`max_rel_error`
   where the sublayers' outputs are hooked;
 - `float32` (recorded, not required) when the model computes in bfloat16 or float16: every site
   of the first input against the same input computed in float32 (the weights cast up exactly,
-  then back), after the extraction; and `float32_top1`, for a model with a next-token readout
+  then back), after the extraction, when the model's device has room for its float32 weights
+  (else left out, logged and recorded as `fidelity_left_out`: a model that fills most of a GPU in
+  16 bits must not fail at the end of its extraction); and `float32_top1`, for a model with a next-token readout
   (`laminae.models.readout`): the fraction of the input's tokens whose top-1 next token (the last
   block's resid_post through the readout) differs from float32's.
 
@@ -31,6 +33,7 @@ Tolerances scale with the compute dtype (`TOLERANCE`): the first two compare the
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +49,7 @@ from laminae.store import write_tsv
 #: the batch checked: the plan's first sequences, each cut to its first tokens (the checks hold
 #: token by token; a short batch keeps their cost a sliver of any extraction's)
 FIDELITY_SEQUENCES, FIDELITY_TOKENS = 4, 64
+log = logging.getLogger(__name__)
 CHECKED_SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 #: max_rel_error allowed of a check that must hold, by compute dtype
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -96,6 +100,7 @@ class FirstBatchCheck:
         self.readout = readout
         self.dtype = next(loaded.model.parameters()).dtype
         self.checks: list[Check] = []
+        self.left_out = ""   # a check that could not run, and why (recorded in the provenance)
         self._first: tuple[list[int], dict[str, list[torch.Tensor]]] | None = None  # input, its sites
 
     def forward(self, sequences: Sequence[Sequence[int]], input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -123,9 +128,18 @@ class FirstBatchCheck:
                 or getattr(model, "hf_device_map", None):
             return
         sequence, sites = self._first
-        model.to(torch.float32)   # cast up and back: exact for weights held in 16 bits
+        short = float32_room(model)
+        if short is not None:
+            self.left_out = f"the float32 comparison: {short}"
+            log.warning("fidelity: left out %s", self.left_out)
+            return
         try:
+            model.to(torch.float32)   # cast up and back: exact for weights held in 16 bits
             reference = _capture(self.loaded, [sequence])
+        except (torch.OutOfMemoryError, MemoryError) as error:   # another process took the memory meanwhile
+            self.left_out = f"the float32 comparison: out of memory ({str(error).splitlines()[0][:120]})"
+            log.warning("fidelity: left out %s", self.left_out)
+            return
         finally:
             model.to(self.dtype)
         for site in CHECKED_SITES:
@@ -155,6 +169,22 @@ class FirstBatchCheck:
                 total = sum(sites[site][layer].float() for site in ("resid_pre", "attn_out", "mlp_out"))
                 self.checks.append(_compare("residual_sum", "resid_post", layer, total, sites["resid_post"][layer],
                                             "resid_pre + attn_out + mlp_out", tolerance, True))
+
+
+def float32_room(model: torch.nn.Module, margin: float = 1.25) -> str | None:
+    """None when the device holding `model` has the memory its float32 copy needs (the weights
+    cast up in place: 2 more bytes per 16-bit parameter, with a margin for the forward); else
+    why not, in words. A model that fills most of a GPU in 16 bits would otherwise fail at the
+    end of its extraction."""
+    from accelerate.utils import get_max_memory
+
+    extra = sum(p.numel() * (4 - p.element_size()) for p in model.parameters() if p.element_size() < 4)
+    device = next(model.parameters()).device
+    free = get_max_memory().get(device.index if device.type == "cuda" else "cpu")
+    if free is None or extra * margin <= free:
+        return None
+    return (f"casting the weights to float32 needs {extra * margin / 2**30:.1f} GiB more on {device}, "
+            f"{free / 2**30:.1f} GiB free")
 
 
 def top1_check(readout, final: torch.Tensor, reference: torch.Tensor, layer: int, tolerance: float) -> Check:
@@ -207,9 +237,12 @@ def require_fidelity(checks: Sequence[Check], model: str) -> None:
                 f"so the captured sites are not what the model computes ({check.check}): nothing was written")
 
 
-def fidelity_attrs(checks: Sequence[Check]) -> dict[str, object]:
-    """Provenance attributes: the largest relative error of each check, and whether all held."""
+def fidelity_attrs(checks: Sequence[Check], left_out: str = "") -> dict[str, object]:
+    """Provenance attributes: the largest relative error of each check, whether all held, and
+    what was left out (`FirstBatchCheck.left_out`)."""
     attrs: dict[str, object] = {"fidelity_passed": all(c.passed for c in checks if c.must_hold)}
+    if left_out:
+        attrs["fidelity_left_out"] = left_out
     for check in checks:
         key = f"fidelity_{check.check}_max_rel_error"
         attrs[key] = max(float(attrs.get(key, 0.0)), check.max_rel_error)

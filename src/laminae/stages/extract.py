@@ -125,7 +125,7 @@ def write_extraction(loaded: LoadedModel, plan: ExtractionPlan, record: Extracti
         check.finish()
         if check.checks:
             write_fidelity(check.checks, writer.tmp_dir / FIDELITY_FILE)
-            writer.add_attrs(fidelity_attrs(check.checks))
+            writer.add_attrs(fidelity_attrs(check.checks, check.left_out))
         for reducer, _ in reducers:
             reducer.partial() if shard is not None else reducer.finish()
         writer.set_rows(plan.rows, plan.columns, first_row=plan.first_row)
