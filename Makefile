@@ -82,7 +82,6 @@ $(BIN)/.laminae-bench: $(STAMP)
 bench: $(BIN)/.laminae-bench
 	$(BIN)/python benchmarks/run_all.py
 
-
 $(NO_SLURM)/scontrol: | $(BIN)/python
 	mkdir -p $(NO_SLURM)
 	printf '#!/bin/sh\nexit 1\n' > $@

@@ -9,7 +9,9 @@ like any other), in paired rounds.
 
 Both seeds' extractions, as the pipeline plans them: experiment 1's 34 prompts (q, k, v stored)
 and experiment 2's corpus window (four sites). The goal (issue: fidelity recorded per
-extraction) is at most 5% of the extraction.
+extraction) is at most 5% of the extraction. With a 16-bit dtype, a second table times the parts
+of the float32 comparison once per model (cast up, float32 forward of the first input, cast
+back, readout opened), in the order the check runs them.
 """
 
 from __future__ import annotations
@@ -50,10 +52,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     setup_torch()
     checked = extract_stage.FirstBatchCheck
     scratch = Scratch()
-    rows = []
+    rows, parts = [], []
     try:
         for shape in shapes:
             loaded = build_model(shape, dtype=getattr(torch, args.dtype))
+            if args.dtype != "float32":
+                parts.append({"model": shape, **float32_parts(loaded, on_model(plans()["qkv"], shape,
+                                                                                scratch.root / "models"))})
             for experiment, ex in plans().items():
                 if experiment not in args.experiments:
                     continue
@@ -76,7 +81,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
     finally:
         scratch.cleanup()
     print_table(rows, ["model", "dtype", "experiment", "unchecked s", "checked s", "checked / unchecked", "range"])
+    if parts:
+        print()
+        print_table(parts, ["model", *PARTS])
     return rows
+
+
+PARTS = ("cast up s", "float32 forward s", "cast back s", "readout open s")
+
+
+def float32_parts(loaded, ex) -> dict[str, float]:
+    """The float32 comparison's steps on `loaded` (a 16-bit model), each timed once, as
+    `FirstBatchCheck.finish` runs them: the first cast touches the float32 memory first, as in a job."""
+    import time
+
+    from laminae.capture.fidelity import _capture
+    from laminae.stages.records import model_source
+
+    dtype, times = next(loaded.model.parameters()).dtype, []
+
+    def timed(step) -> None:
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+
+    timed(lambda: loaded.model.to(torch.float32))
+    timed(lambda: _capture(loaded, [ex.plan.sequences[0]]))
+    timed(lambda: loaded.model.to(dtype))
+    model_source(ex.stage, ex.runtime).readout()   # the model built on disk once, not timed
+    timed(lambda: model_source(ex.stage, ex.runtime).readout())
+    return dict(zip(PARTS, times))
 
 
 if __name__ == "__main__":

@@ -46,10 +46,10 @@ from laminae.capture.selectors import select_rows, select_tokens
 from laminae.errors import LaminaeError
 from laminae.store import write_tsv
 
+log = logging.getLogger(__name__)
 #: the batch checked: the plan's first sequences, each cut to its first tokens (the checks hold
 #: token by token; a short batch keeps their cost a sliver of any extraction's)
 FIDELITY_SEQUENCES, FIDELITY_TOKENS = 4, 64
-log = logging.getLogger(__name__)
 CHECKED_SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 #: max_rel_error allowed of a check that must hold, by compute dtype
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -128,20 +128,19 @@ class FirstBatchCheck:
                 or getattr(model, "hf_device_map", None):
             return
         sequence, sites = self._first
-        short = float32_room(model)
-        if short is not None:
-            self.left_out = f"the float32 comparison: {short}"
+        why_not, reference = float32_room(model), None
+        if why_not is None:
+            try:
+                model.to(torch.float32)   # cast up and back: exact for weights held in 16 bits
+                reference = _capture(self.loaded, [sequence])
+            except (torch.OutOfMemoryError, MemoryError) as error:   # another process took the memory meanwhile
+                why_not = f"out of memory ({str(error).splitlines()[0][:120]})"
+            finally:
+                model.to(self.dtype)
+        if reference is None:
+            self.left_out = f"the float32 comparison: {why_not}"
             log.warning("fidelity: left out %s", self.left_out)
             return
-        try:
-            model.to(torch.float32)   # cast up and back: exact for weights held in 16 bits
-            reference = _capture(self.loaded, [sequence])
-        except (torch.OutOfMemoryError, MemoryError) as error:   # another process took the memory meanwhile
-            self.left_out = f"the float32 comparison: out of memory ({str(error).splitlines()[0][:120]})"
-            log.warning("fidelity: left out %s", self.left_out)
-            return
-        finally:
-            model.to(self.dtype)
         for site in CHECKED_SITES:
             for layer, rows in enumerate(sites[site]):
                 self.checks.append(_compare("float32", site, layer, rows, reference[site][layer][: len(rows)],

@@ -81,14 +81,12 @@ class StoredExtraction:
 _RECORDS: dict[str, tuple[tuple[int, int], StoredExtraction | None]] = {}   # path -> (stat, parsed)
 
 
-def covering_store(planned: Stage, registry: Mapping[str, Experiment], weights: Weights | None = None) -> Stage | None:
-    """An existing store that holds everything the planned extraction would, as a Stage; None
-    when its own store exists or none covers it."""
-    if (planned.output_dir / "config.yaml").is_file():
-        return None
+def covering_store(planned: Stage, found: list[StoredExtraction]) -> Stage | None:
+    """The store among `found` (`candidates`) that holds everything the planned extraction
+    would, as a Stage; None when none does."""
     sites, reductions = set(planned.config["sites"]), planned.config["reductions"]
     best = None
-    for store in candidates(planned, registry, weights):
+    for store in found:
         if sites <= set(store.config["sites"]) and all(store.config["reductions"].get(name) == reduction
                                                          for name, reduction in reductions.items()):
             key = (len(store.config["sites"]) + len(store.config["reductions"]), store.hash)
@@ -97,13 +95,9 @@ def covering_store(planned: Stage, registry: Mapping[str, Experiment], weights: 
     return None if best is None else _stage_of(planned, best[1].hash, best[1].config)
 
 
-def composite_store(planned: Stage, registry: Mapping[str, Experiment], weights: Weights | None = None
-                    ) -> Stage | None:
-    """The planned extraction as a store that computes only what no store on disk holds and
-    links the rest (module docstring); None when no store holds any of it."""
-    if (planned.output_dir / "config.yaml").is_file():
-        return None
-    found = candidates(planned, registry, weights)
+def composite_store(planned: Stage, found: list[StoredExtraction]) -> Stage | None:
+    """The planned extraction as a store that computes only what none of `found` (`candidates`)
+    holds and links the rest (module docstring); None when none holds any of it."""
     wanted = [("sites", site) for site in planned.config["sites"]] + \
              [("reductions", name) for name in planned.config["reductions"]]
 
@@ -112,7 +106,7 @@ def composite_store(planned: Stage, registry: Mapping[str, Experiment], weights:
             return name in store.config["sites"]
         return store.config["reductions"].get(name) == planned.config["reductions"][name]
 
-    found.sort(key=lambda store: (-sum(holds(store, *item) for item in wanted), store.hash))
+    found = sorted(found, key=lambda store: (-sum(holds(store, *item) for item in wanted), store.hash))
     reused: dict[str, dict[str, str]] = {"sites": {}, "reductions": {}}
     for part, name in wanted:
         store = next((store for store in found if holds(store, part, name)), None)
@@ -147,20 +141,12 @@ def candidates(planned: Stage, registry: Mapping[str, Experiment], weights: Weig
     eager = reads_pattern(planned.config, registry)
     found = stores(planned.dir.parent, label)
     on_disk = {store.hash for store in found}
-    current: list[str | None] = []   # the model's fingerprint, computed once, when some store needs it
-
-    def same_weights(store: StoredExtraction) -> bool:
-        if weights is None or store.weights is None:
-            return True
-        if not current:
-            current.append(weights(planned.config["model"]))
-        return current[0] is None or current[0] == store.weights
-
+    current = weights(planned.config["model"]) if weights is not None and any(s.weights for s in found) else None
     return [store for store in found
             if {k: v for k, v in store.config.items() if k not in CONTENTS} == identity
             and reads_pattern(store.config, registry) == eager
             and all(digest in on_disk for part in store.config.get("reused", {}).values() for digest in part.values())
-            and same_weights(store)]
+            and (current is None or store.weights is None or store.weights == current)]
 
 
 def _label(stage: Stage) -> str:
@@ -200,14 +186,16 @@ class StoreChoices:
         """`planned`, the store on disk it reads instead, or the composite that computes what
         no store holds."""
         if self.decide:
-            found = covering_store(planned, registry, self.weights)
-            if found is not None:
-                self.chosen[planned.hash] = found.hash
-                return found
-            found = composite_store(planned, registry, self.weights)
-            if found is not None:
-                self.chosen[planned.hash] = found.config["reused"]
-                return found
+            if not (planned.output_dir / "config.yaml").is_file():   # else its own store is its own
+                found = candidates(planned, registry, self.weights)
+                covering = covering_store(planned, found)
+                if covering is not None:
+                    self.chosen[planned.hash] = covering.hash
+                    return covering
+                composite = composite_store(planned, found)
+                if composite is not None:
+                    self.chosen[planned.hash] = composite.config["reused"]
+                    return composite
             self.chosen.pop(planned.hash, None)
             return planned
         choice = self.chosen.get(planned.hash)

@@ -54,11 +54,12 @@ def gather(record: ExtractionRecord | Mapping[str, Any], runtime: Runtime | Mapp
             raise InputFileError(tmp / ROWS_FILE, f"has {len(rows)} rows; the shards declare {n_rows}")
         loaded = yaml.safe_load((shard_dirs[0] / CONFIG_FILE).read_text(encoding="utf-8")).get("loaded_model")
         (tmp / CONFIG_FILE).write_text(stage_config_record(record, runtime, model=loaded), encoding="utf-8")
+        provenance = {**provenance_attrs(record, runtime), **first["model_attrs"]}
         sources = record.reused_from(Path(out_dir))   # a composite store: what it links and copies
         link_stored(tmp, {site: sources[site] for site in record.reused_sites}, int(first["n_layers"]), n_rows,
-                    {**provenance_attrs(record, runtime), **first["model_attrs"]})
+                    provenance)
         copy_reductions(tmp, {name: sources[name] for name in record.reused_reductions})
-        attrs = upstream_attrs({**provenance_attrs(record, runtime), **first["model_attrs"]})
+        attrs = upstream_attrs(provenance)
         model = model_source(record, runtime, project_root)
         for name, reduction in record.new_reductions.items():
             job = ReducerJob(settings=reduction.settings, rows=rows, n_layers=int(first["n_layers"]),
