@@ -36,6 +36,7 @@ from laminae.models.adapters import Adapter, ModelDims, get_adapter, model_dims
 from laminae.models.gguf import GGUFSource, ensure_dequantized, gguf_source, read_config, read_tokenizer
 from laminae.models.locate import PKG_SCHEME, is_gguf, locate_model, package_version
 from laminae.models.placement import dispatch_kwargs, input_device
+from laminae.models.vml import settle_vml_dispatch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -182,6 +183,7 @@ def load_model(
     load with eager attention, the one implementation that returns the attention probabilities
     (site `pattern`); otherwise the model keeps its default kernel (sdpa where it has one).
     """
+    settle_vml_dispatch()   # before the first forward pass runs on several threads
     torch_device = resolve_device(device)
     dtype_name = model_cfg.get("dtype") or "float32"
     if dtype_name not in DTYPES:

@@ -33,6 +33,7 @@ from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel, PreTrai
 from laminae.config.stages import stable_hash
 from laminae.errors import ConfigError, ModelUnavailableError
 from laminae.models.gpt2_tokenizer import END_OF_TEXT, gpt2_tokenizer
+from laminae.models.vml import settle_vml_dispatch
 
 #: Written last into a built folder; its presence marks the folder as complete.
 MARKER = "laminae_random_init.json"
@@ -60,6 +61,7 @@ def build_random_model(random_init: dict[str, Any],
         >>> model.wte.weight.shape          # (vocab, d_model)
         torch.Size([50257, 32])
     """
+    settle_vml_dispatch()   # initialisers use VML ops (trunc_normal_: erfinv) on several threads
     seed = random_init.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError("model.random_init.seed", "an integer", seed)
