@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from laminae.errors import ConfigError, ModelUnavailableError
+from laminae.models.vml import settle_vml_dispatch
 
 if TYPE_CHECKING:
     import numpy as np
@@ -132,8 +133,6 @@ class Readout:
 
     def __init__(self, steps: Sequence[FinalStep], unembed: "nn.Module", softcap: float | None, tokenizer: Any,
                  name: str, family: str, d_model: int, tied: bool, keys_read: Sequence[str]):
-        from laminae.models.vml import settle_vml_dispatch
-
         settle_vml_dispatch()       # before any readout runs on several threads
         self.steps = tuple(steps)
         self.unembed = unembed      # (vocab, d_model_out) weight, optional (vocab,) bias
