@@ -34,7 +34,8 @@ VML_OPS = ("abs", "acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp",
 def settle_vml_dispatch() -> None:
     """Call each VML-backed op once on a one-element float32 and float64 tensor (one element
     never runs on more than the calling thread), so that oneMKL has chosen its kernels before
-    any op runs on several threads. Costs well under a millisecond; a no-op after the first call."""
+    any op runs on several threads. About 12 ms once per process (mostly oneMKL's own set-up,
+    which the first op would pay anyway); a no-op after that."""
     import torch
 
     for dtype in (torch.float32, torch.float64):
