@@ -21,7 +21,9 @@ Hydra's multi-line errors (unknown group option, unknown key, bad syntax) become
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import json
 import pickle
 import os
 import re
@@ -227,8 +229,6 @@ class Composer:
         if self.cache_dir is None:
             return None
         if self._tree_key is None:
-            import hashlib
-
             digest = hashlib.sha256(f"laminae-compose {_CACHE_FORMAT}".encode())
             digest.update(_code_identity())
             for path in sorted(p for p in self.config_dir.rglob("*") if p.is_file()):
@@ -239,8 +239,6 @@ class Composer:
                 digest.update(f"\0{path.relative_to(self.config_dir).as_posix()}\0{len(data)}\0".encode())
                 digest.update(data)
             self._tree_key = digest.hexdigest()
-        import hashlib
-
         ids = tuple(id(e) for e in registry.values())
         if ids in self._registry_keys:
             return self._registry_keys[ids]
@@ -459,9 +457,6 @@ def expand_sweep(sweep: Iterable[str], cache_dir: str | Path | None = None) -> l
 
 
 def _sweep_key(sweep: list[str]) -> str:
-    import hashlib
-    import json
-
     digest = hashlib.sha256(f"laminae-sweep {_CACHE_FORMAT}".encode())
     digest.update(_code_identity())
     digest.update(json.dumps(sweep).encode())
@@ -470,8 +465,6 @@ def _sweep_key(sweep: list[str]) -> str:
 
 def _read_sweep(path: Path) -> list[tuple[str, ...]] | None:
     """The cached product, or None when absent or not a list of lists of strings."""
-    import json
-
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -483,8 +476,6 @@ def _read_sweep(path: Path) -> list[tuple[str, ...]] | None:
 
 
 def _write_sweep(path: Path, combinations: list[tuple[str, ...]]) -> None:
-    import json
-
     from laminae.atomic import atomic_write_text
 
     try:
